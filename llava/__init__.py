@@ -1,0 +1,1 @@
+"""LLaVA-1.5 with VisATB adaptive task balancing."""

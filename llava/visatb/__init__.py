@@ -1,0 +1,1 @@
+"""The VisATB workflow around training: tasks, metrics, scores, weights, subsets, toy benchmark."""

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test command: set up .venv (pinned set) if needed, then run the test suite. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts_visatb/setup_env.sh
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+python -m pytest "$@"
