@@ -1,0 +1,17 @@
+"""Alias of eval/grounding.py under the release's name.
+
+Usage: python eval/grounding_bbox.py -a answers.json [--json] [--scores FILE --model-key KEY --task NAME]
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("llava") is None:  # not pip-installed: use this checkout
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from llava.visatb.metrics_cli import main  # noqa: E402
+from llava.visatb.tasks import GROUNDING  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(GROUNDING))

@@ -1,0 +1,80 @@
+"""Command-line plumbing shared by the four metric scripts in eval/."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from llava.visatb.metrics import METRIC_NAMES, evaluate, load_answers
+from llava.visatb.scores import record_score
+from llava.visatb.tasks import CAPTION, CAPTION_LIST, GROUNDING, QA
+
+DESCRIPTIONS = {
+    CAPTION: "CIDEr of each answer against its one reference caption.",
+    CAPTION_LIST: "CIDEr of each answer against its list of reference captions.",
+    GROUNDING: "Accuracy of predicted boxes: the first [x1, y1, x2, y2] with IoU > 0.5 against the reference.",
+    QA: "Exact-match accuracy after lowercasing, stripping and dropping one trailing period.",
+}
+
+
+def build_parser(metric_type: str) -> argparse.ArgumentParser:
+    """The argument parser of one metric script."""
+    parser = argparse.ArgumentParser(
+        description=DESCRIPTIONS[metric_type]
+        + " Reads an answer file written by inference_visatb.py (a JSON list of records with"
+        " conversations[1].generative_value)."
+    )
+    parser.add_argument(
+        "-a", "--answers-file", "--answers_file", "--answer-file", "--answer_file",
+        dest="answers_file", required=True, help="answer file (JSON list of records)",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the text line")
+    group = parser.add_argument_group("recording into the scores table (all three together)")
+    group.add_argument("--scores", help="scores table to update (created if missing)")
+    group.add_argument(
+        "--model-key", "--model_key", dest="model_key", help="model key, e.g. mini or a task name"
+    )
+    group.add_argument("--task", help="task name the answers belong to, e.g. GQA")
+    return parser
+
+
+def main(metric_type: str, argv: Sequence[str] | None = None) -> int:
+    """Score an answer file, print it as the release does (or as JSON) and optionally record it."""
+    args = build_parser(metric_type).parse_args(argv)
+    recording = {"--scores": args.scores, "--model-key": args.model_key, "--task": args.task}
+    given = [flag for flag, value in recording.items() if value is not None]
+    if given and len(given) != len(recording):
+        missing = [flag for flag in recording if flag not in given]
+        print(f"error: {', '.join(given)} also needs {', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        records = load_answers(args.answers_file, metric_type)
+        result = evaluate(records, metric_type, progress=not args.json, source=args.answers_file)
+        if args.scores is not None:
+            record_score(args.scores, args.model_key, args.task, result.score)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        line = {
+            "metric": METRIC_NAMES[metric_type],
+            "metric_type": metric_type,
+            "score": result.score,
+            "n": result.n,
+            "answers_file": args.answers_file,
+        }
+        if result.correct is not None:
+            line["correct"] = result.correct
+        if args.scores is not None:
+            line.update(scores_file=args.scores, model_key=args.model_key, task=args.task)
+        print(json.dumps(line))
+    else:
+        print(result.summary_line())
+        if args.scores is not None:
+            print(
+                f"recorded {result.score} as {args.model_key!r} / {args.task!r} in {args.scores}",
+                file=sys.stderr,
+            )
+    return 0

@@ -1,0 +1,76 @@
+"""The scores table: validation scores V_j(m) as a JSON object {model key: {task name: score}}.
+
+Key `mini` is the mini model, a task name is that task's task-plus-mini model; other keys
+(final models, baselines) may appear too. The metric CLIs add entries with `record_score`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from llava.utils import atomic_write_json, load_json
+
+ScoresTable = dict[str, dict[str, float]]
+
+
+def _is_score(value: Any) -> bool:
+    # bool is an int subclass; `true` in a scores table is a mistake, not a 1.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_scores(table: Any, source: str = "scores") -> ScoresTable:
+    """Check the table's shape: an object of objects of finite numbers; errors name the model and task."""
+    if not isinstance(table, dict):
+        raise ValueError(
+            f"{source}: expected a JSON object {{model key: {{task: score}}}}, got {type(table).__name__}"
+        )
+    for model_key, task_scores in table.items():
+        if not isinstance(task_scores, dict):
+            raise ValueError(
+                f"{source}: model {model_key!r} must map task names to scores, got {type(task_scores).__name__}"
+            )
+        for task, score in task_scores.items():
+            if not _is_score(score):
+                raise ValueError(
+                    f"{source}: model {model_key!r}, task {task!r}: score {score!r} is not a finite number"
+                )
+    return table
+
+
+def load_scores(path: str | os.PathLike) -> ScoresTable:
+    """Load and validate a scores table."""
+    return validate_scores(load_json(path), source=str(path))
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path`'s sidecar `.lock` file (kept: deleting it would race other writers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def record_score(path: str | os.PathLike, model_key: str, task: str, score: float) -> None:
+    """Set table[model_key][task] = score, creating the file if needed and keeping every other entry."""
+    if not isinstance(model_key, str) or not model_key.strip():
+        raise ValueError(f"model key must be a non-empty string, got {model_key!r}")
+    if not isinstance(task, str) or not task.strip():
+        raise ValueError(f"task name must be a non-empty string, got {task!r}")
+    if not _is_score(score):
+        raise ValueError(f"score for model {model_key!r}, task {task!r} is not a finite number: {score!r}")
+    path = Path(path)
+    # Parallel metric runs read-modify-write the same table: serialise them so none loses another's entry.
+    with _locked(path):
+        table = load_scores(path) if path.exists() else {}
+        table.setdefault(model_key, {})[task] = float(score)
+        atomic_write_json(path, table)
