@@ -1,0 +1,136 @@
+"""Multimodal helpers: image loading and preprocessing, image-aware tokenisation, stopping criteria."""
+
+from __future__ import annotations
+
+import base64
+import os
+from io import BytesIO
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import StoppingCriteria
+
+from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image as RGB; a missing or unreadable file raises an error naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot open image file {path}: {e}") from e
+
+
+def load_image_from_base64(data: str) -> Image.Image:
+    return Image.open(BytesIO(base64.b64decode(data))).convert("RGB")
+
+
+def expand2square(image: Image.Image, background_color: tuple[int, ...]) -> Image.Image:
+    """Pad the shorter side symmetrically (extra pixel after) so the image becomes square."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), background_color)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def processor_fill_color(image_processor) -> tuple[int, int, int]:
+    """The processor's mean colour in 0-255, the colour LLaVA-1.5 pads with."""
+    return tuple(int(x * 255) for x in image_processor.image_mean)
+
+
+def process_images(images: list[Image.Image], image_processor, model_cfg) -> torch.Tensor | list[torch.Tensor]:
+    """Preprocess PIL images for the vision tower.
+
+    `image_aspect_ratio == "pad"` (LLaVA-1.5) pads each image to a square with the processor's mean colour
+    first; any other mode leaves the processor's own resize and centre crop to do the work.
+    """
+    mode = getattr(model_cfg, "image_aspect_ratio", None)
+    if mode == "pad":
+        fill = processor_fill_color(image_processor)
+        tensors = [
+            image_processor.preprocess(expand2square(image, fill), return_tensors="pt")["pixel_values"][0]
+            for image in images
+        ]
+    else:
+        tensors = list(image_processor(images, return_tensors="pt")["pixel_values"])
+    if all(t.shape == tensors[0].shape for t in tensors):
+        return torch.stack(tensors, dim=0)
+    return tensors
+
+
+def tokenizer_image_token(
+    prompt: str, tokenizer, image_token_index: int = IMAGE_TOKEN_INDEX, return_tensors: str | None = None
+) -> list[int] | torch.Tensor:
+    """Tokenise a prompt, putting `image_token_index` at every `<image>` and keeping a single leading BOS.
+
+    Each text chunk is tokenised on its own (as LLaVA does), so the ids match what released checkpoints saw.
+    """
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split(DEFAULT_IMAGE_TOKEN)]
+    bos = tokenizer.bos_token_id
+    input_ids: list[int] = []
+    has_bos = bool(chunks and chunks[0] and bos is not None and chunks[0][0] == bos)
+    if has_bos:
+        input_ids.append(bos)
+    for index, chunk in enumerate(chunks):
+        if index > 0:
+            input_ids.append(image_token_index)
+        input_ids.extend(chunk[1:] if has_bos and chunk and chunk[0] == bos else chunk)
+    if return_tensors is None:
+        return input_ids
+    if return_tensors == "pt":
+        return torch.tensor(input_ids, dtype=torch.long)
+    raise ValueError(f"unsupported tensor type {return_tensors!r}; use 'pt' or None")
+
+
+def get_model_name_from_path(model_path: str) -> str:
+    """`.../llava-v1.5-7b` -> `llava-v1.5-7b`; `.../run/checkpoint-500` -> `run_checkpoint-500`."""
+    parts = model_path.strip("/").split("/")
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return f"{parts[-2]}_{parts[-1]}"
+    return parts[-1]
+
+
+class KeywordsStoppingCriteria(StoppingCriteria):
+    """Stop generation once every sequence in the batch has produced one of the keywords."""
+
+    def __init__(self, keywords: list[str], tokenizer, input_ids: torch.Tensor | None = None):
+        """`input_ids` is the prompt when `generate` returns prompt + answer; None when it returns only the answer."""
+        self.keywords = keywords
+        self.tokenizer = tokenizer
+        self.keyword_ids = []
+        for keyword in keywords:
+            ids = tokenizer(keyword).input_ids
+            if len(ids) > 1 and ids[0] == tokenizer.bos_token_id:
+                ids = ids[1:]
+            self.keyword_ids.append(torch.tensor(ids, dtype=torch.long))
+        self.start_len = 0 if input_ids is None else input_ids.shape[1]
+        self.done: torch.Tensor | None = None
+
+    def _sequence_done(self, sequence: torch.Tensor) -> bool:
+        generated = sequence[self.start_len:]
+        for ids in self.keyword_ids:
+            n = ids.numel()
+            if generated.numel() >= n and torch.equal(generated[-n:].cpu(), ids):
+                return True
+        max_len = max(len(ids) for ids in self.keyword_ids) + 3
+        text = self.tokenizer.decode(generated[-max_len:], skip_special_tokens=True)
+        return any(keyword in text for keyword in self.keywords)
+
+    def __call__(self, output_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> bool:
+        if self.done is None or self.done.numel() != output_ids.shape[0]:
+            self.done = torch.zeros(output_ids.shape[0], dtype=torch.bool)
+        for row in range(output_ids.shape[0]):
+            if not self.done[row]:
+                self.done[row] = self._sequence_done(output_ids[row])
+        return bool(self.done.all())
+
+
+def count_image_tokens(text: str) -> int:
+    return text.count(DEFAULT_IMAGE_TOKEN)

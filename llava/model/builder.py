@@ -1,0 +1,194 @@
+"""`load_pretrained_model`: load a LLaVA checkpoint (full, LoRA + base, or projector + base) or a plain LM.
+
+Which path is taken follows upstream LLaVA, which decides by the checkpoint's *name*:
+- a name containing "llava" (or a config with model_type "llava") is multimodal;
+  - with "lora" in the name and a `model_base`: base weights + `non_lora_trainables.bin` + LoRA adapter,
+    merged;
+  - with a `model_base` otherwise: base weights + the projector in `mm_projector.bin`;
+  - with no `model_base`: a full checkpoint;
+- any other name is a plain language model (with a LoRA adapter merged in when `model_base` is given).
+The path taken is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.llava_arch import load_projector_into, load_projector_weights
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_checkpoint(path: str, what: str) -> None:
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(f"{what} folder {path} has no config.json: is this a complete checkpoint?")
+
+
+def _is_multimodal(model_path: str, model_name: str) -> tuple[bool, str]:
+    if "llava" in model_name.lower():
+        return True, f"name {model_name!r} contains 'llava'"
+    config_file = os.path.join(model_path, "config.json")
+    if os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as f:
+            if json.load(f).get("model_type") == "llava":
+                return True, f"{config_file} says model_type 'llava'"
+    return False, f"name {model_name!r} does not contain 'llava'"
+
+
+def _resolve_vision_tower(config, model_path: str) -> None:
+    """Let a checkpoint refer to its vision tower by a path relative to the checkpoint folder."""
+    tower = getattr(config, "mm_vision_tower", None)
+    if tower and not os.path.isabs(tower) and not os.path.exists(tower):
+        candidate = os.path.join(model_path, tower)
+        if os.path.isdir(candidate):
+            config.mm_vision_tower = candidate
+
+
+def _quantization_kwargs(load_8bit: bool, load_4bit: bool, device: str) -> dict:
+    if not (load_8bit or load_4bit):
+        return {}
+    if not device.startswith("cuda"):
+        raise ValueError("8-bit / 4-bit loading needs a CUDA device (bitsandbytes)")
+    from transformers import BitsAndBytesConfig
+
+    if load_8bit:
+        return {"load_in_8bit": True, "device_map": {"": device}}
+    return {
+        "device_map": {"": device},
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=torch.float16,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type="nf4",
+        ),
+    }
+
+
+def _load_non_lora_trainables(model_path: str) -> dict[str, torch.Tensor]:
+    path = os.path.join(model_path, "non_lora_trainables.bin")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is missing: a LoRA LLaVA checkpoint stores its projector there")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in ("base_model.model.", "base_model."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        cleaned[key] = value
+    return cleaned
+
+
+def load_pretrained_model(
+    model_path: str,
+    model_base: str | None,
+    model_name: str,
+    load_8bit: bool = False,
+    load_4bit: bool = False,
+    device_map: str | dict | None = None,
+    device: str | None = None,
+    torch_dtype: torch.dtype | None = None,
+    verbose: bool = True,
+    **kwargs,
+):
+    """Load tokenizer, model, image processor and context length, as upstream LLaVA's builder does.
+
+    CUDA loads in fp16 (unless `torch_dtype` says otherwise), CPU in fp32.
+    """
+    device = device or default_device()
+    if torch_dtype is None:
+        torch_dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    load_kwargs = {"torch_dtype": torch_dtype, "low_cpu_mem_usage": True, **kwargs}
+    load_kwargs.update(_quantization_kwargs(load_8bit, load_4bit, device))
+    if device_map is not None:
+        load_kwargs["device_map"] = device_map
+    _check_checkpoint(model_path, "model")
+    if model_base is not None:
+        _check_checkpoint(model_base, "base model")
+
+    def say(message: str) -> None:
+        if verbose:
+            print(f"[load_pretrained_model] {message}", flush=True)
+
+    multimodal, reason = _is_multimodal(model_path, model_name)
+    is_lora = "lora" in model_name.lower()
+    if multimodal:
+        if is_lora and model_base is None:
+            warnings.warn(
+                f"{model_name!r} looks like a LoRA checkpoint (its name contains 'lora') but no model_base "
+                "was given; loading it as a full checkpoint. Pass --model-base to merge it into its base.",
+                stacklevel=2,
+            )
+        if is_lora and model_base is not None:
+            say(f"LLaVA LoRA checkpoint ({reason}, 'lora' in name): base {model_base} + adapter {model_path}")
+            from peft import PeftModel
+
+            config = LlavaConfig.from_pretrained(model_path)
+            _resolve_vision_tower(config, model_path)
+            tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
+            model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
+            non_lora = _load_non_lora_trainables(model_path)
+            if any(k.startswith("model.model.") for k in non_lora):
+                non_lora = {k[len("model."):] if k.startswith("model.model.") else k: v for k, v in non_lora.items()}
+            missing = model.load_state_dict(non_lora, strict=False)
+            if missing.unexpected_keys:
+                raise ValueError(f"non_lora_trainables.bin has unknown tensors: {missing.unexpected_keys[:5]}")
+            model = PeftModel.from_pretrained(model, model_path)
+            model = model.merge_and_unload()
+        elif model_base is not None:
+            say(f"LLaVA projector checkpoint ({reason}, with model_base): base {model_base} + {model_path}")
+            config = AutoConfig.from_pretrained(model_path)
+            _resolve_vision_tower(config, model_path)
+            tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
+            model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
+            projector_file = os.path.join(model_path, "mm_projector.bin")
+            weights = {k: v.to(torch_dtype) for k, v in load_projector_weights(projector_file).items()}
+            load_projector_into(model.get_model().mm_projector, weights, projector_file)
+        else:
+            say(f"full LLaVA checkpoint ({reason}, no model_base): {model_path}")
+            config = AutoConfig.from_pretrained(model_path)
+            _resolve_vision_tower(config, model_path)
+            tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=False)
+            model = LlavaLlamaForCausalLM.from_pretrained(model_path, config=config, **load_kwargs)
+    else:
+        if model_base is not None:
+            say(f"language model with LoRA adapter ({reason}): base {model_base} + adapter {model_path}")
+            from peft import PeftModel
+
+            tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
+            model = AutoModelForCausalLM.from_pretrained(model_base, **load_kwargs)
+            model = PeftModel.from_pretrained(model, model_path).merge_and_unload()
+        else:
+            say(f"plain language model ({reason}): {model_path}")
+            tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=False)
+            model = AutoModelForCausalLM.from_pretrained(model_path, **load_kwargs)
+
+    image_processor = None
+    if multimodal:
+        if getattr(model.config, "mm_use_im_patch_token", True):
+            tokenizer.add_tokens([DEFAULT_IMAGE_PATCH_TOKEN], special_tokens=True)
+        if getattr(model.config, "mm_use_im_start_end", False):
+            tokenizer.add_tokens([DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN], special_tokens=True)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+        vision_tower = model.get_vision_tower()
+        if vision_tower is None:
+            raise ValueError(f"{model_path}: the config names no vision tower (mm_vision_tower)")
+        vision_tower.load_model()
+        vision_tower.to(dtype=torch_dtype)
+        image_processor = vision_tower.image_processor
+
+    if "device_map" not in load_kwargs:
+        model.to(device)
+    model.eval()
+    context_len = getattr(model.config, "max_sequence_length", 2048)
+    return tokenizer, model, image_processor, context_len

@@ -1,0 +1,99 @@
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, CLIPImageProcessor
+
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.mm_utils import (
+    KeywordsStoppingCriteria,
+    expand2square,
+    get_model_name_from_path,
+    load_image,
+    process_images,
+    tokenizer_image_token,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llava):
+    return AutoTokenizer.from_pretrained(tiny_llava["full"], use_fast=False)
+
+
+def test_image_token_ids_keep_one_bos_and_mark_each_image(tokenizer):
+    ids = tokenizer_image_token("USER: <image>\nHi <image> there", tokenizer)
+    first = tokenizer("USER: ").input_ids
+    second = tokenizer("\nHi ").input_ids
+    third = tokenizer(" there").input_ids
+    expected = first + [IMAGE_TOKEN_INDEX] + second[1:] + [IMAGE_TOKEN_INDEX] + third[1:]
+    assert ids == expected
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    assert ids.count(IMAGE_TOKEN_INDEX) == 2
+
+
+def test_image_token_at_start_and_tensor_output(tokenizer):
+    ids = tokenizer_image_token("<image>\nQ", tokenizer, return_tensors="pt")
+    assert isinstance(ids, torch.Tensor)
+    assert ids[:2].tolist() == [tokenizer.bos_token_id, IMAGE_TOKEN_INDEX]
+    with pytest.raises(ValueError, match="unsupported tensor type"):
+        tokenizer_image_token("<image>", tokenizer, return_tensors="np")
+
+
+def test_expand2square_pads_symmetrically_with_the_fill_colour():
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    square = expand2square(image, (1, 2, 3))
+    assert square.size == (40, 40)
+    # 20 pixels of padding split 10 above, 10 below.
+    assert square.getpixel((0, 9)) == (1, 2, 3)
+    assert square.getpixel((0, 10)) == (255, 0, 0)
+    assert square.getpixel((39, 29)) == (255, 0, 0)
+    assert square.getpixel((39, 30)) == (1, 2, 3)
+    tall = expand2square(Image.new("RGB", (5, 8), (0, 0, 0)), (9, 9, 9))
+    assert tall.size == (8, 8) and tall.getpixel((0, 0)) == (9, 9, 9) and tall.getpixel((1, 0)) == (0, 0, 0)
+
+
+class _Cfg:
+    def __init__(self, mode):
+        self.image_aspect_ratio = mode
+
+
+def test_pad_mode_fills_with_processor_mean_before_resizing():
+    processor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8})
+    # Already the target width, so no resampling blurs the edges: 2 rows of fill above and below.
+    image = Image.new("RGB", (8, 4), (255, 255, 255))
+    padded = process_images([image], processor, _Cfg("pad"))
+    assert padded.shape == (1, 3, 8, 8)
+    mean_rgb = tuple(int(m * 255) for m in processor.image_mean)
+    expected_corner = (mean_rgb[0] / 255 - processor.image_mean[0]) / processor.image_std[0]
+    assert padded[0, 0, 0, 0].item() == pytest.approx(expected_corner, abs=0.02)
+    white = (1.0 - processor.image_mean[0]) / processor.image_std[0]
+    assert padded[0, 0, 1, 4].item() == pytest.approx(expected_corner, abs=0.02)
+    assert padded[0, 0, 2, 4].item() == pytest.approx(white, abs=0.02)
+    assert padded[0, 0, 6, 0].item() == pytest.approx(expected_corner, abs=0.02)
+    # Other modes let the processor resize and centre-crop: no padding colour appears.
+    cropped = process_images([Image.new("RGB", (16, 8), (255, 255, 255))], processor, _Cfg(None))
+    assert cropped.shape == (1, 3, 8, 8)
+    assert cropped[0, 0, 0, 0].item() == pytest.approx(white, abs=0.02)
+
+
+def test_model_name_from_path():
+    assert get_model_name_from_path("/x/llava-v1.5-7b/") == "llava-v1.5-7b"
+    assert get_model_name_from_path("/x/run-lora/checkpoint-500") == "run-lora_checkpoint-500"
+
+
+def test_load_image_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        load_image(tmp_path / "nope.png")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="bad.jpg"):
+        load_image(bad)
+
+
+def test_keyword_stopping_waits_for_every_sequence(tokenizer):
+    stop_ids = tokenizer("</s>").input_ids[1:]
+    criteria = KeywordsStoppingCriteria(["</s>"], tokenizer, torch.zeros(2, 3, dtype=torch.long))
+    prompt = torch.ones(2, 3, dtype=torch.long) * 5
+    first = torch.cat([prompt, torch.tensor([[7] + stop_ids, [7] * (1 + len(stop_ids))])], dim=1)
+    assert criteria(first, None) is False
+    second = torch.cat([first, torch.tensor([[8] + stop_ids, [8] + stop_ids])], dim=1)
+    assert criteria(second, None) is True
