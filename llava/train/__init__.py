@@ -1,0 +1,1 @@
+"""Training: entry points, the LLaVA trainer and the task loss-weighting methods."""
