@@ -1,0 +1,299 @@
+"""Sub-datasets of the preparation stage: the mini set and one task-plus-mini set per task.
+
+    python -m llava.visatb.subsets --data Academic_train-475k.json --output-dir data/subsets --task-preset academic
+
+Mini: per task, max(1, round(fraction * n_task)) records drawn at random (seeded), so every task is present.
+Task-plus-mini for task t: all of t's records plus the minis of all other tasks.
+Files follow the release's naming, `{name}-mini_train-{size}.json` and `{task}-plus-mini_train-{size}.json`,
+and a manifest (`subsets.json`) lists every file written with its per-task counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from llava.utils import atomic_write_json, load_json
+from llava.visatb.tasks import resolve_tasks
+
+DEFAULT_MINI_FRACTION = 1 / 32
+MANIFEST_NAME = "subsets.json"
+
+
+def human_size(count: int) -> str:
+    """A record count as the release writes it in file names: 14k, 475k, 1169k; below 1000 the plain count."""
+    if count < 1000:
+        return str(count)
+    return f"{(count + 500) // 1000}k"
+
+
+def dataset_name(path: str | os.PathLike) -> str:
+    """`Academic_train-475k.json` -> `Academic`: the file name without its split and size suffixes."""
+    stem = Path(path).name
+    stem = re.sub(r"\.json$", "", stem)
+    stem = re.sub(r"-\d+(\.\d+)?[km]?$", "", stem)
+    stem = re.sub(r"_(train|val|test)$", "", stem)
+    return stem or "data"
+
+
+def _record_label(index: int, record: Any) -> str:
+    rid = record.get("id") if isinstance(record, dict) else None
+    return f"record {index}" + (f" (id {rid!r})" if rid is not None else "")
+
+
+def group_by_task(
+    records: Sequence[dict], tasks: Sequence[str] | None = None, source: str = "data"
+) -> dict[str, list[int]]:
+    """Indices of the records of each task, in task order; tasks come from the data when not given."""
+    groups: dict[str, list[int]] = {t: [] for t in tasks} if tasks is not None else {}
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or not isinstance(record.get("task"), str):
+            raise ValueError(f"{source}: {_record_label(index, record)} has no 'task' field (a task name)")
+        task = record["task"]
+        if task not in groups:
+            if tasks is not None:
+                raise ValueError(
+                    f"{source}: {_record_label(index, record)} has task {task!r}, which is not in the task "
+                    f"list ({', '.join(tasks)})"
+                )
+            groups[task] = []
+        groups[task].append(index)
+    empty = [t for t, idx in groups.items() if not idx]
+    if empty:
+        raise ValueError(f"{source}: no records of task(s) {', '.join(empty)}")
+    return groups
+
+
+def mini_size(n_task: int, fraction: float) -> int:
+    """Records of a task that go into the mini set: round(fraction * n), at least 1 (half rounds up)."""
+    return min(n_task, max(1, int(fraction * n_task + 0.5)))
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0 < fraction <= 1:
+        raise ValueError(f"mini fraction must be in (0, 1], got {fraction!r}")
+
+
+def _draw(indices: list[int], k: int, seed: int, stream: str) -> list[int]:
+    # One generator per (seed, purpose, task): a task's draw does not depend on the other tasks' sizes.
+    rng = random.Random(f"{seed}/{stream}")
+    return sorted(rng.sample(indices, k))
+
+
+def build_subsets(
+    records: Sequence[dict],
+    tasks: Sequence[str] | None = None,
+    fraction: float = DEFAULT_MINI_FRACTION,
+    seed: int = 0,
+    source: str = "data",
+) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(mini, {task: task-plus-mini}); records keep their order in the input file."""
+    _check_fraction(fraction)
+    groups = group_by_task(records, tasks, source)
+    in_mini: set[int] = set()
+    mini_of: dict[str, set[int]] = {}
+    for task, indices in groups.items():
+        mini_of[task] = set(_draw(indices, mini_size(len(indices), fraction), seed, f"mini/{task}"))
+        in_mini |= mini_of[task]
+    mini = [records[i] for i in sorted(in_mini)]
+    plus_mini = {}
+    for task, indices in groups.items():
+        keep = set(indices) | (in_mini - mini_of[task])
+        plus_mini[task] = [records[i] for i in sorted(keep)]
+    return mini, plus_mini
+
+
+def carve_validation(
+    records: Sequence[dict],
+    per_task: int,
+    tasks: Sequence[str] | None = None,
+    seed: int = 0,
+    source: str = "data",
+) -> tuple[list[dict], dict[str, list[dict]]]:
+    """(remaining training records, {task: K validation records}) for datasets without validation sets."""
+    if per_task < 1:
+        raise ValueError(f"validation records per task must be at least 1, got {per_task}")
+    groups = group_by_task(records, tasks, source)
+    held_out: set[int] = set()
+    val = {}
+    for task, indices in groups.items():
+        if len(indices) <= per_task:
+            raise ValueError(
+                f"{source}: task {task!r} has {len(indices)} records, too few to carve {per_task} for "
+                f"validation and keep some for training"
+            )
+        chosen = _draw(indices, per_task, seed, f"val/{task}")
+        held_out.update(chosen)
+        val[task] = [records[i] for i in chosen]
+    train = [r for i, r in enumerate(records) if i not in held_out]
+    return train, val
+
+
+def task_counts(records: Sequence[dict], tasks: Sequence[str]) -> dict[str, int]:
+    """Records per task, in task order."""
+    counts = {t: 0 for t in tasks}
+    for r in records:
+        counts[r["task"]] = counts.get(r["task"], 0) + 1
+    return counts
+
+
+def write_subsets(
+    data_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    tasks: Sequence[str] | None = None,
+    fraction: float = DEFAULT_MINI_FRACTION,
+    seed: int = 0,
+    name: str | None = None,
+    val_per_task: int | None = None,
+    manifest_path: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Build and write every subset file and the manifest; returns the manifest."""
+    _check_fraction(fraction)
+    records = load_json(data_path)
+    if not isinstance(records, list):
+        raise ValueError(f"{data_path}: expected a JSON list of records, got {type(records).__name__}")
+    source = str(data_path)
+    task_order = list(group_by_task(records, tasks, source))
+    name = name or dataset_name(data_path)
+    output_dir = Path(output_dir)
+    manifest: dict[str, Any] = {
+        "source": str(Path(data_path).resolve()),
+        "name": name,
+        "seed": seed,
+        "mini_fraction": fraction,
+        "tasks": task_order,
+        "output_dir": str(output_dir.resolve()),
+        "entire": {"count": len(records), "per_task": task_counts(records, task_order)},
+        "train": None,
+        "val": {},
+        "mini": None,
+        "plus_mini": {},
+    }
+    jobs: list[tuple[str, list[dict]]] = []
+
+    def plan(entry_parent: dict, key: str, file_name: str, subset: list[dict]) -> None:
+        entry_parent[key] = {
+            "file": file_name,
+            "path": str((output_dir / file_name).resolve()),
+            "count": len(subset),
+            "per_task": task_counts(subset, task_order),
+        }
+        jobs.append((file_name, subset))
+
+    train = records
+    if val_per_task:
+        train, val = carve_validation(records, val_per_task, task_order, seed, source)
+        for task, subset in val.items():
+            plan(manifest["val"], task, f"{task}_val-{human_size(len(subset))}.json", subset)
+        plan(manifest, "train", f"{name}_train-{human_size(len(train))}.json", train)
+    mini, plus_mini = build_subsets(train, task_order, fraction, seed, source)
+    plan(manifest, "mini", f"{name}-mini_train-{human_size(len(mini))}.json", mini)
+    for task, subset in plus_mini.items():
+        plan(manifest["plus_mini"], task, f"{task}-plus-mini_train-{human_size(len(subset))}.json", subset)
+
+    names = [file_name for file_name, _ in jobs]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise ValueError(f"two subsets would be written to the same file: {', '.join(clashes)}; pick --name")
+    if any((output_dir / n).resolve() == Path(data_path).resolve() for n in names):
+        raise ValueError(
+            f"{data_path}: a subset would overwrite the input file; pick another --output-dir or --name"
+        )
+    for file_name, subset in tqdm(jobs, desc="writing subsets", unit="file", file=sys.stderr):
+        atomic_write_json(output_dir / file_name, subset, indent=None)
+    atomic_write_json(manifest_path or output_dir / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def format_counts(manifest: dict[str, Any]) -> str:
+    """A per-task table of the counts in every subset, then the files written."""
+    tasks = manifest["tasks"]
+    width = max([len(t) for t in tasks] + [len("total")]) + 2
+    columns = [("entire", manifest["entire"])]
+    if manifest["train"]:
+        columns += [("val", {"per_task": {t: e["count"] for t, e in manifest["val"].items()}})]
+        columns += [("train", manifest["train"])]
+    columns += [("mini", manifest["mini"])]
+    columns += [("plus-mini", {"per_task": {t: e["count"] for t, e in manifest["plus_mini"].items()}})]
+    lines = [f"{'task':<{width}}" + "".join(f"{c:>11}" for c, _ in columns)]
+    for task in tasks:
+        lines.append(f"{task:<{width}}" + "".join(f"{e['per_task'].get(task, 0):>11}" for _, e in columns))
+    totals = [str(sum(e["per_task"].values())) for _, e in columns[:-1]]
+    lines.append(f"{'total':<{width}}" + "".join(f"{t:>11}" for t in totals))
+    lines.append("(plus-mini: the size of each task's own task-plus-mini file)")
+    lines.append(f"files in {manifest['output_dir']}:")
+    entries = list(manifest["val"].values()) + [manifest["train"], manifest["mini"]]
+    entries += list(manifest["plus_mini"].values())
+    for entry in entries:
+        if entry:
+            lines.append(f"  {entry['file']}  ({entry['count']} records)")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Write the mini set and the task-plus-mini sets of a multi-task training file."
+    )
+    parser.add_argument("--data", required=True, help="the entire multi-task training file (JSON list)")
+    parser.add_argument("--output-dir", required=True)
+    tasks = parser.add_mutually_exclusive_group()
+    tasks.add_argument("--tasks", help="task names A,B,... (fixes the order; other task names are errors)")
+    tasks.add_argument("--task-preset", help="academic or chat")
+    parser.add_argument("--mini-fraction", type=float, default=DEFAULT_MINI_FRACTION, help="default 1/32")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--name", help="file name prefix of the mini (and training) file; default from --data"
+    )
+    parser.add_argument(
+        "--val-per-task", type=int, help="carve K records per task into {task}_val-K.json, out of training"
+    )
+    parser.add_argument(
+        "--manifest", help=f"where to write the manifest (default OUTPUT_DIR/{MANIFEST_NAME})"
+    )
+    parser.add_argument("--check", action="store_true", help="check the data first (needs --image-folder)")
+    parser.add_argument("--image-folder", help="image root, for --check")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        tasks = resolve_tasks(args.tasks, args.task_preset) if (args.tasks or args.task_preset) else None
+        if args.check:
+            from llava.visatb.check_data import check_file
+
+            if not args.image_folder:
+                raise ValueError("--check needs --image-folder")
+            report = check_file(args.data, args.image_folder, tasks)
+            print(report.format())
+            if not report.ok:
+                print(f"error: {args.data} failed the data check; no subsets written", file=sys.stderr)
+                return 1
+        manifest = write_subsets(
+            args.data,
+            args.output_dir,
+            tasks,
+            fraction=args.mini_fraction,
+            seed=args.seed,
+            name=args.name,
+            val_per_task=args.val_per_task,
+            manifest_path=args.manifest,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_counts(manifest))
+    print(f"manifest: {args.manifest or Path(args.output_dir) / MANIFEST_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The sub-dataset builder: mini and task-plus-mini sets, validation carving, naming, manifest, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llava.visatb.subsets import build_subsets, carve_validation, dataset_name, human_size, main, mini_size
+
+REPO = Path(__file__).resolve().parents[1]
+SIZES = {"A": 64, "B": 33, "C": 5}
+
+
+def make_records(sizes=SIZES):
+    """Records of several tasks, interleaved as in a shuffled multi-task file."""
+    records, left = [], dict(sizes)
+    while any(left.values()):
+        for task in sizes:
+            if left[task]:
+                k = sizes[task] - left[task]
+                records.append(
+                    {
+                        "id": f"{task}-{k}",
+                        "task": task,
+                        "conversations": [
+                            {"from": "human", "value": f"question {k}"},
+                            {"from": "gpt", "value": f"answer {k}"},
+                        ],
+                    }
+                )
+                left[task] -= 1
+    return records
+
+
+def ids(records):
+    return [r["id"] for r in records]
+
+
+def ids_of(records, task):
+    return {r["id"] for r in records if r["task"] == task}
+
+
+def test_mini_size_rule():
+    # round(fraction * n), half up, at least one record, at most all of them.
+    assert mini_size(64, 1 / 32) == 2
+    assert mini_size(33, 1 / 32) == 1  # 1.03
+    assert mini_size(5, 1 / 32) == 1  # 0.16, raised to 1
+    assert mini_size(6, 0.25) == 2  # 1.5 rounds up
+    assert mini_size(5, 0.25) == 1  # 1.25
+    assert mini_size(3, 1.0) == 3
+
+
+def test_human_size_and_dataset_name():
+    assert [human_size(n) for n in (7, 999, 1000, 1499, 1500, 14_840, 475_000, 1_169_000)] == [
+        "7", "999", "1k", "1k", "2k", "15k", "475k", "1169k",
+    ]  # fmt: skip
+    assert dataset_name("data/Academic_train-475k.json") == "Academic"
+    assert dataset_name("Chat_train-157k.json") == "Chat"
+    assert dataset_name("toy.json") == "toy"
+    assert dataset_name("llava_v1_5_mix665k.json") == "llava_v1_5_mix665k"
+
+
+def test_mini_is_stratified_and_plus_mini_adds_the_other_minis():
+    records = make_records()
+    mini, plus_mini = build_subsets(records, ["A", "B", "C"], fraction=0.25, seed=1)
+    # A: round(16) = 16, B: round(8.25) = 8, C: round(1.25) = 1.
+    assert {t: len(ids_of(mini, t)) for t in SIZES} == {"A": 16, "B": 8, "C": 1}
+    assert len(mini) == 25 and len(set(ids(mini))) == 25
+    for task in SIZES:
+        subset = plus_mini[task]
+        assert ids_of(subset, task) == ids_of(records, task)
+        for other in SIZES:
+            if other != task:
+                assert ids_of(subset, other) == ids_of(mini, other)
+        assert len(subset) == SIZES[task] + 25 - len(ids_of(mini, task))
+    # Records keep their order in the input file.
+    position = {r["id"]: k for k, r in enumerate(records)}
+    for subset in [mini, *plus_mini.values()]:
+        order = [position[r["id"]] for r in subset]
+        assert order == sorted(order)
+
+
+def test_default_fraction_keeps_one_record_of_small_tasks():
+    mini, _ = build_subsets(make_records(), None, seed=0)
+    assert {t: len(ids_of(mini, t)) for t in SIZES} == {"A": 2, "B": 1, "C": 1}
+
+
+def test_same_seed_same_subsets_different_seed_different():
+    records = make_records()
+    first = build_subsets(records, None, fraction=0.25, seed=3)
+    again = build_subsets(make_records(), None, fraction=0.25, seed=3)
+    other = build_subsets(records, None, fraction=0.25, seed=4)
+    assert ids(first[0]) == ids(again[0])
+    assert {t: ids(s) for t, s in first[1].items()} == {t: ids(s) for t, s in again[1].items()}
+    assert ids(first[0]) != ids(other[0])
+
+
+def test_carve_validation_holds_records_out():
+    records = make_records()
+    train, val = carve_validation(records, 3, ["A", "B", "C"], seed=0)
+    assert {t: len(v) for t, v in val.items()} == {"A": 3, "B": 3, "C": 3}
+    held = {r["id"] for v in val.values() for r in v}
+    assert len(held) == 9 and held.isdisjoint(ids(train))
+    assert len(train) == len(records) - 9
+    with pytest.raises(ValueError, match="task 'C' has 5 records, too few to carve 5"):
+        carve_validation(records, 5, None)
+
+
+def test_unknown_or_missing_task_is_named():
+    records = make_records()
+    records[4]["task"] = "Z"
+    with pytest.raises(ValueError, match=r"record 4 \(id 'B-1'\) has task 'Z'.*A, B, C"):
+        build_subsets(records, ["A", "B", "C"])
+    del records[4]["task"]
+    with pytest.raises(ValueError, match=r"record 4 \(id 'B-1'\) has no 'task'"):
+        build_subsets(records, None)
+    with pytest.raises(ValueError, match="no records of task"):
+        build_subsets(make_records(), ["A", "B", "C", "D"])
+    with pytest.raises(ValueError, match="mini fraction"):
+        build_subsets(make_records(), None, fraction=0.0)
+
+
+def test_cli_writes_named_files_manifest_and_table(tmp_path, capsys):
+    data = tmp_path / "Toy_train-102.json"
+    data.write_text(json.dumps(make_records()))
+    out = tmp_path / "subsets"
+    argv = ["--data", str(data), "--output-dir", str(out), "--tasks", "A,B,C", "--mini-fraction", "0.25",
+            "--seed", "7", "--val-per-task", "2"]  # fmt: skip
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    # Training after carving: A 62, B 31, C 3 -> mini A round(15.5) = 16, B round(7.75) = 8, C 1.
+    expected_files = {
+        "A_val-2.json": 2,
+        "B_val-2.json": 2,
+        "C_val-2.json": 2,
+        "Toy_train-96.json": 96,
+        "Toy-mini_train-25.json": 25,
+        "A-plus-mini_train-71.json": 62 + 8 + 1,
+        "B-plus-mini_train-48.json": 31 + 16 + 1,
+        "C-plus-mini_train-27.json": 3 + 16 + 8,
+        "subsets.json": None,
+    }
+    assert {p.name for p in out.iterdir()} == set(expected_files)
+    for name, count in expected_files.items():
+        if count is not None:
+            assert len(json.loads((out / name).read_text())) == count
+    manifest = json.loads((out / "subsets.json").read_text())
+    assert manifest["tasks"] == ["A", "B", "C"]
+    assert manifest["mini"]["file"] == "Toy-mini_train-25.json"
+    assert manifest["mini"]["per_task"] == {"A": 16, "B": 8, "C": 1}
+    assert manifest["plus_mini"]["B"]["per_task"] == {"A": 16, "B": 31, "C": 1}
+    assert Path(manifest["plus_mini"]["C"]["path"]) == (out / "C-plus-mini_train-27.json").resolve()
+    assert manifest["val"]["A"]["count"] == 2 and manifest["train"]["count"] == 96
+    # Validation records are in no training subset.
+    val_ids = {r["id"] for t in "ABC" for r in json.loads((out / f"{t}_val-2.json").read_text())}
+    for name in expected_files:
+        if "train" in name:
+            assert val_ids.isdisjoint(r["id"] for r in json.loads((out / name).read_text()))
+    assert "A" in table and "mini" in table and "Toy-mini_train-25.json" in table
+
+    # Deterministic: a second run writes identical files.
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "subsets.json"}
+    assert main(argv) == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "subsets.json"} == before
+
+
+def test_cli_errors_and_check(tmp_path, capsys):
+    data = tmp_path / "toy.json"
+    data.write_text(json.dumps(make_records()))
+    out = tmp_path / "out"
+    assert main(["--data", str(data), "--output-dir", str(out), "--tasks", "A,B"]) == 2
+    assert "has task 'C', which is not in the task list" in capsys.readouterr().err
+    assert main(["--data", str(tmp_path / "nope.json"), "--output-dir", str(out)]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+    records = make_records()
+    records[0]["image"] = "missing.jpg"  # and no <image> token either
+    data.write_text(json.dumps(records))
+    (tmp_path / "images").mkdir()
+    argv = [
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--check",
+        "--image-folder",
+        str(tmp_path / "images"),
+    ]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "missing.jpg" in captured.out and "no subsets written" in captured.err
+    assert not out.exists()
+
+
+def test_runs_as_a_module(tmp_path):
+    data = tmp_path / "toy.json"
+    data.write_text(json.dumps(make_records()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "llava.visatb.subsets", "--data", str(data), "--output-dir", str(tmp_path / "o")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "o" / "toy-mini_train-4.json").is_file()
+    assert not list((tmp_path / "o").glob("*.tmp"))

@@ -1,0 +1,107 @@
+"""Compute VisATB task weights from a scores table (or from measures given by hand).
+
+    python weighting_visatb.py                                   # the paper's settings
+    python weighting_visatb.py --scores scores.json --task-preset academic --output weights.json --plot weights.png
+    python weighting_visatb.py --out-contribution 0.16 0.19 0.20 --in-contribution ... --difficulty ...
+
+The last line printed is VISATB_WEIGHTS="w1 w2 ...", in task-id order, for the finetune scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llava.visatb import weighting
+from llava.visatb.tasks import get_preset, parse_task_names, resolve_tasks
+
+USAGE_HINT = (
+    "To weight your own tasks: python weighting_visatb.py --scores scores.json "
+    "(--task-preset academic|chat | --tasks A,B,...) [--output weights.json] [--plot weights.png] "
+    "(or give --out-contribution/--in-contribution/--difficulty by hand); see --help."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="VisATB task weights from inter-task contribution and intra-task difficulty. "
+        "Without arguments, prints the weights of the paper's settings."
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--scores", help="scores table JSON {model key: {task: score}} ('mini', task names)")
+    source.add_argument("--paper", help=f"one paper setting: {', '.join(weighting.PAPER_SETTINGS)}")
+    parser.add_argument("--out-contribution", type=float, nargs="+", help="C_out per scored task, by hand")
+    parser.add_argument("--in-contribution", type=float, nargs="+", help="C_in per scored task, by hand")
+    parser.add_argument(
+        "--difficulty", type=float, nargs="+", help="D = 1 - V_i(mini)/V_i(i+mini) per scored task, by hand"
+    )
+    tasks = parser.add_mutually_exclusive_group()
+    tasks.add_argument("--tasks", help="all trained tasks in task-id order, A,B,... (fixes the weight order)")
+    tasks.add_argument("--task-preset", help="academic or chat: its task list in task-id order")
+    parser.add_argument(
+        "--unscored-tasks",
+        help="tasks trained but not scored, weight 1.0 (default: the preset's, e.g. ShareGPT for academic)",
+    )
+    parser.add_argument("--temperature", type=float, default=weighting.DEFAULT_TEMPERATURE)
+    parser.add_argument("--output", help="write the weights JSON here (read by --visatb_weights_file)")
+    parser.add_argument("--plot", help="write a PNG: heatmap of C beside the final weights")
+    return parser
+
+
+def compute(args: argparse.Namespace) -> weighting.VisatbWeights:
+    """Turn the parsed arguments into one weights result."""
+    vectors = (args.out_contribution, args.in_contribution, args.difficulty)
+    by_hand = any(v is not None for v in vectors)
+    if by_hand and (args.scores or args.paper):
+        raise ValueError("give either --scores, --paper or the three measure vectors, not several")
+    if by_hand and any(v is None for v in vectors):
+        raise ValueError("by hand, give all three of --out-contribution, --in-contribution and --difficulty")
+    if args.paper:
+        if args.tasks or args.task_preset or args.unscored_tasks:
+            raise ValueError("--paper fixes its own tasks; drop --tasks/--task-preset/--unscored-tasks")
+        return weighting.get_paper_setting(args.paper).weights(args.temperature)
+
+    tasks = resolve_tasks(args.tasks, args.task_preset) if (args.tasks or args.task_preset) else None
+    if args.unscored_tasks is not None:
+        unscored = parse_task_names(args.unscored_tasks)
+    elif args.task_preset:
+        unscored = list(get_preset(args.task_preset).unscored)
+    else:
+        unscored = None
+    if args.scores:
+        scores = weighting.load_scores_table(args.scores)
+        all_tasks, scored = weighting.plan_tasks(tasks, unscored, scores=scores, source=args.scores)
+        return weighting.weights_from_scores(scores, scored, all_tasks, args.temperature, source=args.scores)
+    all_tasks, scored = weighting.plan_tasks(tasks, unscored, n_values=len(args.difficulty))
+    return weighting.weights_from_measures(
+        args.out_contribution, args.in_contribution, args.difficulty, scored, all_tasks, args.temperature
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        by_hand = any(v is not None for v in (args.out_contribution, args.in_contribution, args.difficulty))
+        if not (args.scores or args.paper or by_hand):
+            if args.tasks or args.task_preset or args.unscored_tasks or args.output or args.plot:
+                raise ValueError("nothing to weight: give --scores, --paper or the three measure vectors")
+            print(weighting.format_paper_settings(args.temperature))
+            print()
+            print(USAGE_HINT)
+            return 0
+        result = compute(args)
+        if args.output:
+            weighting.write_weights_file(args.output, result)
+            print(f"wrote {args.output}")
+        if args.plot:
+            weighting.plot_weights(result, args.plot)
+            print(f"wrote {args.plot}")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(weighting.format_report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
