@@ -1,0 +1,553 @@
+"""The embedded toy benchmark: coloured shapes on a 3x3 grid, asked about in the Academic benchmark's task types.
+
+Images hold one or two shapes (circle, square, triangle; red, green, blue, yellow; small or large), each
+centred in a grid cell, on a plain or lightly noisy grey-level background. Six tasks, in the `toy` preset's
+task-id order:
+
+    ToyCaption      detailed templated description of the image          caption (CIDEr)
+    ToyCaptionList  short description of a region given by its box      caption list (CIDEr vs references)
+    ToyColorQA      colour of the shape at a named grid position          qa (exact match)
+    ToyShapeQA      shape of the object of a named colour                 qa (exact match)
+    ToyBBox         box of the shape a phrase names, "[x1, y1, x2, y2]"   grounding (IoU > 0.5)
+    ToyText         arithmetic and word reversal, no image                trained, not scored
+
+Everything follows from the seed. Train and validation images are disjoint files; tasks share images
+within a split, as the Academic tasks share COCO images.
+
+    python -m llava.visatb.toy_benchmark --output-dir data/toy --seed 0 [--scale 0.1] [--overwrite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.utils import atomic_write_json, load_json
+from llava.visatb.subsets import human_size
+from llava.visatb.tasks import CAPTION_LIST, TOY
+
+MANIFEST_NAME = "toy_benchmark.json"
+IMAGE_DIR = "images"
+FORMAT_VERSION = 1
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 50, 50),
+    "green": (40, 160, 70),
+    "blue": (50, 90, 220),
+    "yellow": (230, 200, 40),
+}
+# Grey levels only, and noise added equally to all channels: a background pixel can never equal a shape colour.
+BACKGROUNDS: dict[str, int] = {"white": 245, "gray": 140, "black": 25}
+NOISE_AMPLITUDE = 20
+SHAPES = ("circle", "square", "triangle")
+# Half the shape's extent as a fraction of a grid cell. Small and large boxes of one cell have IoU ~0.3,
+# so a grounding answer counts only with the right cell and the right size.
+SIZES: dict[str, float] = {"small": 0.24, "large": 0.42}
+GRID = 3
+POSITIONS = (
+    ("top left", "top center", "top right"),
+    ("center left", "center", "center right"),
+    ("bottom left", "bottom center", "bottom right"),
+)
+
+# LLaVA-1.5's response-format prompt for short-answer VQA (VQAv2, GQA, OCRVQA in its mixture).
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+# LLaVA-1.5's RefCOCO prompts (region description and referring-expression grounding).
+REGION_DESCRIPTION_PROMPT = "Please provide a short description for this region: "
+GROUNDING_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
+DETAIL_PROMPTS = (
+    "Describe this image in detail.",
+    "Give a detailed description of the image.",
+    "What is in this image? Describe it in detail.",
+)
+
+# Records per task at scale 1.0. Sizes differ on purpose (QA large, captions small), as in the Academic mix.
+TRAIN_SIZES: dict[str, int] = {
+    "ToyCaption": 400,
+    "ToyCaptionList": 1200,
+    "ToyColorQA": 3200,
+    "ToyShapeQA": 2400,
+    "ToyBBox": 1600,
+    "ToyText": 800,
+}
+VAL_SIZES: dict[str, int] = {
+    "ToyCaption": 50,
+    "ToyCaptionList": 100,
+    "ToyColorQA": 200,
+    "ToyShapeQA": 160,
+    "ToyBBox": 120,
+}
+MIN_RECORDS = 4
+MIN_IMAGE_SIZE = 24
+MAX_IMAGE_SIZE = 1024
+
+
+# ---------------------------------------------------------------------------- scenes and images
+
+
+@dataclass(frozen=True)
+class ToyShape:
+    """One shape: its kind, colour and size names and its grid cell."""
+
+    kind: str
+    color: str
+    size: str
+    row: int
+    col: int
+
+    @property
+    def position(self) -> str:
+        return POSITIONS[self.row][self.col]
+
+
+@dataclass(frozen=True)
+class ToyScene:
+    """A background and one or two shapes in reading order (distinct cells, colours and kinds)."""
+
+    background: str
+    noisy: bool
+    shapes: tuple[ToyShape, ...]
+
+
+def random_scene(rng: random.Random) -> ToyScene:
+    """Draw a scene; two shapes always differ in cell, colour and kind, so 'the red object' is unambiguous."""
+    num_shapes = rng.choice((1, 2))
+    cells = rng.sample(range(GRID * GRID), num_shapes)
+    colors = rng.sample(sorted(COLORS), num_shapes)
+    kinds = rng.sample(SHAPES, num_shapes)
+    shapes = [
+        ToyShape(kind=kind, color=color, size=rng.choice(sorted(SIZES)), row=cell // GRID, col=cell % GRID)
+        for cell, color, kind in zip(cells, colors, kinds)
+    ]
+    shapes.sort(key=lambda s: (s.row, s.col))
+    return ToyScene(background=rng.choice(sorted(BACKGROUNDS)), noisy=rng.random() < 0.5, shapes=tuple(shapes))
+
+
+def shape_pixel_box(shape: ToyShape, image_size: int) -> tuple[int, int, int, int]:
+    """The shape's pixel box (x0, y0, x1, y1), end-exclusive; the shape touches all four sides."""
+    cell = image_size / GRID
+    half = SIZES[shape.size] * cell
+    cx, cy = (shape.col + 0.5) * cell, (shape.row + 0.5) * cell
+    return round(cx - half), round(cy - half), round(cx + half), round(cy + half)
+
+
+def normalized_box(shape: ToyShape, image_size: int) -> tuple[float, float, float, float]:
+    """The shape's box as fractions of the image side, rounded to 2 decimals (RefCOCO-bbox's precision)."""
+    return tuple(round(v / image_size, 2) for v in shape_pixel_box(shape, image_size))
+
+
+def format_box(box: Sequence[float]) -> str:
+    """Write a box as `[0.12, 0.34, 0.56, 0.78]`: two decimals per coordinate, the RefCOCO-bbox answer format."""
+    return "[" + ", ".join(f"{v:.2f}" for v in box) + "]"
+
+
+def render_scene(scene: ToyScene, image_size: int, noise_seed: Sequence[int]) -> Image.Image:
+    """Draw the scene as an RGB image; shapes are solid (no antialiasing), so their pixels have the exact colour."""
+    level = BACKGROUNDS[scene.background]
+    pixels = np.full((image_size, image_size, 1), level, dtype=np.int16)
+    if scene.noisy:
+        noise_rng = np.random.default_rng(list(noise_seed))
+        pixels = pixels + noise_rng.integers(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, size=pixels.shape)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8).repeat(3, axis=2), "RGB")
+    draw = ImageDraw.Draw(image)
+    for shape in scene.shapes:
+        x0, y0, x1, y1 = shape_pixel_box(shape, image_size)
+        # Pillow's coordinates are inclusive.
+        right, bottom = x1 - 1, y1 - 1
+        fill = COLORS[shape.color]
+        if shape.kind == "circle":
+            draw.ellipse((x0, y0, right, bottom), fill=fill)
+        elif shape.kind == "square":
+            draw.rectangle((x0, y0, right, bottom), fill=fill)
+        else:
+            draw.polygon([(x0, bottom), ((x0 + right) / 2, y0), (right, bottom)], fill=fill)
+    return image
+
+
+# ---------------------------------------------------------------------------- task text
+
+# A builder turns (scene, rng, image size) into (question, references); one reference except for caption lists.
+SceneTaskBuilder = Callable[[ToyScene, random.Random, int], tuple[str, list[str]]]
+
+
+def _describe(shape: ToyShape) -> str:
+    return f"{shape.size} {shape.color} {shape.kind} in the {shape.position}"
+
+
+def detailed_caption(scene: ToyScene) -> str:
+    """The ToyCaption reference: every shape with size, colour, kind and position, then the background."""
+    if len(scene.shapes) == 1:
+        objects = f"The image shows one {_describe(scene.shapes[0])}."
+    else:
+        first, second = (_describe(s) for s in scene.shapes)
+        objects = f"The image shows two shapes. There is a {first} and a {second}."
+    if scene.noisy:
+        return f"{objects} The background is {scene.background} with light noise."
+    return f"{objects} The background is plain {scene.background}."
+
+
+def region_descriptions(shape: ToyShape) -> list[str]:
+    """The ToyCaptionList references of one shape: distinct phrasings, as RefCOCO has several per region."""
+    return [
+        f"{shape.color} {shape.kind}",
+        f"{shape.size} {shape.color} {shape.kind}",
+        f"{shape.color} {shape.kind} in the {shape.position}",
+        f"the {shape.size} {shape.kind} in the {shape.position}",
+        f"a {shape.size} {shape.color} {shape.kind}",
+    ]
+
+
+def _caption_task(scene: ToyScene, rng: random.Random, image_size: int) -> tuple[str, list[str]]:
+    return rng.choice(DETAIL_PROMPTS), [detailed_caption(scene)]
+
+
+def _caption_list_task(scene: ToyScene, rng: random.Random, image_size: int) -> tuple[str, list[str]]:
+    shape = rng.choice(scene.shapes)
+    return REGION_DESCRIPTION_PROMPT + format_box(normalized_box(shape, image_size)), region_descriptions(shape)
+
+
+def _color_qa_task(scene: ToyScene, rng: random.Random, image_size: int) -> tuple[str, list[str]]:
+    shape = rng.choice(scene.shapes)
+    question = rng.choice(("What color is the shape in the {}?", "Which color does the shape in the {} have?"))
+    return f"{question.format(shape.position)}\n{SHORT_ANSWER_PROMPT}", [shape.color]
+
+
+def _shape_qa_task(scene: ToyScene, rng: random.Random, image_size: int) -> tuple[str, list[str]]:
+    shape = rng.choice(scene.shapes)
+    question = rng.choice(("What shape is the {} object?", "Which shape does the {} object have?"))
+    return f"{question.format(shape.color)}\n{SHORT_ANSWER_PROMPT}", [shape.kind]
+
+
+def _bbox_task(scene: ToyScene, rng: random.Random, image_size: int) -> tuple[str, list[str]]:
+    shape = rng.choice(scene.shapes)
+    return f"{GROUNDING_PROMPT}{shape.color} {shape.kind}.", [format_box(normalized_box(shape, image_size))]
+
+
+def text_task(rng: random.Random) -> tuple[str, str]:
+    """A ToyText question and answer: one-digit addition or reversing three words of the toy vocabulary."""
+    if rng.random() < 0.5:
+        a, b = rng.randrange(10), rng.randrange(10)
+        return f"What is {a} plus {b}?", str(a + b)
+    words = rng.sample(sorted(COLORS) + list(SHAPES) + sorted(SIZES), 3)
+    return f"Reverse the order of these words: {' '.join(words)}", " ".join(reversed(words))
+
+
+SCENE_TASKS: dict[str, SceneTaskBuilder] = {
+    "ToyCaption": _caption_task,
+    "ToyCaptionList": _caption_list_task,
+    "ToyColorQA": _color_qa_task,
+    "ToyShapeQA": _shape_qa_task,
+    "ToyBBox": _bbox_task,
+}
+TEXT_TASKS = ("ToyText",)
+if set(SCENE_TASKS) | set(TEXT_TASKS) != set(TOY.tasks):
+    raise RuntimeError("the toy task builders and the TOY preset in llava/visatb/tasks.py name different tasks")
+
+
+# ---------------------------------------------------------------------------- records and files
+
+
+def _record(record_id: str, task: str, question: str, answer: str | list[str], image: str | None) -> dict[str, Any]:
+    record: dict[str, Any] = {"id": record_id}
+    if image is not None:
+        record["image"] = image
+        question = f"{DEFAULT_IMAGE_TOKEN}\n{question}"
+    record["task"] = task
+    record["conversations"] = [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    return record
+
+
+def toy_task_sizes(scale: float = 1.0) -> tuple[dict[str, int], dict[str, int]]:
+    """(train, validation) record counts per task at `scale`; never fewer than MIN_RECORDS."""
+    _check_scale(scale)
+
+    def scaled(n: int) -> int:
+        return max(MIN_RECORDS, int(math.floor(n * scale + 0.5)))
+
+    return {t: scaled(n) for t, n in TRAIN_SIZES.items()}, {t: scaled(n) for t, n in VAL_SIZES.items()}
+
+
+def train_file_name(count: int) -> str:
+    """`toy_train-{size}.json`, the size written as the release's file names write it (480, 10k)."""
+    return f"toy_train-{human_size(count)}.json"
+
+
+def val_file_name(task: str, count: int) -> str:
+    return f"{task}_val-{human_size(count)}.json"
+
+
+def image_path(index: int) -> str:
+    """Relative path of image `index`, as records write it."""
+    return f"{IMAGE_DIR}/{index:06d}.png"
+
+
+_OWN_IMAGE = re.compile(r"\d{6,}\.png")
+
+
+def _check_scale(scale: float) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+
+
+def _check_arguments(seed: int, scale: float, image_size: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_scale(scale)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not (
+        MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE
+    ):
+        raise ValueError(f"image_size must be an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}, got {image_size!r}")
+
+
+def load_toy_manifest(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """Load `<output_dir>/toy_benchmark.json` and check its fields; errors name the file and field."""
+    path = Path(output_dir) / MANIFEST_NAME
+    manifest = load_json(path)
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
+    expected = {
+        "seed": int, "scale": (int, float), "image_size": int, "tasks": list, "metrics": dict, "unscored": list,
+        "train_file": str, "train_count": int, "train_counts": dict, "val_files": dict, "val_counts": dict,
+        "image_dir": str, "num_images": dict, "format_version": int,
+    }  # fmt: skip
+    for key, kind in expected.items():
+        if key not in manifest:
+            raise ValueError(f"{path}: missing field {key!r}")
+        if not isinstance(manifest[key], kind):
+            raise ValueError(f"{path}: field {key!r} has type {type(manifest[key]).__name__}")
+    scored = [t for t in manifest["tasks"] if t not in manifest["unscored"]]
+    for field_name, keys in (("metrics", scored), ("val_files", scored), ("train_counts", manifest["tasks"])):
+        missing = [t for t in keys if t not in manifest[field_name]]
+        if missing:
+            raise ValueError(f"{path}: field {field_name!r} has no entry for task {missing[0]!r}")
+    return manifest
+
+
+def _manifest_files(manifest: dict[str, Any]) -> list[str]:
+    return [manifest["train_file"], *manifest["val_files"].values()]
+
+
+def _is_complete(output_dir: Path, manifest: dict[str, Any]) -> bool:
+    if not all((output_dir / name).is_file() for name in _manifest_files(manifest)):
+        return False
+    # Images are written before the manifest, so the last one of each split stands for the rest.
+    last = [manifest["num_images"].get("train", 0) - 1, sum(manifest["num_images"].values()) - 1]
+    return all((output_dir / image_path(i)).is_file() for i in last if i >= 0)
+
+
+def _remove_previous_outputs(output_dir: Path) -> None:
+    """Delete what an earlier generation here wrote (manifest first, then files matching our names only)."""
+    (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    stale = list(output_dir.glob("toy_train-*.json"))
+    for task in TOY.scored_tasks:
+        stale += output_dir.glob(f"{task}_val-*.json")
+    image_dir = output_dir / IMAGE_DIR
+    if image_dir.is_dir():
+        stale += [p for p in image_dir.iterdir() if _OWN_IMAGE.fullmatch(p.name)]
+    for path in stale:
+        path.unlink()
+
+
+def _scene_records(
+    task: str, split: str, scenes: list[ToyScene], first_index: int, count: int, rng: random.Random, image_size: int
+) -> list[dict[str, Any]]:
+    build = SCENE_TASKS[task]
+    # Distinct images within a task; the pool has as many scenes as the largest task needs.
+    picks = rng.sample(range(len(scenes)), count)
+    records = []
+    for n, pick in enumerate(picks):
+        question, references = build(scenes[pick], rng, image_size)
+        if TOY.metrics[task] == CAPTION_LIST:
+            answer: str | list[str] = references if split == "val" else rng.choice(references)
+        else:
+            answer = references[0]
+        records.append(_record(f"{task}-{split}-{n:06d}", task, question, answer, image_path(first_index + pick)))
+    return records
+
+
+def _text_records(task: str, count: int, rng: random.Random) -> list[dict[str, Any]]:
+    return [_record(f"{task}-train-{n:06d}", task, *text_task(rng), image=None) for n in range(count)]
+
+
+def _generate(
+    output_dir: str | os.PathLike, seed: int, scale: float, image_size: int, overwrite: bool, progress: bool
+) -> tuple[dict[str, Any], bool]:
+    """Generate (or reuse) the benchmark; returns (manifest, whether files were written)."""
+    _check_arguments(seed, scale, image_size)
+    out = Path(output_dir)
+    if (out / MANIFEST_NAME).is_file() and not overwrite:
+        existing = load_toy_manifest(out)
+        same = (
+            existing["seed"] == seed
+            and float(existing["scale"]) == float(scale)
+            and existing["image_size"] == image_size
+            and existing["format_version"] == FORMAT_VERSION
+        )
+        if not same:
+            raise ValueError(
+                f"{out / MANIFEST_NAME}: holds a toy benchmark with seed {existing['seed']}, scale "
+                f"{existing['scale']}, image size {existing['image_size']}; pass --overwrite to replace it "
+                "or choose another output directory"
+            )
+        if _is_complete(out, existing):
+            return existing, False
+
+    train_counts, val_counts = toy_task_sizes(scale)
+    scene_train = {t: n for t, n in train_counts.items() if t in SCENE_TASKS}
+    scene_rng = random.Random(f"toy-{seed}-scenes")
+    train_scenes = [random_scene(scene_rng) for _ in range(max(scene_train.values()))]
+    val_scenes = [random_scene(scene_rng) for _ in range(max(val_counts.values()))]
+
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_outputs(out)
+    (out / IMAGE_DIR).mkdir(exist_ok=True)
+    all_scenes = train_scenes + val_scenes
+    for index, scene in enumerate(tqdm(all_scenes, desc="toy images", unit="img", disable=not progress)):
+        render_scene(scene, image_size, noise_seed=(seed, index)).save(out / image_path(index), format="PNG")
+
+    train_records: list[dict[str, Any]] = []
+    val_files: dict[str, str] = {}
+    for task in TOY.tasks:
+        task_rng = random.Random(f"toy-{seed}-{task}-train")
+        if task in SCENE_TASKS:
+            train_records += _scene_records(task, "train", train_scenes, 0, train_counts[task], task_rng, image_size)
+        else:
+            train_records += _text_records(task, train_counts[task], task_rng)
+    for task in TOY.scored_tasks:
+        task_rng = random.Random(f"toy-{seed}-{task}-val")
+        records = _scene_records(task, "val", val_scenes, len(train_scenes), val_counts[task], task_rng, image_size)
+        val_files[task] = val_file_name(task, len(records))
+        atomic_write_json(out / val_files[task], records)
+    random.Random(f"toy-{seed}-shuffle").shuffle(train_records)
+    train_file = train_file_name(len(train_records))
+    atomic_write_json(out / train_file, train_records)
+
+    manifest = {
+        "benchmark": "toy",
+        "preset": TOY.name,
+        "seed": seed,
+        "scale": scale,
+        "image_size": image_size,
+        "tasks": list(TOY.tasks),
+        "metrics": dict(TOY.metrics),
+        "unscored": list(TOY.unscored),
+        "train_file": train_file,
+        "train_count": len(train_records),
+        "train_counts": train_counts,
+        "val_files": val_files,
+        "val_counts": val_counts,
+        "image_dir": IMAGE_DIR,
+        "num_images": {"train": len(train_scenes), "val": len(val_scenes)},
+        "format_version": FORMAT_VERSION,
+    }
+    # Written last: a manifest on disk means the benchmark next to it is complete.
+    atomic_write_json(out / MANIFEST_NAME, manifest)
+    return manifest, True
+
+
+def generate_toy_benchmark(
+    output_dir: str | os.PathLike,
+    seed: int = 0,
+    scale: float = 1.0,
+    image_size: int = 64,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write the toy benchmark into `output_dir` and return its manifest; an identical finished one is reused."""
+    return _generate(output_dir, seed, scale, image_size, overwrite, progress)[0]
+
+
+# ---------------------------------------------------------------------------- tokenizer corpus
+
+
+def _record_texts(records: Sequence[Any], source: str) -> list[str]:
+    texts = []
+    for index, record in enumerate(records):
+        turns = record.get("conversations") if isinstance(record, dict) else None
+        if not isinstance(turns, list):
+            raise ValueError(f"{source}: record {index} has no conversations list")
+        for turn in turns:
+            value = turn.get("value") if isinstance(turn, dict) else None
+            for text in value if isinstance(value, list) else [value]:
+                if not isinstance(text, str):
+                    raise ValueError(f"{source}: record {index}: a conversations value is not a string")
+                # `<image>` never reaches the tokenizer: LLaVA splits prompts on it before tokenising.
+                text = text.replace(DEFAULT_IMAGE_TOKEN + "\n", "").replace(DEFAULT_IMAGE_TOKEN, "").strip()
+                if text:
+                    texts.append(text)
+    return texts
+
+
+def toy_corpus(source: str | os.PathLike | Sequence[dict[str, Any]]) -> list[str]:
+    """Every prompt and answer (all caption references too) of a benchmark directory or record list, `<image>` removed."""
+    if isinstance(source, str | os.PathLike):
+        out = Path(source)
+        manifest = load_toy_manifest(out)
+        texts = []
+        for name in _manifest_files(manifest):
+            records = load_json(out / name)
+            if not isinstance(records, list):
+                raise ValueError(f"{out / name}: expected a JSON list of records")
+            texts += _record_texts(records, str(out / name))
+        return texts
+    return _record_texts(source, "records")
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def _summary(manifest: dict[str, Any]) -> str:
+    lines = [f"{'task':<16}{'metric':<14}{'train':>7}{'val':>6}"]
+    for task in manifest["tasks"]:
+        metric = manifest["metrics"].get(task, "unscored")
+        val = manifest["val_counts"].get(task, "-")
+        lines.append(f"{task:<16}{metric:<14}{manifest['train_counts'][task]:>7}{val:>6}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate the embedded toy multi-task visual benchmark.")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default="data/toy", help="where to write")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (non-negative)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every task's train and val size")
+    parser.add_argument("--image-size", "--image_size", dest="image_size", type=int, default=64, help="image side")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate even if a benchmark is there")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    try:
+        manifest, written = _generate(
+            args.output_dir, args.seed, args.scale, args.image_size, args.overwrite, progress=not args.quiet
+        )
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(_summary(manifest))
+    manifest_path = Path(args.output_dir) / MANIFEST_NAME
+    images = sum(manifest["num_images"].values())
+    if written:
+        print(
+            f"wrote {manifest_path} ({manifest['train_count']} train records, {images} images) "
+            f"in {time.monotonic() - start:.1f} s"
+        )
+    else:
+        print(f"reused {manifest_path} (same seed, scale and image size; --overwrite regenerates)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
