@@ -1,0 +1,1 @@
+"""LLaVA-1.5 zero-shot benchmark evaluation: generation, chunk merging, scorers, converters, GPT review."""
