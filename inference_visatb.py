@@ -1,0 +1,98 @@
+"""Answer a VisATB validation question file with a model: batched, shardable, resumable.
+
+    python inference_visatb.py --model-path checkpoints/llava-v1.5-7b-mini --image-folder data/images \
+        --question-file data/GQA_val-1k.json --answers-folder answers [--batch-size 8]
+    # shards: run --num-chunks 4 --chunk-idx 0..3 (e.g. one per GPU); the last one to finish merges,
+    # or merge explicitly with --num-chunks 4 --merge
+
+Answers go to `{answers-folder}/{question-name}_{model-name}.json` (underscores turned into hyphens),
+the question records with conversations[1].generative_value and generator added. Every flag is also
+accepted in its underscore spelling (--model_path, --question_file, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from llava.generation import LlavaGenerator
+from llava.mm_utils import get_model_name_from_path
+from llava.visatb import inference
+
+
+def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """Register `--a-b` and `--a_b` as one option."""
+    spellings = dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}", f"--{name.replace('-', '_')}"])
+    parser.add_argument(*spellings, dest=name.replace("-", "_"), **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Answer a question file (JSON list of LLaVA-format records) with a LLaVA model.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add(parser, "model-path", required=True, help="checkpoint folder or hub name")
+    _add(parser, "model-base", default=None, help="base model for LoRA / projector-only checkpoints")
+    _add(parser, "image-folder", default=None, help="folder the records' 'image' paths are relative to")
+    _add(parser, "question-file", required=True, help="JSON list of records with conversations [human, gpt]")
+    _add(parser, "answers-folder", required=True, help="where answer files go (chunk files in its tmp/)")
+    _add(parser, "conv-mode", default="vicuna_v1", help="conversation template")
+    _add(parser, "num-chunks", type=int, default=1, help="split the questions into this many balanced chunks")
+    _add(parser, "chunk-idx", type=int, default=0, help="which chunk this process answers (0-based)")
+    _add(parser, "temperature", type=float, default=0.0, help="0 means greedy decoding")
+    _add(parser, "top_p", type=float, default=None, help="nucleus sampling (with temperature > 0)")
+    _add(parser, "num_beams", type=int, default=1)
+    _add(parser, "max_new_tokens", type=int, default=2048)
+    _add(parser, "batch-size", type=int, default=8, help="questions per generate call (left-padded)")
+    _add(parser, "save-every", type=int, default=inference.DEFAULT_SAVE_EVERY, help="save progress every N batches")
+    _add(parser, "merge", action="store_true", help="only join the chunk files of --num-chunks into the answer file")
+    _add(parser, "overwrite", action="store_true", help="recompute even if the answer file exists")
+    _add(parser, "skip-missing-images", action="store_true", help="skip (and list) records whose image is missing")
+    _add(parser, "device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda if available)")
+    _add(parser, "quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    model_path = os.path.expanduser(args.model_path)
+    model_name = get_model_name_from_path(model_path)
+    try:
+        if args.merge:
+            report = inference.merge_chunks(
+                args.question_file, args.answers_folder, model_name, args.num_chunks, overwrite=args.overwrite
+            )
+        else:
+            job = inference.InferenceJob(
+                question_file=os.path.expanduser(args.question_file),
+                answers_folder=os.path.expanduser(args.answers_folder),
+                model_name=model_name,
+                image_folder=args.image_folder and os.path.expanduser(args.image_folder),
+                num_chunks=args.num_chunks,
+                chunk_idx=args.chunk_idx,
+                batch_size=args.batch_size,
+                save_every=args.save_every,
+                overwrite=args.overwrite,
+                skip_missing_images=args.skip_missing_images,
+                progress=not args.quiet,
+            )
+            print(f"Start inference of {inference.question_name(job.question_file)} using {model_name}", flush=True)
+
+            def load_generator() -> LlavaGenerator:
+                return LlavaGenerator.from_pretrained(
+                    model_path, args.model_base, conv_mode=args.conv_mode, device=args.device,
+                    temperature=args.temperature, top_p=args.top_p, num_beams=args.num_beams,
+                    max_new_tokens=args.max_new_tokens,
+                )  # fmt: skip
+
+            report = inference.run_inference(job, load_generator)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(inference.format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Talking to a model interactively (the terminal chat)."""

@@ -1,0 +1,463 @@
+"""Answer a validation question file with a model: batched, shardable into chunks, resumable, mergeable.
+
+Output naming follows the VisATB release: `{question-name}_{model-name}.json` in the answers folder, where
+the question name is the file name up to `.json` and both parts have `_` turned into `-`; chunk `k` of `n`
+is `tmp/{question-name}_{model-name}_{k}-{n}.json`. Work in progress is kept in `tmp/<name>.partial.json`
+(rewritten atomically) and records skipped for a missing image in `tmp/<name>.skipped.json`; an answer
+file only appears once it is complete.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from llava.generation import LlavaGenerator, PreparedBatch, open_image
+from llava.utils import atomic_write_json, load_json
+
+T = TypeVar("T")
+
+CHUNK_FOLDER = "tmp"
+DEFAULT_SAVE_EVERY = 10
+
+
+def chunk_bounds(total: int, num_chunks: int, chunk_idx: int) -> tuple[int, int]:
+    """[start, end) of chunk `chunk_idx` when `total` items are cut into `num_chunks` balanced chunks.
+
+    The first `total % num_chunks` chunks hold one item more than the others, so there are always
+    `num_chunks` chunks (some empty when there are fewer items than chunks).
+    """
+    if num_chunks < 1:
+        raise ValueError(f"the number of chunks must be at least 1, got {num_chunks}")
+    if not 0 <= chunk_idx < num_chunks:
+        raise ValueError(f"chunk index {chunk_idx} is out of range for {num_chunks} chunks (0..{num_chunks - 1})")
+    base, extra = divmod(total, num_chunks)
+    start = chunk_idx * base + min(chunk_idx, extra)
+    return start, start + base + (1 if chunk_idx < extra else 0)
+
+
+def split_chunks(items: Sequence[T], n: int, k: int) -> list[T]:
+    """Chunk `k` of `n` balanced chunks of `items` (sizes differ by at most one; 9 items, 4 chunks: 3,2,2,2)."""
+    start, end = chunk_bounds(len(items), n, k)
+    return list(items[start:end])
+
+
+def question_name(question_file: str | os.PathLike) -> str:
+    """The release's name of a question file: its file name up to the first `.json`."""
+    return os.path.basename(os.fspath(question_file)).split(".json")[0]
+
+
+def answers_file_name(question_file: str | os.PathLike, model_name: str, num_chunks: int = 1, chunk_idx: int = 0) -> str:
+    """`{question-name}_{model-name}.json`, or `..._{k}-{n}.json` for a chunk; underscores become hyphens."""
+    stem = f"{question_name(question_file).replace('_', '-')}_{model_name.replace('_', '-')}"
+    if num_chunks == 1:
+        return f"{stem}.json"
+    chunk_bounds(0, num_chunks, chunk_idx)  # validates the pair
+    return f"{stem}_{chunk_idx}-{num_chunks}.json"
+
+
+def answers_path(
+    answers_folder: str | os.PathLike, question_file: str | os.PathLike, model_name: str,
+    num_chunks: int = 1, chunk_idx: int = 0,
+) -> Path:  # fmt: skip
+    """Where an answer file (the whole set, or one chunk in the `tmp/` subfolder) goes."""
+    name = answers_file_name(question_file, model_name, num_chunks, chunk_idx)
+    folder = Path(answers_folder) if num_chunks == 1 else Path(answers_folder) / CHUNK_FOLDER
+    return folder / name
+
+
+def progress_path(answers_folder: str | os.PathLike, answers_file: Path) -> Path:
+    """The work-in-progress file of an answer file (whole set or chunk), in the `tmp/` subfolder."""
+    return Path(answers_folder) / CHUNK_FOLDER / f"{answers_file.stem}.partial.json"
+
+
+def skipped_path(answers_folder: str | os.PathLike, answers_file: Path) -> Path:
+    """The list of records skipped for a missing or unreadable image, in the `tmp/` subfolder."""
+    return Path(answers_folder) / CHUNK_FOLDER / f"{answers_file.stem}.skipped.json"
+
+
+def _describe(index: int, record: Any) -> str:
+    rid = record.get("id") if isinstance(record, dict) else None
+    return f"record {index}" + (f" (id {rid!r})" if rid is not None else "")
+
+
+def load_questions(question_file: str | os.PathLike) -> list[dict]:
+    """Read a question file (a JSON list of LLaVA-format records) and check the fields inference reads."""
+    records = load_json(question_file)
+    if not isinstance(records, list):
+        raise ValueError(f"{question_file}: expected a JSON list of records, found {type(records).__name__}")
+    for index, record in enumerate(records):
+        where = f"{question_file}: {_describe(index, record)}"
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected an object, found {type(record).__name__}")
+        turns = record.get("conversations")
+        if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, dict) for t in turns[:2]):
+            raise ValueError(f"{where}: 'conversations' must be a list holding a human turn and a gpt reference turn")
+        if not isinstance(turns[0].get("value"), str):
+            raise ValueError(f"{where}: conversations[0]['value'] (the question) must be a string")
+        image = record.get("image")
+        if image is not None and (not isinstance(image, str) or not image):
+            raise ValueError(f"{where}: 'image' must be a non-empty relative path string when present")
+    return records
+
+
+def _without_outputs(record: dict) -> dict:
+    """The record as it was in the question file: the fields inference adds are dropped."""
+    record = copy.deepcopy(record)
+    record.pop("generator", None)
+    turns = record.get("conversations")
+    if isinstance(turns, list) and len(turns) > 1 and isinstance(turns[1], dict):
+        turns[1].pop("generative_value", None)
+    return record
+
+
+def answered_record(question: dict, answer: str, model_name: str) -> dict:
+    """The question record with the model's answer and the model's name added."""
+    record = copy.deepcopy(question)
+    record["conversations"][1]["generative_value"] = answer
+    record["generator"] = model_name
+    return record
+
+
+def image_path(record: dict, image_folder: str | os.PathLike | None) -> str | None:
+    image = record.get("image")
+    if image is None:
+        return None
+    return os.path.join(os.fspath(image_folder or ""), image)
+
+
+@dataclass
+class InferenceJob:
+    """One (question file, model, chunk) to answer, and how."""
+
+    question_file: str
+    answers_folder: str
+    model_name: str
+    image_folder: str | None = None
+    num_chunks: int = 1
+    chunk_idx: int = 0
+    batch_size: int = 8
+    save_every: int = DEFAULT_SAVE_EVERY
+    overwrite: bool = False
+    skip_missing_images: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        chunk_bounds(0, self.num_chunks, self.chunk_idx)
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.save_every < 1:
+            raise ValueError(f"--save-every must be at least 1, got {self.save_every}")
+
+    @property
+    def answers_file(self) -> Path:
+        return answers_path(self.answers_folder, self.question_file, self.model_name, self.num_chunks, self.chunk_idx)
+
+    @property
+    def final_file(self) -> Path:
+        """The answer file of the whole question set (the merge target when chunked)."""
+        return answers_path(self.answers_folder, self.question_file, self.model_name)
+
+
+@dataclass
+class InferenceReport:
+    """What a run did: where the answers are, how many were produced, resumed or skipped."""
+
+    answers_file: Path
+    status: str  # "answered", "already complete" or "merged"
+    total: int = 0
+    answered: int = 0
+    resumed: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    skipped_file: Path | None = None
+    merged_file: Path | None = None
+
+
+def format_report(report: InferenceReport) -> str:
+    """Lines for people (and greppable by scripts): what was written where."""
+    if report.status == "already complete":
+        return f"{report.answers_file} already exists and is complete; pass --overwrite to recompute it"
+    if report.status == "merged":
+        lines = [f"Merged chunks into {report.answers_file} ({report.answered} answers for {report.total} questions)"]
+    else:
+        resumed = f", continued after {report.resumed} done before" if report.resumed else ""
+        lines = [f"Saved inference results to {report.answers_file} ({report.answered} answered{resumed})"]
+    if report.skipped:
+        lines.append(
+            f"skipped {len(report.skipped)} records whose image is missing or unreadable; "
+            f"listed in {report.skipped_file}"
+        )
+    if report.merged_file is not None:
+        lines.append(f"all chunks are done: merged into {report.merged_file}")
+    return "\n".join(lines)
+
+
+def _skip_entry(index: int, record: dict, path: str, reason: str) -> dict:
+    return {"index": index, "id": record.get("id"), "image": path, "reason": reason}
+
+
+def _missing_images(questions: list[dict], start: int, image_folder: str | None) -> dict[int, str]:
+    missing = {}
+    for offset, record in enumerate(questions):
+        path = image_path(record, image_folder)
+        if path is not None and not os.path.isfile(path):
+            missing[start + offset] = path
+    return missing
+
+
+def _resume_point(state: Any, path: Path, job: InferenceJob, chunk: list[dict], start: int) -> int:
+    """Where a progress file stops; it is only continued for the same questions, chunk range and model."""
+    hint = f"delete it or rerun with --overwrite to start over ({path})"
+    end = start + len(chunk)
+    if not isinstance(state, dict) or not {"answers", "skipped", "next", "settings"} <= set(state):
+        raise ValueError(f"{path} is not a progress file of inference_visatb.py; {hint}")
+    for key, value in {"model_name": job.model_name, "range": [start, end]}.items():
+        if state.get(key) != value:
+            raise ValueError(f"{path} was written with {key} {state.get(key)!r}, this run has {value!r}; {hint}")
+    if not isinstance(state["next"], int) or not start <= state["next"] <= end:
+        raise ValueError(f"{path}: 'next' must be a question index in [{start}, {end}]; {hint}")
+    _check_records(state["answers"], state["skipped"], chunk[: state["next"] - start], start, str(path))
+    return state["next"]
+
+
+def _check_records(answers: Any, skipped: Any, questions: list[dict], start: int, source: str) -> None:
+    """Answers plus skipped entries must account for `questions` exactly, in order."""
+    if not isinstance(answers, list) or not isinstance(skipped, list):
+        raise ValueError(f"{source}: expected a list of answer records")
+    skipped_indices = {entry.get("index") for entry in skipped if isinstance(entry, dict)}
+    expected = [(start + offset, q) for offset, q in enumerate(questions) if start + offset not in skipped_indices]
+    if len(answers) != len(expected):
+        raise ValueError(
+            f"{source} is incomplete: {len(answers)} answers and {len(skipped_indices)} skipped records "
+            f"for {len(questions)} questions"
+        )
+    for position, (answer, (index, question)) in enumerate(zip(answers, expected)):
+        if not isinstance(answer, dict) or _without_outputs(answer) != _without_outputs(question):
+            raise ValueError(
+                f"{source}: answer {position} does not match question {_describe(index, question)} "
+                "of the question file (was the question file changed?)"
+            )
+
+
+class _Progress:
+    """Answers and skips so far, saved atomically so that a killed run can continue where it stopped."""
+
+    def __init__(self, path: Path, job: InferenceJob, settings: dict, start: int, end: int):
+        self.path = path
+        self.state = {
+            "question_file": os.fspath(job.question_file),
+            "model_name": job.model_name,
+            "range": [start, end],
+            "settings": settings,
+            "next": start,
+            "answers": [],
+            "skipped": [],
+        }
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.state, indent=None)
+
+
+@dataclass
+class _Batch:
+    """One batch of consecutive questions, with images loaded and tokens/pixels prepared."""
+
+    indices: range
+    kept: list[int]
+    skipped: list[dict]
+    prepared: PreparedBatch | None
+
+
+def _prepare_batch(
+    generator: LlavaGenerator, job: InferenceJob, questions: list[dict], indices: range, missing: dict[int, str]
+) -> _Batch:
+    """Load the batch's images (skipping missing/unreadable ones if asked) and prepare it for the model."""
+    kept, skipped, texts, images = [], [], [], []
+    for index in indices:
+        record = questions[index]
+        path = image_path(record, job.image_folder)
+        if index in missing:
+            skipped.append(_skip_entry(index, record, path, "missing"))
+            continue
+        image = None
+        if path is not None:
+            try:
+                image = open_image(path)
+            except (OSError, ValueError) as e:
+                if not job.skip_missing_images:
+                    raise ValueError(f"{_describe(index, record)} of {job.question_file}: {e}") from e
+                skipped.append(_skip_entry(index, record, path, f"unreadable: {e}"))
+                continue
+        kept.append(index)
+        texts.append(record["conversations"][0]["value"])
+        images.append(image)
+    return _Batch(indices, kept, skipped, generator.prepare(texts, images) if kept else None)
+
+
+def _answer_all(
+    generator: LlavaGenerator, job: InferenceJob, questions: list[dict], end: int, missing: dict[int, str],
+    progress: _Progress, bar: tqdm,
+) -> None:  # fmt: skip
+    """Answer from `progress`'s next question to `end`, saving every `job.save_every` batches.
+
+    One worker thread loads and preprocesses the next batch while the model answers the current one.
+    """
+
+    def submit(pool: ThreadPoolExecutor, start: int) -> Future | None:
+        if start >= end:
+            return None
+        indices = range(start, min(start + job.batch_size, end))
+        return pool.submit(_prepare_batch, generator, job, questions, indices, missing)
+
+    batches_since_save = 0
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = submit(pool, progress.state["next"])
+        try:
+            while pending is not None:
+                batch = pending.result()
+                pending = submit(pool, batch.indices.stop)
+                outputs = generator.generate_prepared(batch.prepared) if batch.prepared is not None else []
+                progress.state["skipped"].extend(batch.skipped)
+                for index, answer in zip(batch.kept, outputs, strict=True):
+                    progress.state["answers"].append(answered_record(questions[index], answer, job.model_name))
+                progress.state["next"] = batch.indices.stop
+                bar.update(len(batch.indices))
+                batches_since_save += 1
+                if batches_since_save >= job.save_every and batch.indices.stop < end:
+                    progress.save()
+                    batches_since_save = 0
+        except BaseException:
+            # Keep what was finished (an error, Ctrl-C); a hard kill falls back to the last periodic save.
+            if batches_since_save:
+                progress.save()
+            raise
+
+
+def _all_chunks_done(job: InferenceJob) -> bool:
+    return all(
+        answers_path(job.answers_folder, job.question_file, job.model_name, job.num_chunks, k).is_file()
+        for k in range(job.num_chunks)
+    )
+
+
+def run_inference(job: InferenceJob, load_generator: Callable[[], LlavaGenerator]) -> InferenceReport:
+    """Answer the job's chunk of questions, continuing a killed run; `load_generator` is only called if needed.
+
+    When the last chunk of a chunked run finishes, the chunks are merged into the answer file.
+    """
+    questions = load_questions(job.question_file)
+    start, end = chunk_bounds(len(questions), job.num_chunks, job.chunk_idx)
+    chunk = questions[start:end]
+    out = job.answers_file
+    partial, skipped_file = progress_path(job.answers_folder, out), skipped_path(job.answers_folder, out)
+    if job.overwrite:
+        for stale in (out, partial, skipped_file):
+            stale.unlink(missing_ok=True)
+    else:
+        for done in (out, job.final_file):
+            if done.is_file():
+                return InferenceReport(done, "already complete", total=len(chunk))
+
+    state = load_json(partial) if partial.is_file() else None
+    resume_at = start if state is None else _resume_point(state, partial, job, chunk, start)
+    missing = _missing_images(questions[resume_at:end], resume_at, job.image_folder)
+    if missing and not job.skip_missing_images:
+        first = min(missing)
+        raise FileNotFoundError(
+            f"image file not found: {missing[first]} ({_describe(first, questions[first])} of "
+            f"{job.question_file}); {len(missing)} of {end - resume_at} images to answer are missing. Check "
+            "--image-folder, or pass --skip-missing-images to answer the others and list the skipped records"
+        )
+    if missing:
+        print(
+            f"warning: {len(missing)} of {end - resume_at} images to answer are missing "
+            f"(first: {missing[min(missing)]}); their records are skipped",
+            file=sys.stderr,
+        )
+
+    generator = load_generator()
+    progress = _Progress(partial, job, generator.settings, start, end)
+    if state is not None:
+        if state["settings"] != generator.settings:
+            raise ValueError(
+                f"{partial} was written with settings {state['settings']!r}, this run has "
+                f"{generator.settings!r}; delete it or rerun with --overwrite to start over"
+            )
+        progress.state.update(answers=state["answers"], skipped=state["skipped"], next=resume_at)
+    resumed, answered_before = resume_at - start, len(progress.state["answers"])
+
+    with tqdm(total=len(chunk), initial=resumed, desc=out.stem, unit="question", disable=not job.progress) as bar:
+        _answer_all(generator, job, questions, end, missing, progress, bar)
+
+    # The skipped list is written first: once the answer file exists the chunk counts as complete.
+    if progress.state["skipped"]:
+        atomic_write_json(skipped_file, progress.state["skipped"])
+    else:
+        skipped_file.unlink(missing_ok=True)
+    atomic_write_json(out, progress.state["answers"], indent=4)
+    partial.unlink(missing_ok=True)
+    skipped = progress.state["skipped"]
+    report = InferenceReport(
+        out, "answered", total=len(chunk), answered=len(progress.state["answers"]) - answered_before,
+        resumed=resumed, skipped=skipped, skipped_file=skipped_file if skipped else None,
+    )  # fmt: skip
+    if job.num_chunks > 1 and _all_chunks_done(job):
+        merge = merge_chunks(job.question_file, job.answers_folder, job.model_name, job.num_chunks, overwrite=True)
+        report.merged_file = merge.answers_file
+    return report
+
+
+def merge_chunks(
+    question_file: str | os.PathLike, answers_folder: str | os.PathLike, model_name: str, num_chunks: int,
+    overwrite: bool = False,
+) -> InferenceReport:  # fmt: skip
+    """Join the `num_chunks` chunk files into the answer file, in question-file order.
+
+    A missing chunk, or one that does not account for every question of its range, is an error naming it.
+    """
+    if num_chunks < 2:
+        raise ValueError(f"merging needs --num-chunks of at least 2, got {num_chunks}")
+    final = answers_path(answers_folder, question_file, model_name)
+    questions = load_questions(question_file)
+    if final.is_file() and not overwrite:
+        return InferenceReport(final, "already complete", total=len(questions))
+    merged, skipped = [], []
+    for k in range(num_chunks):
+        start, end = chunk_bounds(len(questions), num_chunks, k)
+        path = answers_path(answers_folder, question_file, model_name, num_chunks, k)
+        name = f"chunk {k} of {num_chunks} ({path})"
+        if not path.is_file():
+            partial = progress_path(answers_folder, path)
+            if partial.is_file():
+                state = load_json(partial)
+                next_index = state.get("next") if isinstance(state, dict) else None
+                done = next_index - start if isinstance(next_index, int) else 0
+                raise ValueError(
+                    f"{name} is incomplete: {done} of {end - start} questions done; "
+                    f"rerun inference with --chunk-idx {k} to finish it"
+                )
+            raise FileNotFoundError(f"{name} is missing; run inference with --num-chunks {num_chunks} --chunk-idx {k}")
+        answers = load_json(path)
+        chunk_skipped_file = skipped_path(answers_folder, path)
+        chunk_skipped = load_json(chunk_skipped_file) if chunk_skipped_file.is_file() else []
+        _check_records(answers, chunk_skipped, questions[start:end], start, name)
+        merged.extend(answers)
+        skipped.extend(chunk_skipped)
+    final_skipped = skipped_path(answers_folder, final)
+    if skipped:
+        atomic_write_json(final_skipped, skipped)
+    else:
+        final_skipped.unlink(missing_ok=True)
+    atomic_write_json(final, merged, indent=4)
+    return InferenceReport(
+        final, "merged", total=len(questions), answered=len(merged), skipped=skipped,
+        skipped_file=final_skipped if skipped else None,
+    )  # fmt: skip
