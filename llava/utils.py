@@ -1,4 +1,4 @@
-"""Small helpers shared across the package: atomic file writes, JSON loading with clear errors."""
+"""Small helpers shared across the package: atomic file writes, JSON loading with clear errors, chunk bounds."""
 
 from __future__ import annotations
 
@@ -43,9 +43,26 @@ def load_json(path: str | os.PathLike) -> Any:
             raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
 
 
+def chunk_bounds(total: int, num_chunks: int, chunk_idx: int) -> tuple[int, int]:
+    """[start, stop) of chunk `chunk_idx` when `total` items are cut into `num_chunks` contiguous, balanced chunks.
+
+    The first `total % num_chunks` chunks hold one item more, so no chunk is empty unless there are fewer
+    items than chunks (then the last ones are).
+    """
+    if num_chunks < 1:
+        raise ValueError(f"the number of chunks (num_chunks) must be at least 1, got {num_chunks}")
+    if not 0 <= chunk_idx < num_chunks:
+        raise ValueError(
+            f"chunk index {chunk_idx} is out of range for {num_chunks} chunks (chunk_idx must be in 0..{num_chunks - 1})"
+        )
+    base, extra = divmod(total, num_chunks)
+    start = chunk_idx * base + min(chunk_idx, extra)
+    return start, start + base + (1 if chunk_idx < extra else 0)
+
+
 def disable_torch_init() -> None:
     """Skip the default random initialisation of Linear/LayerNorm (speeds up loading pretrained weights)."""
     import torch
 
-    setattr(torch.nn.Linear, "reset_parameters", lambda self: None)
-    setattr(torch.nn.LayerNorm, "reset_parameters", lambda self: None)
+    torch.nn.Linear.reset_parameters = lambda self: None
+    torch.nn.LayerNorm.reset_parameters = lambda self: None

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llava.utils import atomic_write_text, load_json
+from llava.utils import atomic_write_text, chunk_bounds, load_json
 
 T = TypeVar("T")
 
@@ -107,17 +107,6 @@ def load_question_ids(question_file: str | os.PathLike) -> list[str]:
             raise ValueError(f"{path}: question {i + 1} has no {' or '.join(repr(k) for k in key_options)} field")
         ids.append(str(record[key]))
     return ids
-
-
-def chunk_bounds(total: int, num_chunks: int, chunk_idx: int) -> tuple[int, int]:
-    """[start, stop) of chunk `chunk_idx` when `total` items are split into `num_chunks` contiguous chunks."""
-    if num_chunks < 1:
-        raise ValueError(f"num_chunks must be at least 1, got {num_chunks}")
-    if not 0 <= chunk_idx < num_chunks:
-        raise ValueError(f"chunk_idx must be in [0, {num_chunks}), got {chunk_idx}")
-    base, extra = divmod(total, num_chunks)
-    start = chunk_idx * base + min(chunk_idx, extra)
-    return start, start + base + (chunk_idx < extra)
 
 
 def get_chunk(items: Sequence[T], num_chunks: int, chunk_idx: int) -> list[T]:

@@ -21,27 +21,12 @@ from typing import Any, TypeVar
 from tqdm import tqdm
 
 from llava.generation import LlavaGenerator, PreparedBatch, open_image
-from llava.utils import atomic_write_json, load_json
+from llava.utils import atomic_write_json, chunk_bounds, load_json
 
 T = TypeVar("T")
 
 CHUNK_FOLDER = "tmp"
 DEFAULT_SAVE_EVERY = 10
-
-
-def chunk_bounds(total: int, num_chunks: int, chunk_idx: int) -> tuple[int, int]:
-    """[start, end) of chunk `chunk_idx` when `total` items are cut into `num_chunks` balanced chunks.
-
-    The first `total % num_chunks` chunks hold one item more than the others, so there are always
-    `num_chunks` chunks (some empty when there are fewer items than chunks).
-    """
-    if num_chunks < 1:
-        raise ValueError(f"the number of chunks must be at least 1, got {num_chunks}")
-    if not 0 <= chunk_idx < num_chunks:
-        raise ValueError(f"chunk index {chunk_idx} is out of range for {num_chunks} chunks (0..{num_chunks - 1})")
-    base, extra = divmod(total, num_chunks)
-    start = chunk_idx * base + min(chunk_idx, extra)
-    return start, start + base + (1 if chunk_idx < extra else 0)
 
 
 def split_chunks(items: Sequence[T], n: int, k: int) -> list[T]:

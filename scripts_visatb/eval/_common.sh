@@ -8,6 +8,7 @@
 #   EVAL_DIR     benchmark data root, LLaVA's layout    (default ./playground/data/eval)
 #   MODEL_NAME   name of the answer/result files        (default: last part of CKPT)
 #   PYTHON       interpreter                            (default python)
+#   BATCH_SIZE   questions per generation batch        (default: the module's, 8)
 #   CUDA_VISIBLE_DEVICES  GPUs to use; otherwise every GPU nvidia-smi lists; none -> one CPU process
 
 set -euo pipefail
@@ -22,6 +23,7 @@ CONV_MODE="${CONV_MODE:-vicuna_v1}"
 EVAL_DIR="${EVAL_DIR:-./playground/data/eval}"
 MODEL_NAME="${MODEL_NAME:-$(basename "${CKPT%/}")}"
 PYTHON="${PYTHON:-python}"
+BATCH_SIZE="${BATCH_SIZE:-}"
 
 # Fills GPULIST with the visible GPUs (empty on a machine without any).
 detect_gpus() {
@@ -84,6 +86,8 @@ run_generation() {
     (( chunks > 0 )) || chunks=1
     local base_args=()
     [[ -n "$MODEL_BASE" ]] && base_args=(--model-base "$MODEL_BASE")
+    # Only when set: otherwise the module's own default applies.
+    [[ -n "$BATCH_SIZE" ]] && base_args+=(--batch-size "$BATCH_SIZE")
     mkdir -p "$chunk_dir" "$(dirname "$merged_file")"
     echo "[eval] $module: $chunks process(es), model $CKPT, answers in $chunk_dir"
 

@@ -1,0 +1,308 @@
+"""The answer loop the benchmark generation modules share: chunk, resume, batch, generate, append.
+
+Each module (`model_vqa_loader`, `model_vqa`, `model_vqa_science`, `model_vqa_mmbench`) only says how to
+read its question file and turn a question into `EvalItem`s; this module answers them through
+`LlavaGenerator` and writes LLaVA's answer jsonl (`question_id`, [`round_id`], `prompt`, `text`, [extra
+fields], `answer_id`, `model_id`, `metadata`). Answers are appended and flushed after every batch, so
+a killed run continues where it stopped: answers already in the file are skipped (an unfinished last
+line is dropped and redone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import binascii
+import json
+import os
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from PIL import Image
+from tqdm import tqdm
+
+from llava.generation import LlavaGenerator, PreparedBatch
+from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64
+from llava.utils import chunk_bounds
+
+Q = TypeVar("Q")
+
+DEFAULT_BATCH_SIZE = 8
+
+# shortuuid's alphabet: LLaVA's answer ids are 22 characters of it.
+_ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+_ID_LENGTH = 22
+
+
+def new_answer_id() -> str:
+    """A random 22-character id in shortuuid's alphabet (what LLaVA writes as `answer_id`)."""
+    number, chars = uuid.uuid4().int, []
+    while number:
+        number, digit = divmod(number, len(_ID_ALPHABET))
+        chars.append(_ID_ALPHABET[digit])
+    return "".join(reversed(chars)).rjust(_ID_LENGTH, _ID_ALPHABET[0])
+
+
+def answer_key(record: dict[str, Any]) -> tuple[str, int]:
+    """What identifies one answer: the question id (as a string) and the option rotation (MMBench), 0 if none."""
+    return str(record["question_id"]), int(record.get("round_id", 0) or 0)
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One question to answer: what the model is asked, what the answer record shows, and the image."""
+
+    question_id: Any
+    question: str  # for `LlavaGenerator.build_prompt`: `<image>` is (re)inserted as the model expects
+    prompt: str  # the record's `prompt` field (the scorers match TextVQA/MME answers by it)
+    source: str  # names the record in errors, e.g. "q.jsonl: question 3 (question_id 7)"
+    image_file: str | None = None
+    image_base64: str | None = None
+    round_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more fields of the answer record (MMBench options)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return str(self.question_id), self.round_id or 0
+
+    @property
+    def has_image(self) -> bool:
+        return self.image_file is not None or self.image_base64 is not None
+
+
+def load_item_image(item: EvalItem) -> Image.Image | None:
+    """The item's image as RGB (None when text-only); a missing or broken image names the file and the record."""
+    if item.image_file is not None:
+        try:
+            return load_image(item.image_file)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{item.source}: {e}") from e
+        except ValueError as e:
+            raise ValueError(f"{item.source}: {e}") from e
+    if item.image_base64 is not None:
+        try:
+            return load_image_from_base64(item.image_base64)
+        except (binascii.Error, ValueError, OSError) as e:
+            raise ValueError(f"{item.source}: cannot decode its base64 image: {e}") from e
+    return None
+
+
+def answer_record(item: EvalItem, text: str, model_id: str) -> dict[str, Any]:
+    """LLaVA's answer record for one item, fields in LLaVA's order."""
+    record: dict[str, Any] = {"question_id": item.question_id}
+    if item.round_id is not None:
+        record["round_id"] = item.round_id
+    record.update(prompt=item.prompt, text=text, **item.extra)
+    record.update(answer_id=new_answer_id(), model_id=model_id, metadata={})
+    return record
+
+
+def resume_answers(answers_file: str | os.PathLike, items: Sequence[EvalItem], model_id: str) -> Counter:
+    """How many answers per key the file already holds, after dropping an unfinished last line from it.
+
+    Every answer must belong to `items` (same questions, same chunk) and to model `model_id`.
+    """
+    path = Path(answers_file)
+    if not path.is_file():
+        return Counter()
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) != len(data):
+        # The writer died mid-line: cut the partial line off so that its question is answered again.
+        with open(path, "r+b") as f:
+            f.truncate(len(complete))
+    expected = Counter(item.key for item in items)
+    done: Counter = Counter()
+    hint = "delete it to start over"
+    for lineno, line in enumerate(complete.decode("utf-8").split("\n")[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg}); {hint}") from e
+        if not isinstance(record, dict) or "question_id" not in record or "text" not in record:
+            raise ValueError(f"{path}: line {lineno} is not an answer record with question_id and text; {hint}")
+        key = answer_key(record)
+        done[key] += 1
+        if done[key] > expected[key]:
+            round_note = f" (round {key[1]})" if key[1] else ""
+            raise ValueError(
+                f"{path}: line {lineno} answers question_id {key[0]!r}{round_note}, which this run's questions "
+                f"do not ask (again): was the file written for other questions or chunks? {hint}"
+            )
+        if record.get("model_id", model_id) != model_id:
+            raise ValueError(
+                f"{path}: line {lineno} was written by model {record['model_id']!r}, this run's model is "
+                f"{model_id!r}; {hint}"
+            )
+    return done
+
+
+def pending_items(items: Sequence[EvalItem], done: Counter) -> list[EvalItem]:
+    """The items still to answer: for each key, the first `done[key]` occurrences are already answered."""
+    left = Counter(done)
+    pending = []
+    for item in items:
+        if left[item.key] > 0:
+            left[item.key] -= 1
+        else:
+            pending.append(item)
+    return pending
+
+
+def check_image_files(items: Sequence[EvalItem]) -> None:
+    """Fail before loading the model if an image file is missing, naming the first and counting them all."""
+    missing = [item for item in items if item.image_file is not None and not os.path.isfile(item.image_file)]
+    if missing:
+        raise FileNotFoundError(
+            f"image file not found: {missing[0].image_file} ({missing[0].source}); {len(missing)} of "
+            f"{len(items)} images to answer are missing: check --image-folder"
+        )
+
+
+@dataclass
+class GenerationReport:
+    """What one run did: where the answers are, how many it answered and how many were there before."""
+
+    answers_file: Path
+    total: int
+    answered: int
+    resumed: int
+
+    def summary(self) -> str:
+        before = f", {self.resumed} answered before" if self.resumed else ""
+        return f"{self.answers_file}: {self.answered} answered{before}, {self.total} in all"
+
+
+def _prepare(generator: LlavaGenerator, batch: Sequence[EvalItem]) -> PreparedBatch:
+    images = [load_item_image(item) for item in batch]
+    return generator.prepare([item.question for item in batch], images)
+
+
+def answer_items(
+    items: Sequence[EvalItem],
+    answers_file: str | os.PathLike,
+    load_generator: Callable[[], LlavaGenerator],
+    model_id: str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+) -> GenerationReport:
+    """Answer `items` into `answers_file` in batches, continuing a killed run; the model is loaded only if needed.
+
+    One worker thread loads images and prepares the next batch while the model answers the current one.
+    """
+    if batch_size < 1:
+        raise ValueError(f"the batch size must be at least 1, got {batch_size}")
+    path = Path(answers_file)
+    pending = pending_items(items, resume_answers(path, items, model_id))
+    report = GenerationReport(path, total=len(items), answered=0, resumed=len(items) - len(pending))
+    check_image_files(pending)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()  # an empty chunk still leaves its (empty) file for the merge
+    if not pending:
+        return report
+
+    generator = load_generator()
+    batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
+    bar = tqdm(total=len(items), initial=report.resumed, desc=path.name, unit="question", disable=not progress)
+    with bar, open(path, "a", encoding="utf-8") as out, ThreadPoolExecutor(max_workers=1) as pool:
+        ahead: Future | None = pool.submit(_prepare, generator, batches[0])
+        for position, batch in enumerate(batches):
+            prepared = ahead.result()
+            ahead = pool.submit(_prepare, generator, batches[position + 1]) if position + 1 < len(batches) else None
+            texts = generator.generate_prepared(prepared)
+            records = [answer_record(item, text, model_id) for item, text in zip(batch, texts, strict=True)]
+            out.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+            out.flush()
+            report.answered += len(batch)
+            bar.update(len(batch))
+    return report
+
+
+# ---------------------------------------------------------------- the command line the modules share
+
+
+def _flag(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """A flag under LLaVA's spelling and its other one (`--top_p` and `--top-p`, `--model-path` and `--model_path`)."""
+    other = "--" + (name[2:].replace("-", "_") if "-" in name[2:] else name[2:].replace("_", "-"))
+    spellings = [name] if other == name else [name, other]
+    parser.add_argument(*spellings, dest=name[2:].replace("-", "_"), **kwargs)
+
+
+def generation_parser(
+    description: str, *, conv_mode: str = "llava_v1", temperature: float = 0.2, max_new_tokens: int = 128
+) -> argparse.ArgumentParser:
+    """LLaVA's generation flags (with upstream's defaults for the module), plus `--batch-size` and `--device`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _flag(parser, "--model-path", required=True, help="checkpoint folder or hub name")
+    _flag(parser, "--model-base", default=None, help="base LLM of a LoRA / projector-only checkpoint")
+    _flag(parser, "--image-folder", default="", help="folder the questions' image paths are relative to")
+    _flag(parser, "--question-file", required=True)
+    _flag(parser, "--answers-file", required=True, help="answers jsonl (appended to: a rerun continues it)")
+    _flag(parser, "--conv-mode", default=conv_mode, help=f"conversation template (default {conv_mode})")
+    _flag(parser, "--num-chunks", type=int, default=1, help="split the questions into this many chunks")
+    _flag(parser, "--chunk-idx", type=int, default=0, help="which chunk this process answers (0-based)")
+    _flag(parser, "--temperature", type=float, default=temperature, help=f"0 is greedy (default {temperature})")
+    _flag(parser, "--top_p", type=float, default=None)
+    _flag(parser, "--num_beams", type=int, default=1)
+    _flag(parser, "--max_new_tokens", type=int, default=max_new_tokens, help=f"(default {max_new_tokens})")
+    _flag(parser, "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help=f"questions per batch (default {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda if available)")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the shared flags (a bad value exits with status 2 and the parser's usage)."""
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        chunk_bounds(0, args.num_chunks, args.chunk_idx)
+    except ValueError as e:
+        parser.error(f"--num-chunks {args.num_chunks} --chunk-idx {args.chunk_idx}: {e}")
+    return args
+
+
+def run_benchmark(
+    args: argparse.Namespace,
+    load_questions: Callable[[str], Sequence[Q]],
+    to_items: Callable[[Q, int], list[EvalItem]],
+    progress: bool = True,
+) -> GenerationReport:
+    """Answer this process's chunk of the question file: `to_items(question, position)` gives its item(s)."""
+    questions = load_questions(args.question_file)
+    start, stop = chunk_bounds(len(questions), args.num_chunks, args.chunk_idx)
+    items = [item for position in range(start, stop) for item in to_items(questions[position], position)]
+
+    def load_generator() -> LlavaGenerator:
+        return LlavaGenerator.from_pretrained(
+            os.path.expanduser(args.model_path), args.model_base, conv_mode=args.conv_mode, device=args.device,
+            temperature=args.temperature, top_p=args.top_p, num_beams=args.num_beams,
+            max_new_tokens=args.max_new_tokens, verbose=False,
+        )  # fmt: skip
+
+    model_id = get_model_name_from_path(os.path.expanduser(args.model_path))
+    return answer_items(items, args.answers_file, load_generator, model_id, args.batch_size, progress)
+
+
+def main_with(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    load_questions: Callable[[str], Sequence[Q]],
+    to_items: Callable[[argparse.Namespace], Callable[[Q, int], list[EvalItem]]],
+) -> int:
+    """A module's `main`: parse, answer, print a summary line; a bad input is one `error: ...` line and status 1."""
+    args = parse_args(parser, argv)
+    try:
+        report = run_benchmark(args, load_questions, to_items(args))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
