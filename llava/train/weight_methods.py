@@ -242,8 +242,12 @@ class Weighter:
     def _set_dynamic_weights(self, dynamic: list[float]) -> None:
         self._dynamic = [float(w) for w in dynamic]
         static = self.static_weights or [1.0] * self.num_tasks
-        self._weights = [d * s for d, s in zip(self._dynamic, static)]
-        self._weight_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        weights = [d * s for d, s in zip(self._dynamic, static)]
+        # Static methods keep their weights: keep the device tensor too, so no host-to-device copy stalls
+        # the next forward pass.
+        if weights != getattr(self, "_weights", None):
+            self._weights = weights
+            self._weight_cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     def _weight_tensor(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         key = (device, dtype)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Fine-tune LLaVA-1.5-7B on the Chat benchmark (LLaVA-Instruct: conversation, detail, complex_reasoning)
+# with a task weighting method; the defaults are the paper's. Set any variable in the environment; extra
+# flags go to training and override the defaults:
+#   VISATB_WEIGHTS_FILE=outputs/weights.json OUTPUT_DIR=checkpoints/visatb bash scripts_visatb/finetune_chat.sh
+set -euo pipefail
+
+BASE_MODEL_PATH="${BASE_MODEL_PATH:-lmsys/vicuna-7b-v1.5}"
+DATA_PATH="${DATA_PATH:-./data/Chat_train-157k.json}"
+IMAGE_FOLDER="${IMAGE_FOLDER:-./data}"
+WEIGHT_METHOD="${WEIGHT_METHOD:-EW}"                     # EW, EWTB (TLA), RLW, DWA, IGB
+VISATB_WEIGHTS="${VISATB_WEIGHTS:-}"                     # "w1 w2 w3" in TASK_PRESET order (VisATB)
+VISATB_WEIGHTS_FILE="${VISATB_WEIGHTS_FILE:-}"           # or the JSON written by weighting_visatb.py
+TASK_PRESET="${TASK_PRESET:-chat}"
+TASK_NAMES="${TASK_NAMES:-}"                             # A,B,... instead of the preset
+OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/visatb-chat-vicuna-7b-${WEIGHT_METHOD}}"
+VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
+PRETRAIN_MM_MLP_ADAPTER="${PRETRAIN_MM_MLP_ADAPTER:-./checkpoints/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5/mm_projector.bin}"
+NUM_GPUS="${NUM_GPUS:-}"                                 # empty: every GPU found; 0: CPU fallback
+HOSTFILE="${HOSTFILE:-}"                                 # DeepSpeed hostfile for multi-node runs
+ZERO_CONFIG="${ZERO_CONFIG:-$(dirname "${BASH_SOURCE[0]}")/zero3.json}"
+NUM_EPOCHS="${NUM_EPOCHS:-3}"
+LEARNING_RATE="${LEARNING_RATE:-2e-5}"
+PER_DEVICE_BATCH_SIZE="${PER_DEVICE_BATCH_SIZE:-16}"
+GRAD_ACCUM_STEPS="${GRAD_ACCUM_STEPS:-1}"
+MODEL_MAX_LENGTH="${MODEL_MAX_LENGTH:-2048}"
+
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+visatb_finetune "$@"
