@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts_visatb/setup_env.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# Tiny models: one thread each avoids oversubscribing small machines when tests start subprocesses.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 python -m pytest "$@"
