@@ -72,7 +72,6 @@ visatb_finetune() {
         --data_path "$DATA_PATH"
         --image_folder "$IMAGE_FOLDER"
         --vision_tower "$VISION_TOWER"
-        --pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER"
         --mm_projector_type mlp2x_gelu
         --mm_vision_select_layer -2
         --mm_use_im_start_end False
@@ -98,6 +97,9 @@ visatb_finetune() {
         --lazy_preprocess True
         --report_to "${REPORT_TO:-none}"
     )
+    if [ -n "${PRETRAIN_MM_MLP_ADAPTER:-}" ]; then
+        VISATB_FLAGS+=(--pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER")
+    fi
     visatb_task_flags
     visatb_run "$@"
 }
