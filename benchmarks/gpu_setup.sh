@@ -20,7 +20,13 @@ python -c "import deepspeed" 2>/dev/null || DS_BUILD_OPS=0 pip install -q --no-d
     "$WHEELS"/deepspeed-0.19.8.tar.gz
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 python - <<'PY'
+import importlib.util
 import deepspeed, peft, sentencepiece, torch, transformers
+if importlib.util.find_spec("tokenizers") is None:
+    # transformers 4.31 then reads tokenizer_config.json's AddedToken entries as plain strings, so LLaMA
+    # prompts tokenize differently (</s> split into bytes) and training masks every sample as a mismatch.
+    print("[gpu_setup] WARNING: no `tokenizers` package (tokenizers 0.13 has no Python 3.12 wheel): "
+          "LLaMA tokenization differs from the pinned set; timings hold, losses do not")
 print(f"[gpu_setup] torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, "
       f"peft {peft.__version__}, deepspeed {deepspeed.__version__}, sentencepiece {sentencepiece.__version__}, "
       f"GPU {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}")
