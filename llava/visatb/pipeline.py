@@ -1,0 +1,743 @@
+"""The chained VisATB method: subsets -> N+1 models -> answers -> scores -> weights -> final models -> report.
+
+Every stage runs the project's own commands (`python -m llava.visatb.subsets`, the finetune script,
+`inference_visatb.py`, `eval/*.py`, `weighting_visatb.py`, `python -m llava.visatb.report`) and writes each
+command's output to WORK_DIR/logs/<stage>/<item>.log. An item (one model, one answer file, one score) is
+marked done in WORK_DIR/.done/ only after its command succeeded and its outputs exist, so running the chain
+again skips everything finished and resumes a crashed or killed run where it stopped. A failed command stops
+the chain with the stage, the item and the log named.
+
+    bash scripts_visatb/run_visatb.sh                       # configured by the variables at its top
+    python -m llava.visatb.pipeline --work-dir work/academic --data data/Academic_train-475k.json \
+        --image-folder data --task-preset academic --val-dir data ...
+
+Work directory: subsets/ (mini and task-plus-mini files), checkpoints/llava-<run>-<model>/, answers/<model>/,
+scores.json (V_j(m) of every model), weights.json + heatmap.png + weights.txt, report.md, pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llava.utils import atomic_write_json, load_json
+from llava.visatb.tasks import METRIC_TYPES, PRESETS, parse_task_names
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_FINETUNE_SCRIPT = "scripts_visatb/finetune_academic.sh"
+MINI = "mini"
+START = "start"
+VISATB = "VisATB"
+EW = "EW"
+STAGES = ("subsets", "train", "infer", "score", "weights", "final-train", "final-infer", "final-score", "report")
+LOG_TAIL_LINES = 15
+
+
+class PipelineError(RuntimeError):
+    """A stage failed; the message names the stage, the item and its log file."""
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class PipelineConfig:
+    """Everything the chain needs, resolved and checked before anything runs."""
+
+    work_dir: Path
+    data: Path
+    image_folder: str | None
+    tasks: list[str]
+    task_preset: str | None
+    metrics: dict[str, str]
+    val_files: dict[str, str]
+    val_per_task: int | None = None
+    base_model: str | None = None
+    vision_tower: str | None = None
+    projector: str | None = None
+    finetune_script: str = DEFAULT_FINETUNE_SCRIPT
+    mini_fraction: float = 1 / 32
+    seed: int = 0
+    train_args: list[str] = field(default_factory=list)
+    prep_train_args: list[str] = field(default_factory=list)
+    final_train_args: list[str] = field(default_factory=list)
+    infer_args: list[str] = field(default_factory=list)
+    max_new_tokens: dict[str, int] = field(default_factory=dict)
+    conv_mode: str = "vicuna_v1"
+    start_model: str | None = None
+    start_model_base: str | None = None
+    ew_baseline: bool = True
+    eval_final: bool = True
+    temperature: float = 0.5
+    jobs: int = 1
+    train_jobs: int = 1
+    run_name: str = "visatb"
+
+    @property
+    def scored_tasks(self) -> list[str]:
+        return [t for t in self.tasks if t in self.metrics]
+
+    @property
+    def unscored_tasks(self) -> list[str]:
+        return [t for t in self.tasks if t not in self.metrics]
+
+    @property
+    def final_keys(self) -> list[str]:
+        return [VISATB, EW] if self.ew_baseline else [VISATB]
+
+    @property
+    def prep_keys(self) -> list[str]:
+        return [MINI, *self.scored_tasks]
+
+    @property
+    def stages(self) -> list[str]:
+        skipped = () if self.eval_final else ("final-infer", "final-score")
+        return [s for s in STAGES if s not in skipped]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["work_dir"] = str(self.work_dir)
+        data["data"] = str(self.data)
+        return data
+
+
+def parse_mapping(text: str | None, what: str) -> dict[str, str]:
+    """`A=x,B=y` (commas or whitespace between pairs) -> {"A": "x", "B": "y"}; errors name the bad pair."""
+    mapping: dict[str, str] = {}
+    for pair in re.split(r"[,\s]+", (text or "").strip()):
+        if not pair:
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"{what}: {pair!r} is not NAME=VALUE")
+        if key in mapping:
+            raise ValueError(f"{what}: {key!r} is given twice")
+        mapping[key] = value
+    return mapping
+
+
+def _resolve_tasks(task_names: str | None, task_preset: str | None) -> tuple[list[str], str | None]:
+    if task_names and task_preset:
+        raise ValueError("give either --tasks or --task-preset, not both")
+    if task_names:
+        return parse_task_names(task_names), None
+    if task_preset:
+        if task_preset.lower() not in PRESETS:
+            raise ValueError(f"unknown task preset {task_preset!r}; known presets: {', '.join(PRESETS)}")
+        return list(PRESETS[task_preset.lower()].tasks), task_preset.lower()
+    raise ValueError("no task list: pass --task-preset academic|toy|... or --tasks A,B,...")
+
+
+def _val_manifest_files(path: Path) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """(val files, metrics, unscored) of a toy benchmark manifest or a subsets.json with carved validation sets."""
+    manifest = load_json(path)
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    if isinstance(manifest.get("val_files"), dict):  # toy_benchmark.json: names relative to its folder
+        files = {t: str((path.parent / name).resolve()) for t, name in manifest["val_files"].items()}
+        return files, dict(manifest.get("metrics") or {}), list(manifest.get("unscored") or [])
+    if isinstance(manifest.get("val"), dict) and manifest["val"]:  # subsets.json with --val-per-task
+        return {t: entry["path"] for t, entry in manifest["val"].items()}, {}, []
+    raise ValueError(f"{path}: names no validation files (expected 'val_files' or a non-empty 'val')")
+
+
+def _val_dir_files(folder: Path, tasks: Sequence[str]) -> dict[str, str]:
+    """The release's naming: `{task}_val-{size}.json` in `folder`, one per task."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--val-dir {folder}: no such folder")
+    files = {}
+    for task in tasks:
+        found = sorted(folder.glob(f"{task}_val-*.json"))
+        if len(found) > 1:
+            raise ValueError(f"--val-dir {folder}: several validation files for {task}: {', '.join(p.name for p in found)}")
+        if found:
+            files[task] = str(found[0].resolve())
+    return files
+
+
+def _positive_int(value: int, flag: str) -> int:
+    if value < 1:
+        raise ValueError(f"{flag} must be at least 1, got {value}")
+    return value
+
+
+def resolve_config(args: argparse.Namespace) -> PipelineConfig:
+    """Turn the command line into a checked configuration; every error names the flag or file at fault."""
+    tasks, preset = _resolve_tasks(args.tasks, args.task_preset)
+    data = Path(args.data)
+    if not data.is_file():
+        raise FileNotFoundError(f"--data {data}: no such file (the entire multi-task training file)")
+
+    sources = [flag for flag, value in (("--val-files", args.val_files), ("--val-manifest", args.val_manifest),
+                                        ("--val-dir", args.val_dir), ("--val-per-task", args.val_per_task)) if value]  # fmt: skip
+    if len(sources) != 1:
+        raise ValueError(
+            "give the validation sets in exactly one way: --val-files A=path,..., --val-manifest FILE, --val-dir DIR "
+            f"or --val-per-task K (got {', '.join(sources) or 'none'})"
+        )
+    manifest_metrics: dict[str, str] = {}
+    manifest_unscored: list[str] = []
+    val_files: dict[str, str] = {}
+    if args.val_files:
+        val_files = {t: str(Path(p).resolve()) for t, p in parse_mapping(args.val_files, "--val-files").items()}
+    elif args.val_manifest:
+        val_files, manifest_metrics, manifest_unscored = _val_manifest_files(Path(args.val_manifest))
+    elif args.val_dir:
+        val_files = _val_dir_files(Path(args.val_dir), tasks)
+
+    # Metric of each scored task: --task-metrics, else the toy manifest's, else the preset's.
+    if args.task_metrics:
+        metrics = parse_mapping(args.task_metrics, "--task-metrics")
+    elif manifest_metrics:
+        metrics = manifest_metrics
+    elif preset is not None:
+        metrics = dict(PRESETS[preset].metrics)
+    else:
+        raise ValueError("no metric for the tasks: pass --task-metrics A=qa,B=caption,... (or use a preset)")
+    unscored = set(parse_task_names(args.unscored_tasks) if args.unscored_tasks else manifest_unscored)
+    if preset is not None and not args.unscored_tasks:
+        unscored |= set(PRESETS[preset].unscored)
+    for task, metric in metrics.items():
+        if task not in tasks:
+            raise ValueError(f"task-to-metric map names {task!r}, which is not in the task list ({', '.join(tasks)})")
+        if metric not in METRIC_TYPES:
+            raise ValueError(f"task {task!r}: unknown metric {metric!r}; use one of {', '.join(METRIC_TYPES)}")
+    metrics = {t: metrics[t] for t in tasks if t in metrics and t not in unscored}
+    if len(metrics) < 2:
+        raise ValueError(f"VisATB needs at least two scored tasks; scored here: {', '.join(metrics) or 'none'}")
+
+    if not args.val_per_task:
+        missing = [t for t in metrics if t not in val_files]
+        if missing:
+            raise ValueError(f"no validation file for scored task(s) {', '.join(missing)}")
+        for task in metrics:
+            if not Path(val_files[task]).is_file():
+                raise FileNotFoundError(f"validation file of {task}: {val_files[task]}: no such file")
+        val_files = {t: val_files[t] for t in metrics}
+
+    script = Path(args.finetune_script)
+    if not script.is_file() and (REPO_ROOT / script).is_file():
+        script = REPO_ROOT / script
+    if not script.is_file():
+        raise FileNotFoundError(f"--finetune-script {args.finetune_script}: no such file")
+    for flag, value in (("--projector", args.projector), ("--start-model", args.start_model)):
+        if value and not Path(value).exists():
+            raise FileNotFoundError(f"{flag} {value}: no such file or folder")
+
+    max_new_tokens: dict[str, int] = {}
+    for key, value in parse_mapping(args.max_new_tokens, "--max-new-tokens").items():
+        if key not in METRIC_TYPES and key not in tasks:
+            raise ValueError(f"--max-new-tokens: {key!r} is neither a metric type ({', '.join(METRIC_TYPES)}) nor a task")
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--max-new-tokens: {key}={value} is not a positive integer")
+        max_new_tokens[key] = int(value)
+    if not 0 < args.mini_fraction <= 1:
+        raise ValueError(f"--mini-fraction must be in (0, 1], got {args.mini_fraction}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_name):
+        raise ValueError(f"--run-name {args.run_name!r}: use letters, digits, '.', '_' and '-'")
+
+    return PipelineConfig(
+        work_dir=Path(args.work_dir).resolve(),
+        data=data.resolve(),
+        image_folder=str(Path(args.image_folder).resolve()) if args.image_folder else None,
+        tasks=tasks,
+        task_preset=preset,
+        metrics=metrics,
+        val_files=val_files,
+        val_per_task=args.val_per_task,
+        base_model=args.base_model or None,
+        vision_tower=args.vision_tower or None,
+        projector=args.projector or None,
+        finetune_script=str(script.resolve()),
+        mini_fraction=args.mini_fraction,
+        seed=args.seed,
+        train_args=shlex.split(args.train_args or ""),
+        prep_train_args=shlex.split(args.prep_train_args or ""),
+        final_train_args=shlex.split(args.final_train_args or ""),
+        infer_args=shlex.split(args.infer_args or ""),
+        max_new_tokens=max_new_tokens,
+        conv_mode=args.conv_mode,
+        start_model=args.start_model or None,
+        start_model_base=args.start_model_base or None,
+        ew_baseline=args.ew_baseline,
+        eval_final=args.eval_final,
+        temperature=args.temperature,
+        jobs=_positive_int(args.jobs, "--jobs"),
+        train_jobs=_positive_int(args.train_jobs, "--train-jobs"),
+        run_name=args.run_name,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- work items
+
+
+@dataclass
+class Item:
+    """One command of a stage: what it is, how to run it, and how to tell that it finished."""
+
+    key: str
+    label: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    outputs: list[Path] = field(default_factory=list)
+    collect: Callable[[str], dict[str, Any]] | None = None  # reads the log, returns marker extras
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def model_slug(key: str) -> str:
+    """Folder-name part of a model key: `mini`, `<task>-plus-mini`, `visatb`, `ew`."""
+    if key == MINI:
+        return MINI
+    if key in (VISATB, EW):
+        return key.lower()
+    return f"{_safe(key)}-plus-mini"
+
+
+class Pipeline:
+    """Runs the stages of one configuration, skipping what is marked done."""
+
+    def __init__(self, cfg: PipelineConfig, python: str = sys.executable, out=sys.stdout):
+        self.cfg = cfg
+        self.python = python
+        self.out = out
+        self.work = cfg.work_dir
+        self.done_dir = self.work / ".done"
+        self.log_dir = self.work / "logs"
+        self.subsets_dir = self.work / "subsets"
+        self.scores_file = self.work / "scores.json"
+        self.weights_file = self.work / "weights.json"
+        self.plot_file = self.work / "heatmap.png"
+        self.weights_report = self.work / "weights.txt"
+        self.report_file = self.work / "report.md"
+        self.skipped_items = 0
+        self.ran_items = 0
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def model_dir(self, key: str) -> Path:
+        return self.work / "checkpoints" / f"llava-{self.cfg.run_name}-{model_slug(key)}"
+
+    def model_path_and_base(self, key: str) -> tuple[str, str | None]:
+        if key == START:
+            return str(self.cfg.start_model), self.cfg.start_model_base
+        return str(self.model_dir(key)), None
+
+    def answers_dir(self, key: str) -> Path:
+        return self.work / "answers" / _safe(key)
+
+    def answers_file(self, key: str, task: str) -> Path:
+        from llava.mm_utils import get_model_name_from_path
+        from llava.visatb.inference import answers_path
+
+        model_path, _ = self.model_path_and_base(key)
+        return answers_path(self.answers_dir(key), self.val_file(task), get_model_name_from_path(model_path))
+
+    def subsets_manifest(self) -> dict[str, Any]:
+        return load_json(self.subsets_dir / "subsets.json")
+
+    def val_file(self, task: str) -> str:
+        if self.cfg.val_per_task:
+            return self.subsets_manifest()["val"][task]["path"]
+        return self.cfg.val_files[task]
+
+    def entire_data(self) -> str:
+        """The final training set: the whole data file, or what is left of it after carving validation sets."""
+        if self.cfg.val_per_task:
+            return self.subsets_manifest()["train"]["path"]
+        return str(self.cfg.data)
+
+    def eval_script(self, metric: str) -> str:
+        return str(REPO_ROOT / "eval" / f"{metric}.py")
+
+    # -- markers -------------------------------------------------------------------------------
+
+    def marker(self, stage: str, item: str | None = None) -> Path:
+        if item is None:
+            return self.done_dir / f"{stage}.json"
+        return self.done_dir / stage / f"{_safe(item)}.json"
+
+    def is_done(self, stage: str, item: str | None = None) -> bool:
+        return self.marker(stage, item).is_file()
+
+    def redo_from(self, stage: str) -> None:
+        """Forget `stage` and every later one: remove their markers and the outputs they made."""
+        stages = self.cfg.stages
+        if stage not in stages:
+            raise ValueError(f"--redo {stage!r}: unknown stage; stages of this run: {', '.join(stages)}")
+        for name in stages[stages.index(stage):]:
+            self.marker(name).unlink(missing_ok=True)
+            shutil.rmtree(self.done_dir / name, ignore_errors=True)
+            for path in self._stage_outputs(name):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+
+    def _stage_outputs(self, stage: str) -> list[Path]:
+        keys = {"train": self.cfg.prep_keys, "final-train": self.cfg.final_keys}
+        if stage in keys:
+            return [self.model_dir(k) for k in keys[stage]]
+        if stage == "infer":
+            return [self.answers_dir(k) for k in self._prep_eval_keys()]
+        if stage == "final-infer":
+            return [self.answers_dir(k) for k in self.cfg.final_keys]
+        if stage == "weights":
+            return [self.weights_file, self.plot_file, self.weights_report]
+        if stage == "report":
+            return [self.report_file]
+        if stage == "subsets":
+            return [self.subsets_dir]
+        return []
+
+    def _prep_eval_keys(self) -> list[str]:
+        return ([START] if self.cfg.start_model else []) + self.cfg.prep_keys
+
+    # -- running -------------------------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def run(self) -> None:
+        """Run every stage in order; finished stages and items are skipped."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        self._record_config()
+        stages = self.cfg.stages
+        builders: dict[str, Callable[[], tuple[str, list[Item], int]]] = {
+            "subsets": self._subsets_items,
+            "train": lambda: self._train_items(self.cfg.prep_keys, final=False),
+            "infer": lambda: self._infer_items(self._prep_eval_keys()),
+            "score": lambda: self._score_items(self._prep_eval_keys()),
+            "weights": self._weights_items,
+            "final-train": lambda: self._train_items(self.cfg.final_keys, final=True),
+            "final-infer": lambda: self._infer_items(self.cfg.final_keys),
+            "final-score": lambda: self._score_items(self.cfg.final_keys),
+            "report": self._report_items,
+        }
+        start = time.monotonic()
+        for index, stage in enumerate(stages, 1):
+            prefix = f"[stage {index}/{len(stages)}] {stage}"
+            if self.is_done(stage):
+                self.say(f"{prefix}: done earlier, skipped")
+                self.skipped_items += 1
+                continue
+            title, items, jobs = builders[stage]()
+            self.say(f"{prefix}: {title}")
+            stage_start = time.monotonic()
+            self._run_items(stage, prefix, items, jobs)
+            self._after_stage(stage)
+            atomic_write_json(self.marker(stage), {"stage": stage, "items": [i.key for i in items],
+                                                   "seconds": round(time.monotonic() - stage_start, 1)})  # fmt: skip
+            self.say(f"{prefix}: finished in {time.monotonic() - stage_start:.1f} s")
+        self.say(f"[visatb] chain complete in {time.monotonic() - start:.1f} s ({self.ran_items} command(s) run, "
+                 f"{self.skipped_items} finished stage(s)/item(s) reused); work directory {self.work}")  # fmt: skip
+
+    def _record_config(self) -> None:
+        path = self.work / "pipeline.json"
+        current = self.cfg.to_json()
+        if path.is_file():
+            previous = load_json(path)
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            if changed:
+                self.say(f"[visatb] note: the configuration changed since the last run ({', '.join(changed)}); "
+                         "finished stages are reused: pass --redo STAGE to recompute from a stage on")  # fmt: skip
+        atomic_write_json(path, current)
+
+    def _run_items(self, stage: str, prefix: str, items: list[Item], jobs: int) -> None:
+        pending = []
+        for item in items:
+            if self.is_done(stage, item.key):
+                self.skipped_items += 1
+            else:
+                pending.append(item)
+        if len(pending) < len(items):
+            self.say(f"  {len(items) - len(pending)} of {len(items)} item(s) done earlier, skipped")
+        total = len(pending)
+        if not total:
+            return
+        failures: list[PipelineError] = []
+        finished = 0
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, total))) as pool:
+            running: dict[Future, Item] = {}
+            queue = list(pending)
+            while queue or running:
+                while queue and len(running) < jobs and not failures:
+                    item = queue.pop(0)
+                    self.say(f"  [{finished + len(running) + 1}/{total}] {item.label}")
+                    running[pool.submit(self._run_item, stage, item, jobs)] = item
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    item = running.pop(future)
+                    finished += 1
+                    try:
+                        seconds, extras = future.result()
+                    except PipelineError as e:
+                        failures.append(e)
+                        continue
+                    note = f" ({extras['summary']})" if extras.get("summary") else ""
+                    self.say(f"    done {finished}/{total}: {item.key} in {seconds:.1f} s{note}")
+        if failures:
+            raise PipelineError(f"{prefix} failed: {failures[0]}")
+
+    def _run_item(self, stage: str, item: Item, jobs: int) -> tuple[float, dict[str, Any]]:
+        log = self.log_dir / stage / f"{_safe(item.key)}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **item.env}
+        env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+            # Parallel CPU processes share the cores instead of each starting one thread per core.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        start = time.monotonic()
+        with open(log, "w", encoding="utf-8") as handle:
+            handle.write("$ " + " ".join(shlex.quote(c) for c in item.command) + "\n")
+            handle.flush()
+            result = subprocess.run(item.command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+                                    check=False)  # fmt: skip
+        seconds = time.monotonic() - start
+        if result.returncode != 0:
+            raise PipelineError(f"{item.key}: exit code {result.returncode}; log {log}\n{_tail(log)}")
+        missing = [str(p) for p in item.outputs if not p.exists()]
+        if missing:
+            raise PipelineError(f"{item.key}: finished but did not write {', '.join(missing)}; log {log}")
+        extras = item.collect(log.read_text(encoding="utf-8")) if item.collect else {}
+        self.ran_items += 1
+        atomic_write_json(self.marker(stage, item.key), {
+            "item": item.key, "command": item.command, "env": item.env, "seconds": round(seconds, 1),
+            "log": str(log), **extras,
+        })  # fmt: skip
+        return seconds, extras
+
+    def _after_stage(self, stage: str) -> None:
+        if stage == "weights":
+            lines = self.weights_report.read_text(encoding="utf-8").splitlines()
+            self.say("\n".join("  " + line for line in lines if line.strip()))
+        if stage == "report":
+            self.say(self.report_file.read_text(encoding="utf-8"))
+            log = (self.log_dir / stage / "report.log").read_text(encoding="utf-8")
+            for line in log.splitlines():
+                if line.startswith("WARNING"):
+                    self.say(line)
+
+    # -- stages --------------------------------------------------------------------------------
+
+    def _subsets_items(self) -> tuple[str, list[Item], int]:
+        cfg = self.cfg
+        command = [self.python, "-m", "llava.visatb.subsets", "--data", str(cfg.data), "--output-dir",
+                   str(self.subsets_dir), "--tasks", ",".join(cfg.tasks), "--mini-fraction", repr(cfg.mini_fraction),
+                   "--seed", str(cfg.seed)]  # fmt: skip
+        if cfg.val_per_task:
+            command += ["--val-per-task", str(cfg.val_per_task)]
+        item = Item("subsets", f"mini set (fraction {cfg.mini_fraction:g}) and {len(cfg.scored_tasks)} task-plus-mini "
+                    f"sets of {cfg.data.name}", command, outputs=[self.subsets_dir / "subsets.json"])  # fmt: skip
+        return f"sub-datasets of {cfg.data}", [item], 1
+
+    def _task_env(self) -> dict[str, str]:
+        cfg = self.cfg
+        env = {"TASK_PRESET": cfg.task_preset or "", "TASK_NAMES": "" if cfg.task_preset else ",".join(cfg.tasks)}
+        for name, value in (("BASE_MODEL_PATH", cfg.base_model), ("VISION_TOWER", cfg.vision_tower),
+                            ("PRETRAIN_MM_MLP_ADAPTER", cfg.projector), ("IMAGE_FOLDER", cfg.image_folder)):  # fmt: skip
+            if value:
+                env[name] = value
+        return env
+
+    def _train_items(self, keys: list[str], final: bool) -> tuple[str, list[Item], int]:
+        cfg = self.cfg
+        items = []
+        for key in keys:
+            output = self.model_dir(key)
+            env = {**self._task_env(), "OUTPUT_DIR": str(output), "WEIGHT_METHOD": "EW", "VISATB_WEIGHTS": "",
+                   "VISATB_WEIGHTS_FILE": ""}  # fmt: skip
+            if final:
+                env["DATA_PATH"] = self.entire_data()
+                if key == VISATB:
+                    env["VISATB_WEIGHTS_FILE"] = str(self.weights_file)
+                what = "VisATB weights from weights.json" if key == VISATB else "equal weights (EW baseline)"
+                extra = cfg.final_train_args
+            else:
+                manifest = self.subsets_manifest()
+                entry = manifest["mini"] if key == MINI else manifest["plus_mini"][key]
+                env["DATA_PATH"] = entry["path"]
+                what = f"{entry['file']} ({entry['count']} records)"
+                extra = cfg.prep_train_args
+            command = ["bash", cfg.finetune_script, *cfg.train_args, *extra]
+            label = f"{key}: {what} -> {output.name} (log: {self.log_dir / ('final-train' if final else 'train') / (_safe(key) + '.log')})"
+            items.append(Item(key, label, command, env=env, outputs=[output / "config.json"]))
+        if final:
+            title = f"final training on the entire data: {', '.join(keys)} through {Path(cfg.finetune_script).name}"
+        else:
+            title = (f"train the mini model and {len(keys) - 1} task-plus-mini models through "
+                     f"{Path(cfg.finetune_script).name}")  # fmt: skip
+        return title, items, cfg.train_jobs
+
+    def _infer_items(self, keys: list[str]) -> tuple[str, list[Item], int]:
+        cfg = self.cfg
+        items = []
+        for key in keys:
+            model_path, model_base = self.model_path_and_base(key)
+            for task in cfg.scored_tasks:
+                command = [self.python, str(REPO_ROOT / "inference_visatb.py"), "--model-path", model_path,
+                           "--question-file", self.val_file(task), "--answers-folder", str(self.answers_dir(key)),
+                           "--conv-mode", cfg.conv_mode]  # fmt: skip
+                if model_base:
+                    command += ["--model-base", model_base]
+                if cfg.image_folder:
+                    command += ["--image-folder", cfg.image_folder]
+                limit = cfg.max_new_tokens.get(task, cfg.max_new_tokens.get(cfg.metrics[task]))
+                if limit:
+                    command += ["--max_new_tokens", str(limit)]
+                command += cfg.infer_args
+                items.append(Item(f"{key}__{task}", f"{key} answers {task}", command,
+                                  outputs=[self.answers_file(key, task)]))  # fmt: skip
+        title = f"inference of {len(keys)} model(s) ({', '.join(keys)}) on {len(cfg.scored_tasks)} validation sets"
+        return title, items, cfg.jobs
+
+    def _score_items(self, keys: list[str]) -> tuple[str, list[Item], int]:
+        cfg = self.cfg
+        items = []
+        for key in keys:
+            for task in cfg.scored_tasks:
+                metric = cfg.metrics[task]
+                command = [self.python, self.eval_script(metric), "-a", str(self.answers_file(key, task)),
+                           "--scores", str(self.scores_file), "--model-key", key, "--task", task, "--json"]  # fmt: skip
+                items.append(Item(f"{key}__{task}", f"{key} / {task} ({metric})", command,
+                                  outputs=[self.scores_file], collect=_collect_score))  # fmt: skip
+        return f"metrics of {len(keys)} model(s) into {self.scores_file.name}", items, cfg.jobs
+
+    def _weights_items(self) -> tuple[str, list[Item], int]:
+        cfg = self.cfg
+        command = [self.python, str(REPO_ROOT / "weighting_visatb.py"), "--scores", str(self.scores_file),
+                   "--tasks", ",".join(cfg.tasks), "--temperature", repr(cfg.temperature),
+                   "--output", str(self.weights_file), "--plot", str(self.plot_file)]  # fmt: skip
+        if cfg.unscored_tasks:
+            command += ["--unscored-tasks", ",".join(cfg.unscored_tasks)]
+        item = Item("weights", "contributions, difficulties and weights from scores.json", command,
+                    outputs=[self.weights_file, self.plot_file], collect=self._collect_weights)  # fmt: skip
+        return "VisATB weights (weights.json, heatmap.png, VISATB_WEIGHTS)", [item], 1
+
+    def _collect_weights(self, log: str) -> dict[str, Any]:
+        report = "\n".join(log.splitlines()[1:]) + "\n"
+        self.weights_report.write_text(report, encoding="utf-8")
+        match = re.search(r'^VISATB_WEIGHTS="([^"]*)"', report, flags=re.M)
+        if not match:
+            raise PipelineError(f"weighting_visatb.py printed no VISATB_WEIGHTS line (see {self.weights_report})")
+        return {"visatb_weights": match.group(1), "summary": f'VISATB_WEIGHTS="{match.group(1)}"'}
+
+    def _report_items(self) -> tuple[str, list[Item], int]:
+        cfg = self.cfg
+        metrics = ",".join(f"{t}={m}" for t, m in cfg.metrics.items())
+        command = [self.python, "-m", "llava.visatb.report", "--scores", str(self.scores_file), "--tasks",
+                   ",".join(cfg.scored_tasks), "--metrics", metrics, "--weights", str(self.weights_file),
+                   "--plot", self.plot_file.name, "--output", str(self.report_file)]  # fmt: skip
+        item = Item("report", "report.md: per-task table, relative improvements, learning checks", command,
+                    outputs=[self.report_file])
+        return "report", [item], 1
+
+
+def _collect_score(log: str) -> dict[str, Any]:
+    for line in reversed(log.splitlines()):
+        if line.startswith("{"):
+            result = json.loads(line)
+            return {"score": result["score"], "summary": f"{result['metric']} {result['score']:.4f}"}
+    raise PipelineError("the metric script printed no JSON result line")
+
+
+def _tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+    text = log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    return "\n".join("    | " + line for line in text)
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a yes/no value (1/0, true/false), got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Run the whole VisATB method as one resumable chain (see scripts_visatb/run_visatb.sh).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--work-dir", required=True, help="where every stage writes; reruns resume here")
+    parser.add_argument("--data", required=True, help="the entire multi-task training file (JSON list)")
+    parser.add_argument("--image-folder", help="root of the records' image paths")
+    tasks = parser.add_argument_group("tasks and metrics")
+    tasks.add_argument("--task-preset", help="academic, toy, ... (task order = task ids)")
+    tasks.add_argument("--tasks", help="task names A,B,... instead of a preset")
+    tasks.add_argument("--task-metrics", help="A=caption,B=qa,...: metric per scored task (default: preset/manifest)")
+    tasks.add_argument("--unscored-tasks", help="tasks trained but not scored (weight 1.0); default: the preset's")
+    val = parser.add_argument_group("validation sets (exactly one)")
+    val.add_argument("--val-files", help="A=path,B=path,...: one validation file per scored task")
+    val.add_argument("--val-manifest", help="toy_benchmark.json, or a subsets.json with carved validation sets")
+    val.add_argument("--val-dir", help="folder with {task}_val-{size}.json files (the release's naming)")
+    val.add_argument("--val-per-task", type=int, help="carve K records per task out of --data as validation sets")
+    model = parser.add_argument_group("starting point (passed to the finetune script)")
+    model.add_argument("--base-model", help="BASE_MODEL_PATH, e.g. lmsys/vicuna-7b-v1.5")
+    model.add_argument("--vision-tower", help="VISION_TOWER, e.g. openai/clip-vit-large-patch14-336")
+    model.add_argument("--projector", help="PRETRAIN_MM_MLP_ADAPTER: the pretrained mm_projector.bin")
+    model.add_argument("--start-model", help="also score the starting point: a LLaVA checkpoint (model key 'start')")
+    model.add_argument("--start-model-base", help="its --model-base (projector-only or LoRA checkpoints)")
+    run = parser.add_argument_group("training and inference")
+    run.add_argument("--finetune-script", default=DEFAULT_FINETUNE_SCRIPT)
+    run.add_argument("--mini-fraction", type=float, default=1 / 32, help="share of every task in the mini set")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--train-args", help="extra flags for every training run (quoted string)")
+    run.add_argument("--prep-train-args", help="extra flags for the mini and task-plus-mini runs")
+    run.add_argument("--final-train-args", help="extra flags for the final VisATB and EW runs")
+    run.add_argument("--infer-args", help="extra flags for inference_visatb.py (e.g. '--batch-size 16')")
+    run.add_argument("--max-new-tokens", help="per metric type or task, e.g. qa=16,caption=512 (default: the CLI's)")
+    run.add_argument("--conv-mode", default="vicuna_v1")
+    run.add_argument("--temperature", type=float, default=0.5, help="softmax temperature of the weights")
+    run.add_argument("--ew-baseline", type=_bool, default=True, help="also train the EW baseline on the entire data")
+    run.add_argument("--eval-final", type=_bool, default=True, help="score the final model(s) on every validation set")
+    run.add_argument("--jobs", type=int, default=1, help="inference/metric commands run at the same time")
+    run.add_argument("--train-jobs", type=int, default=1, help="training runs at the same time (CPU only; 1 on GPUs)")
+    run.add_argument("--run-name", default="visatb", help="checkpoint names: llava-<run-name>-<model>")
+    run.add_argument("--redo", help=f"recompute from this stage on ({', '.join(STAGES)})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+        pipeline = Pipeline(cfg)
+        if args.redo:
+            pipeline.redo_from(args.redo)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        pipeline.run()
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

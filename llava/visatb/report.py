@@ -1,0 +1,335 @@
+"""The report of a VisATB run: per-task scores of every model, relative improvements, weights, learning checks.
+
+    python -m llava.visatb.report --scores work/scores.json --task-preset toy --weights work/weights.json \
+        --plot heatmap.png --output work/report.md
+
+Rows follow the method: the untrained starting point (`start`, when scored), the `mini` model, each task's
+task-plus-mini model, then the final EW and VisATB models. The learning checks say whether the numbers
+can carry the method at all: every trained model must beat the starting point on every task, models
+trained on full task data must beat the mini model on most comparisons, and no task may sit at zero (or at
+its maximum, or at one value) for every model, or its contributions are meaningless. A failed check
+prints a WARNING; `--strict` also makes the exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llava.utils import atomic_write_text, load_json
+from llava.visatb.scores import load_scores
+from llava.visatb.tasks import (
+    CAPTION,
+    CAPTION_LIST,
+    GROUNDING,
+    METRIC_TYPES,
+    QA,
+    get_preset,
+    parse_task_names,
+)
+
+START, MINI, EW, VISATB = "start", "mini", "EW", "VisATB"
+METRIC_LABELS = {CAPTION: "CIDEr", CAPTION_LIST: "CIDEr", QA: "acc %", GROUNDING: "acc %"}
+ACCURACY_METRICS = (QA, GROUNDING)
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One learning check: its name, PASS / FAIL / SKIP, and what was found."""
+
+    name: str
+    status: str
+    detail: str
+
+    @property
+    def failed(self) -> bool:
+        return self.status == FAIL
+
+
+def model_order(scores: Mapping[str, Any], tasks: Sequence[str]) -> list[str]:
+    """Model keys present in the table: start, mini, task-plus-mini models in task order, EW, VisATB, the rest."""
+    preferred = [START, MINI, *tasks, EW, VISATB]
+    ordered = [k for k in preferred if k in scores]
+    return ordered + sorted(k for k in scores if k not in ordered)
+
+
+def model_label(key: str, tasks: Sequence[str]) -> str:
+    if key == START:
+        return "start (untrained)"
+    if key in tasks:
+        return f"{key}-plus-mini"
+    return key
+
+
+def format_score(value: float | None, metric: str) -> str:
+    if value is None:
+        return "-"
+    if metric in ACCURACY_METRICS:
+        return f"{100 * value:.2f}"
+    return f"{value:.4f}"
+
+
+def _score(scores: Mapping[str, Any], model: str, task: str) -> float | None:
+    row = scores.get(model)
+    value = row.get(task) if isinstance(row, Mapping) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def score_table(scores: Mapping[str, Any], tasks: Sequence[str], metrics: Mapping[str, str]) -> str:
+    """Markdown table: one row per model, one column per task; the best trained model per task in bold."""
+    models = model_order(scores, tasks)
+    header = "| model | " + " | ".join(f"{t} ({METRIC_LABELS[metrics[t]]})" for t in tasks) + " |"
+    lines = [header, "|---|" + "---:|" * len(tasks)]
+    best = {}
+    for task in tasks:
+        values = [_score(scores, m, task) for m in models if m != START]
+        values = [v for v in values if v is not None]
+        best[task] = max(values) if values else None
+    for model in models:
+        cells = []
+        for task in tasks:
+            value = _score(scores, model, task)
+            text = format_score(value, metrics[task])
+            if model != START and value is not None and value == best[task]:
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {model_label(model, tasks)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def relative_change(value: float | None, reference: float | None) -> float | None:
+    """(value - reference) / |reference|, or None when either is missing or the reference is 0."""
+    if value is None or reference is None or reference == 0:
+        return None
+    return (value - reference) / abs(reference)
+
+
+def relative_improvements(scores: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """Per-task relative changes: EW and VisATB against each task's own task-plus-mini model, VisATB against EW."""
+    rows: dict[str, dict[str, float | None]] = {}
+    for model in (EW, VISATB):
+        if model in scores:
+            rows[f"{model} vs task-plus-mini"] = {
+                t: relative_change(_score(scores, model, t), _score(scores, t, t)) for t in tasks
+            }
+    if EW in scores and VISATB in scores:
+        rows["VisATB vs EW"] = {t: relative_change(_score(scores, VISATB, t), _score(scores, EW, t)) for t in tasks}
+    return rows
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}%"
+
+
+def relative_table(rows: Mapping[str, Mapping[str, float | None]], tasks: Sequence[str]) -> str:
+    lines = ["| comparison | " + " | ".join(tasks) + " | mean |", "|---|" + "---:|" * (len(tasks) + 1)]
+    for name, changes in rows.items():
+        values = [changes[t] for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(_pct(v) for v in values) + f" | {_pct(_mean(values))} |")
+    return "\n".join(lines)
+
+
+def relative_summary(rows: Mapping[str, Mapping[str, float | None]], tasks: Sequence[str]) -> list[str]:
+    """One sentence per comparison: mean relative change and on how many tasks the first model is ahead."""
+    sentences = []
+    for name, changes in rows.items():
+        values = [changes[t] for t in tasks if changes[t] is not None]
+        if not values:
+            continue
+        ahead = sum(v > 0 for v in values)
+        sentences.append(
+            f"{name}: mean relative change {_pct(_mean(values))}, ahead on {ahead} of {len(values)} task(s)."
+        )
+    return sentences
+
+
+def learning_checks(
+    scores: Mapping[str, Any], tasks: Sequence[str], metrics: Mapping[str, str]
+) -> list[CheckResult]:
+    """The three checks of real learning (see the module docstring), over the scored tasks."""
+    trained = [m for m in model_order(scores, tasks) if m != START]
+    results = []
+
+    if START not in scores:
+        results.append(CheckResult("trained models beat the starting point", SKIP, "no 'start' row in the scores"))
+    else:
+        misses = []
+        for model in trained:
+            for task in tasks:
+                value, base = _score(scores, model, task), _score(scores, START, task)
+                if value is None or base is None or not value > base:
+                    misses.append(f"{model_label(model, tasks)} on {task} ({_fmt(value)} vs start {_fmt(base)})")
+        detail = "every trained model scores above the starting point on every task" if not misses else (
+            f"{len(misses)} case(s) at or below the starting point: " + "; ".join(misses))  # fmt: skip
+        results.append(CheckResult("trained models beat the starting point", FAIL if misses else PASS, detail))
+
+    comparisons = []
+    for model in (EW, VISATB):
+        if model in scores:
+            comparisons += [(model, task) for task in tasks]
+    comparisons += [(task, task) for task in tasks if task in scores]
+    if MINI not in scores or not comparisons:
+        results.append(CheckResult("full-data models beat the mini model", SKIP, "no mini or full-data models"))
+    else:
+        losses = []
+        for model, task in comparisons:
+            value, mini = _score(scores, model, task), _score(scores, MINI, task)
+            if value is None or mini is None or not value > mini:
+                losses.append(f"{model_label(model, tasks)} on {task} ({_fmt(value)} vs mini {_fmt(mini)})")
+        wins = len(comparisons) - len(losses)
+        passed = wins * 2 > len(comparisons)
+        detail = f"ahead of mini in {wins} of {len(comparisons)} comparisons"
+        if losses:
+            detail += "; not ahead: " + "; ".join(losses)
+        results.append(CheckResult("full-data models beat the mini model", PASS if passed else FAIL, detail))
+
+    flat = []
+    for task in tasks:
+        values = [_score(scores, m, task) for m in trained]
+        values = [v for v in values if v is not None]
+        if not values:
+            flat.append(f"{task} (no scores)")
+        elif all(v == 0 for v in values):
+            flat.append(f"{task} (0 for every model)")
+        elif metrics[task] in ACCURACY_METRICS and all(v >= 1 for v in values):
+            flat.append(f"{task} (at the maximum for every model)")
+        elif len(values) > 1 and len(set(values)) == 1:
+            flat.append(f"{task} ({_fmt(values[0])} for every model)")
+    detail = "every task separates the models" if not flat else "degenerate task(s): " + "; ".join(flat)
+    results.append(CheckResult("no task is flat across models", FAIL if flat else PASS, detail))
+    return results
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def weights_section(weights: Mapping[str, Any], plot: str | None) -> list[str]:
+    """Measures and weights of weights.json, the VISATB_WEIGHTS line and the heatmap."""
+    scored = weights["scored_tasks"]
+    final = weights["weights"]["final"]
+    lines = ["## Task weights", "",
+             f"Temperature {weights['temperature']:g}; C_out: what a task's data gives the others, C_in: what it "
+             "receives, D: its difficulty (1 - V(mini) / V(task-plus-mini)).", "",
+             "| task | C_out | C_in | D | weight |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for k, task in enumerate(scored):
+        lines.append(f"| {task} | {weights['out_contribution'][k]:.4f} | {weights['in_contribution'][k]:.4f} | "
+                     f"{weights['difficulty'][k]:.4f} | {final[k]:.4f} |")  # fmt: skip
+    for task, weight in zip(weights["tasks"], weights["visatb_weights"]):
+        if task not in scored:
+            lines.append(f"| {task} (not scored) | - | - | - | {weight:.4f} |")
+    lines += ["", "```", 'VISATB_WEIGHTS="' + " ".join(f"{w:.4f}" for w in weights["visatb_weights"]) + '"', "```"]
+    if plot:
+        lines += ["", f"![inter-task contribution and weights]({plot})"]
+    return lines
+
+
+@dataclass
+class Report:
+    markdown: str
+    table: str
+    summary: list[str]
+    checks: list[CheckResult]
+
+
+def build_report(
+    scores: Mapping[str, Any],
+    tasks: Sequence[str],
+    metrics: Mapping[str, str],
+    weights: Mapping[str, Any] | None = None,
+    plot: str | None = None,
+) -> Report:
+    """Assemble the report of a scores table (and optionally the weights file)."""
+    missing = [t for t in tasks if t not in metrics]
+    if missing:
+        raise ValueError(f"no metric type for task(s) {', '.join(missing)}")
+    table = score_table(scores, tasks, metrics)
+    rows = relative_improvements(scores, tasks)
+    summary = relative_summary(rows, tasks)
+    checks = learning_checks(scores, tasks, metrics)
+    lines = ["# VisATB report", "",
+             "Validation scores of every model (CIDEr for captions, accuracy in % for QA and grounding). "
+             "`mini`: trained on the mini set; `<task>-plus-mini`: that task's full data plus the mini set; "
+             "EW and VisATB: trained on the entire data with equal and with VisATB task weights. "
+             "Best trained model per task in bold.", "", table, ""]  # fmt: skip
+    if rows:
+        lines += ["## Relative improvement", "",
+                  "Against each task's own task-plus-mini model (the single-task reference here) and VisATB "
+                  "against EW, per task.", "", relative_table(rows, tasks), ""]  # fmt: skip
+        lines += [f"- {s}" for s in summary] + [""]
+    if weights is not None:
+        lines += weights_section(weights, plot) + [""]
+    lines += ["## Learning checks", ""]
+    lines += [f"- **{c.status}** {c.name}: {c.detail}" for c in checks]
+    return Report(markdown="\n".join(lines) + "\n", table=table, summary=summary, checks=checks)
+
+
+def _metrics_from_args(text: str | None, preset: str | None, tasks: Sequence[str]) -> dict[str, str]:
+    metrics: dict[str, str] = {}
+    if preset:
+        metrics.update(get_preset(preset).metrics)
+    for pair in (text or "").replace(" ", ",").split(","):
+        if not pair:
+            continue
+        task, sep, metric = pair.partition("=")
+        if not sep or metric not in METRIC_TYPES:
+            raise ValueError(f"--metrics: {pair!r} is not TASK=METRIC with METRIC one of {', '.join(METRIC_TYPES)}")
+        metrics[task] = metric
+    return {t: metrics[t] for t in tasks if t in metrics}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write report.md of a VisATB run from its scores (and weights).")
+    parser.add_argument("--scores", required=True, help="scores table {model key: {task: score}}")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--tasks", help="scored tasks A,B,... (column order)")
+    group.add_argument("--task-preset", help="a preset: its scored tasks and their metrics")
+    parser.add_argument("--metrics", help="TASK=METRIC,... (caption, caption_list, qa, grounding)")
+    parser.add_argument("--weights", help="weights.json of weighting_visatb.py")
+    parser.add_argument("--plot", help="heatmap image to show, as a path relative to the report")
+    parser.add_argument("--output", help="write the report here (markdown)")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a learning check fails")
+    args = parser.parse_args(argv)
+    try:
+        scores = load_scores(args.scores)
+        if args.tasks:
+            tasks = parse_task_names(args.tasks)
+        elif args.task_preset:
+            tasks = list(get_preset(args.task_preset).scored_tasks)
+        else:
+            raise ValueError("name the scored tasks: --tasks A,B,... or --task-preset NAME")
+        metrics = _metrics_from_args(args.metrics, args.task_preset, tasks)
+        weights = load_json(args.weights) if args.weights and os.path.isfile(args.weights) else None
+        if args.weights and weights is None:
+            raise FileNotFoundError(f"--weights {args.weights}: no such file")
+        report = build_report(scores, tasks, metrics, weights, args.plot)
+        if args.output:
+            atomic_write_text(Path(args.output), report.markdown)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.table)
+    for sentence in report.summary:
+        print(sentence)
+    for check in report.checks:
+        print(f"learning check {check.status}: {check.name}")
+        if check.failed:
+            print(f"WARNING: learning check failed: {check.name}: {check.detail}", file=sys.stderr)
+    if args.output:
+        print(f"wrote {args.output}")
+    return 1 if args.strict and any(c.failed for c in report.checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The toy starting checkpoint of the demo: a tiny 'Vicuna', a frozen CLIP-style tower and a pretrained projector.
+
+LLaVA-1.5 fine-tuning starts from Vicuna plus a projector pretrained on image captions. The toy world has
+the same three parts, built offline from `llava/model/tiny.py`:
+
+- a SentencePiece tokenizer trained on the toy benchmark's text and the conversation templates;
+- a randomly initialised, frozen CLIP vision tower with 2x2 patches per cell of the toy images' 3x3 grid;
+- a tiny LLaMA and an `mlp2x_gelu` projector, trained together for a few hundred steps on alignment
+  captions of separate pretraining images (the toy LM has never seen language, so unlike LLaVA's stage 1
+  it trains too). Each caption lists the shapes with size, colour, kind and grid cell, in reading order.
+
+The pretraining is a real run of `llava.train.train` (`--version plain`). Its checkpoint is then split
+into the parts a LLaVA user knows:
+
+    <out>/base/                       tokenizer + LLaMA            (BASE_MODEL_PATH)
+    <out>/vision_tower/               CLIP tower + processor       (VISION_TOWER)
+    <out>/projector/mm_projector.bin  pretrained projector         (PRETRAIN_MM_MLP_ADAPTER)
+    <out>/llava-toy-start/            config + projector: the untrained starting point as a checkpoint,
+                                      loaded with model_base <out>/base (scored as model key `start`)
+    <out>/toy_model.json              what was built, written last (a finished build is reused)
+
+    python -m llava.visatb.toy_model --benchmark data/toy --output-dir checkpoints/toy
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from llava.utils import atomic_write_json, load_json
+from llava.visatb.toy_benchmark import GRID, load_toy_manifest, random_scene, render_scene, toy_corpus
+
+MANIFEST_NAME = "toy_model.json"
+FORMAT_VERSION = 1
+START_NAME = "llava-toy-start"
+PRETRAIN_TASK = "ToyAlign"
+# A patch of half a grid cell sees part of a shape, which makes its kind and size easy to read off; with a
+# whole cell per patch the tiny model learned colours and positions but not kinds in the time budget.
+PATCHES_PER_SIDE = 2 * GRID
+
+# Sized on the 2-core CPU the demo targets: a training step of batch 16 takes about 0.1 s. The alignment
+# pretraining sits on a plateau for ~250 steps (the LM learning to read image tokens at all) before the
+# loss falls; a constant learning rate gets it over the plateau within the default steps, a cosine one not.
+TOY_SIZES: dict[str, int] = {
+    "vocab_size": 1000,
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 256,
+    "vision_hidden_size": 256,
+    "vision_intermediate_size": 512,
+    "vision_layers": 2,
+    "vision_heads": 2,
+    "model_max_length": 256,
+}
+DEFAULT_PRETRAIN_IMAGES = 3000
+DEFAULT_PRETRAIN_STEPS = 600
+DEFAULT_PRETRAIN_BATCH = 16
+DEFAULT_PRETRAIN_LR = 1e-3
+
+
+def toy_tiny_config(image_size: int, seed: int = 0):
+    """The `TinyConfig` of the toy model for images of `image_size` pixels: 2x2 vision patches per grid cell."""
+    from llava.model.tiny import TinyConfig
+
+    if image_size % PATCHES_PER_SIDE:
+        raise ValueError(
+            f"toy images of {image_size} px do not split into {PATCHES_PER_SIDE}x{PATCHES_PER_SIDE} whole patches "
+            f"(2x2 per grid cell); generate the benchmark with --image-size divisible by {PATCHES_PER_SIDE} (e.g. 48)"
+        )
+    return TinyConfig(**TOY_SIZES, image_size=image_size, patch_size=image_size // PATCHES_PER_SIDE, seed=seed)
+
+
+def alignment_caption(scene) -> str:
+    """Every shape with its attributes and grid cell, in reading order: `large red circle, top left; ...`."""
+    return "; ".join(f"{s.size} {s.color} {s.kind}, {s.position}" for s in scene.shapes)
+
+
+def write_pretrain_data(folder: str | os.PathLike, num_images: int, image_size: int, seed: int) -> Path:
+    """Render `num_images` pretraining scenes (never benchmark images) and their LLaVA-pretrain records."""
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"toy-pretrain-{seed}")
+    records = []
+    for index in tqdm(range(num_images), desc="pretraining images", unit="img", file=sys.stderr):
+        scene = random_scene(rng)
+        relative = f"images/{index:06d}.png"
+        render_scene(scene, image_size, noise_seed=(seed, 1_000_000 + index)).save(folder / relative, format="PNG")
+        records.append({
+            "id": f"{PRETRAIN_TASK}-{index:06d}",
+            "image": relative,
+            "task": PRETRAIN_TASK,
+            "conversations": [
+                {"from": "human", "value": "<image>"},
+                {"from": "gpt", "value": alignment_caption(scene)},
+            ],
+        })  # fmt: skip
+    data_file = folder / f"{PRETRAIN_TASK}_pretrain-{num_images}.json"
+    atomic_write_json(data_file, records, indent=None)
+    return data_file
+
+
+def pretrain_command(
+    random_base: Path, tower: Path, data_file: Path, run_dir: Path, steps: int, batch_size: int, lr: float, seed: int
+) -> list[str]:
+    """The `llava.train.train` command of the alignment pretraining (full model, plain template, CPU-friendly)."""
+    return [
+        sys.executable, "-m", "llava.train.train",
+        "--model_name_or_path", str(random_base),
+        "--version", "plain",
+        "--data_path", str(data_file),
+        "--image_folder", str(data_file.parent),
+        "--vision_tower", str(tower),
+        "--mm_projector_type", "mlp2x_gelu",
+        "--mm_vision_select_layer", "-2",
+        "--mm_use_im_start_end", "False",
+        "--mm_use_im_patch_token", "False",
+        "--image_aspect_ratio", "pad",
+        "--output_dir", str(run_dir),
+        "--overwrite_output_dir", "True",
+        "--max_steps", str(steps),
+        "--per_device_train_batch_size", str(batch_size),
+        "--learning_rate", str(lr),
+        "--weight_decay", "0.",
+        "--warmup_ratio", "0.03",
+        "--lr_scheduler_type", "constant_with_warmup",
+        "--logging_steps", "25",
+        "--save_strategy", "no",
+        "--model_max_length", str(TOY_SIZES["model_max_length"]),
+        "--gradient_checkpointing", "False",
+        "--lazy_preprocess", "True",
+        "--dataloader_num_workers", "0",
+        "--report_to", "none",
+        "--seed", str(seed),
+        "--disable_tqdm", "True",
+    ]  # fmt: skip
+
+
+def split_checkpoint(run_dir: Path, random_base: Path, out: Path) -> dict[str, str]:
+    """Split the pretrained LLaVA checkpoint into base LM, projector file and a start checkpoint folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from llava.model.language_model.llava_llama import LlavaConfig
+
+    state = _load_state(run_dir)
+    projector = {k: v for k, v in state.items() if ".mm_projector." in k}
+    language = {k: v for k, v in state.items() if ".mm_projector." not in k and ".vision_tower." not in k}
+    if not projector:
+        raise ValueError(f"{run_dir}: the pretrained checkpoint holds no mm_projector weights")
+
+    base_dir, projector_dir, start_dir = out / "base", out / "projector", out / START_NAME
+    for folder in (base_dir, projector_dir, start_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+    lm = LlamaForCausalLM(LlamaConfig.from_pretrained(str(random_base)))
+    lm.load_state_dict(language, strict=True)
+    lm.save_pretrained(str(base_dir))
+    AutoTokenizer.from_pretrained(str(random_base), use_fast=False).save_pretrained(str(base_dir))
+
+    torch.save(projector, projector_dir / "mm_projector.bin")
+    LlavaConfig.from_pretrained(str(run_dir)).save_pretrained(str(start_dir))
+    shutil.copyfile(projector_dir / "mm_projector.bin", start_dir / "mm_projector.bin")
+    return {"base": str(base_dir), "projector": str(projector_dir / "mm_projector.bin"), "start": str(start_dir)}
+
+
+def _load_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    safetensors_file, bin_file = run_dir / "model.safetensors", run_dir / "pytorch_model.bin"
+    if safetensors_file.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(safetensors_file))
+    if bin_file.is_file():
+        return torch.load(bin_file, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{run_dir}: no model.safetensors or pytorch_model.bin; did the pretraining finish?")
+
+
+def _settings(manifest: dict[str, Any], pretrain: dict[str, Any], seed: int) -> dict[str, Any]:
+    return {
+        "benchmark_seed": manifest["seed"],
+        "benchmark_scale": manifest["scale"],
+        "image_size": manifest["image_size"],
+        "seed": seed,
+        "pretrain": pretrain,
+        "format_version": FORMAT_VERSION,
+    }
+
+
+def load_toy_model(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a finished toy model build; errors name the file."""
+    path = Path(output_dir) / MANIFEST_NAME
+    manifest = load_json(path)
+    for key in ("base", "vision_tower", "projector", "start", "settings", "config"):
+        if key not in manifest:
+            raise ValueError(f"{path}: missing field {key!r}")
+    return manifest
+
+
+def build_toy_model(
+    benchmark_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    seed: int = 0,
+    pretrain_images: int = DEFAULT_PRETRAIN_IMAGES,
+    pretrain_steps: int = DEFAULT_PRETRAIN_STEPS,
+    pretrain_batch_size: int = DEFAULT_PRETRAIN_BATCH,
+    pretrain_lr: float = DEFAULT_PRETRAIN_LR,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Build (or reuse an identical finished build of) the toy starting checkpoint; returns its manifest."""
+    for name, value in (("pretrain_images", pretrain_images), ("pretrain_steps", pretrain_steps),
+                        ("pretrain_batch_size", pretrain_batch_size)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not pretrain_lr > 0:
+        raise ValueError(f"pretrain_lr must be positive, got {pretrain_lr!r}")
+    benchmark = load_toy_manifest(benchmark_dir)
+    out = Path(output_dir)
+    pretrain = {"images": pretrain_images, "steps": pretrain_steps, "batch_size": pretrain_batch_size, "lr": pretrain_lr}
+    settings = _settings(benchmark, pretrain, seed)
+    manifest_path = out / MANIFEST_NAME
+    if manifest_path.is_file() and not overwrite:
+        existing = load_toy_model(out)
+        if existing["settings"] == settings and all(
+            Path(existing[k]).exists() for k in ("base", "vision_tower", "projector", "start")
+        ):
+            return existing
+    manifest_path.unlink(missing_ok=True)
+
+    from llava.model.tiny import build_base_lm, build_vision_tower
+
+    cfg = toy_tiny_config(benchmark["image_size"], seed)
+    random_base, tower, pretrain_dir = out / "random_base", out / "vision_tower", out / "pretrain"
+    data_file = write_pretrain_data(pretrain_dir, pretrain_images, benchmark["image_size"], seed)
+    texts = toy_corpus(benchmark_dir) + toy_corpus(load_json(data_file))
+    build_base_lm(random_base, cfg, texts)
+    build_vision_tower(tower, cfg)
+
+    run_dir, log_file = pretrain_dir / "run", pretrain_dir / "pretrain.log"
+    command = pretrain_command(random_base, tower, data_file, run_dir, pretrain_steps, pretrain_batch_size,
+                               pretrain_lr, seed)  # fmt: skip
+    print(f"[toy model] alignment pretraining: {pretrain_steps} steps (log: {log_file})", flush=True)
+    start = time.monotonic()
+    with open(log_file, "w", encoding="utf-8") as log:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"the toy model's alignment pretraining failed (exit {result.returncode}); see {log_file}")
+    print(f"[toy model] pretraining done in {time.monotonic() - start:.1f} s", flush=True)
+
+    parts = split_checkpoint(run_dir, random_base, out)
+    shutil.rmtree(run_dir)
+    manifest = {
+        "base": parts["base"],
+        "vision_tower": str(tower.resolve()),
+        "projector": parts["projector"],
+        "start": parts["start"],
+        "benchmark": str(Path(benchmark_dir).resolve()),
+        "config": asdict(cfg),
+        "settings": settings,
+    }
+    atomic_write_json(manifest_path, manifest)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the toy starting checkpoint (base LM, tower, projector).")
+    parser.add_argument("--benchmark", required=True, help="folder of the toy benchmark (toy_benchmark.json)")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-images", type=int, default=DEFAULT_PRETRAIN_IMAGES)
+    parser.add_argument("--pretrain-steps", type=int, default=DEFAULT_PRETRAIN_STEPS)
+    parser.add_argument("--pretrain-batch-size", type=int, default=DEFAULT_PRETRAIN_BATCH)
+    parser.add_argument("--pretrain-lr", type=float, default=DEFAULT_PRETRAIN_LR)
+    parser.add_argument("--overwrite", action="store_true", help="rebuild even if an identical build exists")
+    args = parser.parse_args(argv)
+    try:
+        manifest = build_toy_model(
+            args.benchmark, args.output_dir, args.seed, args.pretrain_images, args.pretrain_steps,
+            args.pretrain_batch_size, args.pretrain_lr, args.overwrite,
+        )  # fmt: skip
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for key in ("base", "vision_tower", "projector", "start"):
+        print(f"{key:<13}{manifest[key]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The whole VisATB method as one chain, resumable at every step:
+#   subsets -> train the mini and N task-plus-mini models -> answer every validation set -> scores.json
+#   -> weights (weights.json, heatmap.png, VISATB_WEIGHTS) -> final VisATB (+ EW baseline) training
+#   -> the final models' scores -> report.md
+# Every variable below can be set in the environment; extra arguments go to `python -m llava.visatb.pipeline`
+# (e.g. --redo weights). Rerunning skips what finished; a failed stage names itself and its log
+# (WORK_DIR/logs/<stage>/<item>.log). Training goes through FINETUNE_SCRIPT: DeepSpeed on GPU nodes, the CPU
+# fallback elsewhere (its own variables, e.g. LEARNING_RATE, NUM_GPUS, pass through the environment).
+#   WORK_DIR=work/academic VAL_DIR=data bash scripts_visatb/run_visatb.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Starting point (the finetune script's BASE_MODEL_PATH, VISION_TOWER, PRETRAIN_MM_MLP_ADAPTER).
+BASE_MODEL_PATH="${BASE_MODEL_PATH:-lmsys/vicuna-7b-v1.5}"
+VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
+PRETRAIN_MM_MLP_ADAPTER="${PRETRAIN_MM_MLP_ADAPTER:-./checkpoints/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5/mm_projector.bin}"
+# Optionally score the starting point too (model key `start`): a LLaVA checkpoint and its --model-base.
+START_MODEL="${START_MODEL:-}"
+START_MODEL_BASE="${START_MODEL_BASE:-}"
+
+# Data: the entire multi-task training file, the image root, and the validation sets, given in ONE way:
+# VAL_FILES="GQA=data/GQA_val-1k.json,..."; VAL_DIR (files named {task}_val-{size}.json);
+# VAL_MANIFEST (toy_benchmark.json, or a subsets.json with carved sets); or VAL_PER_TASK=K (carve K per task).
+DATA_PATH="${DATA_PATH:-./data/Academic_train-475k.json}"
+IMAGE_FOLDER="${IMAGE_FOLDER:-./data}"
+VAL_FILES="${VAL_FILES:-}"
+VAL_DIR="${VAL_DIR:-}"
+VAL_MANIFEST="${VAL_MANIFEST:-}"
+VAL_PER_TASK="${VAL_PER_TASK:-}"
+[ -n "$VAL_FILES$VAL_MANIFEST$VAL_PER_TASK" ] || VAL_DIR="${VAL_DIR:-./data}"
+
+# Tasks (task-id order) and the metric of each scored task. TASK_PRESET academic scores ShareGPT4V by
+# caption (CIDEr), RefCOCO-caption by caption_list, VQAv2/GQA/ChartQA/OCRVQA by qa (exact match) and
+# RefCOCO-bbox by grounding (IoU > 0.5); ShareGPT is trained, not scored (weight 1.0). TASK_PRESET toy takes
+# the metrics of the toy manifest. With TASK_NAMES="A,B,..." give TASK_METRICS="A=qa,B=caption,...".
+TASK_PRESET="${TASK_PRESET:-academic}"
+TASK_NAMES="${TASK_NAMES:-}"
+TASK_METRICS="${TASK_METRICS:-}"
+UNSCORED_TASKS="${UNSCORED_TASKS:-}"
+
+# Training and inference.
+FINETUNE_SCRIPT="${FINETUNE_SCRIPT:-scripts_visatb/finetune_academic.sh}"
+WORK_DIR="${WORK_DIR:-./work/visatb-${TASK_PRESET:-custom}}"
+RUN_NAME="${RUN_NAME:-visatb}"                       # checkpoints: WORK_DIR/checkpoints/llava-RUN_NAME-<model>
+MINI_FRACTION="${MINI_FRACTION:-0.03125}"            # 1/32 of every task, as in the paper
+SEED="${SEED:-0}"
+TRAIN_ARGS="${TRAIN_ARGS:-}"                         # extra finetune flags for every run
+PREP_TRAIN_ARGS="${PREP_TRAIN_ARGS:-}"               # ... for the mini and task-plus-mini runs only
+FINAL_TRAIN_ARGS="${FINAL_TRAIN_ARGS:-}"             # ... for the final VisATB / EW runs only
+INFER_ARGS="${INFER_ARGS:-}"                         # extra inference_visatb.py flags, e.g. "--batch-size 16"
+MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-}"                 # per metric type or task, e.g. "qa=16,caption=1024"
+CONV_MODE="${CONV_MODE:-vicuna_v1}"
+TEMPERATURE="${TEMPERATURE:-0.5}"
+EW_BASELINE="${EW_BASELINE:-1}"                      # 1: also train plain LLaVA (equal weights) for comparison
+EVAL_FINAL="${EVAL_FINAL:-1}"                        # 1: score the final model(s) on every validation set
+JOBS="${JOBS:-1}"                                    # inference / metric commands at the same time
+TRAIN_JOBS="${TRAIN_JOBS:-1}"                        # training runs at the same time (CPU only)
+
+args=(--work-dir "$WORK_DIR" --data "$DATA_PATH" --image-folder "$IMAGE_FOLDER"
+      --finetune-script "$FINETUNE_SCRIPT" --run-name "$RUN_NAME" --mini-fraction "$MINI_FRACTION" --seed "$SEED"
+      --conv-mode "$CONV_MODE" --temperature "$TEMPERATURE" --ew-baseline "$EW_BASELINE" --eval-final "$EVAL_FINAL"
+      --jobs "$JOBS" --train-jobs "$TRAIN_JOBS")
+if [ -n "$TASK_NAMES" ]; then args+=(--tasks "$TASK_NAMES"); else args+=(--task-preset "$TASK_PRESET"); fi
+[ -z "$TASK_METRICS" ] || args+=(--task-metrics "$TASK_METRICS")
+[ -z "$UNSCORED_TASKS" ] || args+=(--unscored-tasks "$UNSCORED_TASKS")
+[ -z "$VAL_FILES" ] || args+=(--val-files "$VAL_FILES")
+[ -z "$VAL_DIR" ] || args+=(--val-dir "$VAL_DIR")
+[ -z "$VAL_MANIFEST" ] || args+=(--val-manifest "$VAL_MANIFEST")
+[ -z "$VAL_PER_TASK" ] || args+=(--val-per-task "$VAL_PER_TASK")
+[ -z "$BASE_MODEL_PATH" ] || args+=(--base-model "$BASE_MODEL_PATH")
+[ -z "$VISION_TOWER" ] || args+=(--vision-tower "$VISION_TOWER")
+[ -z "$PRETRAIN_MM_MLP_ADAPTER" ] || args+=(--projector "$PRETRAIN_MM_MLP_ADAPTER")
+[ -z "$START_MODEL" ] || args+=(--start-model "$START_MODEL")
+[ -z "$START_MODEL_BASE" ] || args+=(--start-model-base "$START_MODEL_BASE")
+[ -z "$TRAIN_ARGS" ] || args+=(--train-args "$TRAIN_ARGS")
+[ -z "$PREP_TRAIN_ARGS" ] || args+=(--prep-train-args "$PREP_TRAIN_ARGS")
+[ -z "$FINAL_TRAIN_ARGS" ] || args+=(--final-train-args "$FINAL_TRAIN_ARGS")
+[ -z "$INFER_ARGS" ] || args+=(--infer-args "$INFER_ARGS")
+[ -z "$MAX_NEW_TOKENS" ] || args+=(--max-new-tokens "$MAX_NEW_TOKENS")
+
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+exec python -m llava.visatb.pipeline "${args[@]}" "$@"

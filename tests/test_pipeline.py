@@ -1,0 +1,301 @@
+"""The VisATB chain, its report and the toy demo.
+
+Fast tests cover configuration, failure handling, the report's tables and learning checks, and the toy
+model's parts. One module-scoped run of the reduced demo (`DEMO_REDUCED=1 scripts_visatb/demo.sh`: the real
+chain on the tiny model, few samples and steps, a few minutes on 2 CPU cores) backs the end-to-end tests,
+including a second run that must skip every finished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from llava.visatb import pipeline, report
+from llava.visatb.tasks import TOY
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def record(task: str, k: int, image: bool = False) -> dict:
+    r = {"id": f"{task}-{k}", "task": task,
+         "conversations": [{"from": "human", "value": f"question {k}"}, {"from": "gpt", "value": f"answer {k}"}]}  # fmt: skip
+    if image:
+        r["image"] = f"images/{k}.png"
+    return r
+
+
+@pytest.fixture
+def chain_inputs(tmp_path):
+    """A two-task data file, one validation file per task and a finetune script that records its environment."""
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([record(t, k) for k in range(8) for t in ("A", "B")]))
+    val = {}
+    for task in ("A", "B"):
+        val[task] = tmp_path / f"{task}_val-2.json"
+        val[task].write_text(json.dumps([record(task, k) for k in range(2)]))
+    script = tmp_path / "finetune.sh"
+    script.write_text(
+        "#!/usr/bin/env bash\nset -e\nmkdir -p \"$OUTPUT_DIR\"\n"
+        "env | grep -E '^(DATA_PATH|WEIGHT_METHOD|TASK_NAMES|TASK_PRESET|VISATB_WEIGHTS_FILE)=' | sort > \"$OUTPUT_DIR/env.txt\"\n"
+        "echo \"$@\" > \"$OUTPUT_DIR/args.txt\"\n"
+        "if [ -n \"${FAIL_ON:-}\" ] && [[ \"$OUTPUT_DIR\" == *\"$FAIL_ON\"* ]]; then echo 'boom: out of memory' >&2; exit 3; fi\n"
+        "echo '{}' > \"$OUTPUT_DIR/config.json\"\n"
+    )
+    return {"data": data, "val": val, "script": script, "work": tmp_path / "work"}
+
+
+def chain_args(inputs: dict, *extra: str) -> list[str]:
+    return ["--work-dir", str(inputs["work"]), "--data", str(inputs["data"]), "--tasks", "A,B",
+            "--task-metrics", "A=qa,B=caption", "--val-files",
+            f"A={inputs['val']['A']},B={inputs['val']['B']}", "--finetune-script", str(inputs["script"]),
+            "--mini-fraction", "0.25", *extra]  # fmt: skip
+
+
+def config(args: list[str]) -> pipeline.PipelineConfig:
+    return pipeline.resolve_config(pipeline.build_parser().parse_args(args))
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+
+def test_parse_mapping_reads_pairs_and_names_bad_ones():
+    assert pipeline.parse_mapping("A=qa, B=caption C=grounding", "m") == {"A": "qa", "B": "caption", "C": "grounding"}
+    assert pipeline.parse_mapping("", "m") == {}
+    with pytest.raises(ValueError, match="'A' is not NAME=VALUE"):
+        pipeline.parse_mapping("A", "m")
+    with pytest.raises(ValueError, match="'A' is given twice"):
+        pipeline.parse_mapping("A=qa,A=caption", "m")
+
+
+def test_academic_preset_gives_the_paper_metrics_and_leaves_sharegpt_unscored(tmp_path, chain_inputs):
+    val_dir = tmp_path / "val"
+    val_dir.mkdir()
+    for task in ("ShareGPT4V", "RefCOCO-caption", "VQAv2", "GQA", "ChartQA", "OCRVQA", "RefCOCO-bbox"):
+        (val_dir / f"{task}_val-1k.json").write_text("[]")
+    cfg = config(["--work-dir", str(tmp_path / "w"), "--data", str(chain_inputs["data"]), "--task-preset",
+                  "academic", "--val-dir", str(val_dir)])  # fmt: skip
+    assert cfg.metrics == {"ShareGPT4V": "caption", "RefCOCO-caption": "caption_list", "VQAv2": "qa", "GQA": "qa",
+                           "ChartQA": "qa", "OCRVQA": "qa", "RefCOCO-bbox": "grounding"}  # fmt: skip
+    assert cfg.unscored_tasks == ["ShareGPT"]
+    assert cfg.prep_keys == ["mini", *cfg.metrics]
+    assert Path(cfg.val_files["GQA"]).name == "GQA_val-1k.json"
+    assert cfg.stages == list(pipeline.STAGES)
+
+
+def test_toy_manifest_supplies_validation_files_and_metrics(tmp_path, chain_inputs):
+    from llava.visatb.toy_benchmark import generate_toy_benchmark
+
+    bench = tmp_path / "toy"
+    generate_toy_benchmark(bench, seed=0, scale=0.002, image_size=24)
+    cfg = config(["--work-dir", str(tmp_path / "w"), "--data", str(chain_inputs["data"]), "--task-preset", "toy",
+                  "--val-manifest", str(bench / "toy_benchmark.json"), "--eval-final", "0"])  # fmt: skip
+    assert cfg.metrics == TOY.metrics
+    assert cfg.unscored_tasks == ["ToyText"]
+    assert all(Path(p).is_file() for p in cfg.val_files.values())
+    assert "final-infer" not in cfg.stages and "final-score" not in cfg.stages
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--val-files": None}, "exactly one way"),
+        ({"--val-dir": "somewhere"}, "exactly one way"),
+        ({"--task-metrics": "A=qa,B=bleu"}, "unknown metric 'bleu'"),
+        ({"--task-metrics": "A=qa"}, "at least two scored tasks"),
+        ({"--task-metrics": "A=qa,C=qa"}, "'C', which is not in the task list"),
+        ({"--val-files": "A=/no/such/file.json"}, "no validation file for scored task"),
+        ({"--max-new-tokens": "qa=zero"}, "not a positive integer"),
+        ({"--run-name": "bad name"}, "--run-name"),
+    ],
+)
+def test_configuration_errors_name_the_culprit(chain_inputs, change, message):
+    args = chain_args(chain_inputs)
+    for flag, value in change.items():
+        if flag in args:
+            index = args.index(flag)
+            del args[index:index + 2]
+        if value is not None:
+            args += [flag, value]
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        config(args)
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def test_failed_stage_stops_the_chain_naming_stage_item_and_log(chain_inputs, capsys):
+    os.environ["FAIL_ON"] = "A-plus-mini"
+    try:
+        code = pipeline.main(chain_args(chain_inputs))
+    finally:
+        del os.environ["FAIL_ON"]
+    err = capsys.readouterr().err
+    work = chain_inputs["work"]
+    log = work / "logs" / "train" / "A.log"
+    assert code == 1
+    assert "[stage 2/9] train failed" in err and str(log) in err and "boom: out of memory" in err
+    assert (work / ".done" / "subsets.json").is_file()  # the finished stage stays done
+    assert (work / ".done" / "train" / "mini.json").is_file()
+    assert not (work / ".done" / "train" / "A.json").exists()  # no marker for the failed item
+    assert not (work / ".done" / "train.json").exists()
+
+
+def test_training_items_get_the_right_data_and_weights(chain_inputs, capsys):
+    cfg = config(chain_args(chain_inputs))
+    chain = pipeline.Pipeline(cfg)
+    work = chain_inputs["work"]
+    work.mkdir(parents=True)
+    # Only the stages that need no model: subsets, then the preparation and final training items.
+    _, items, _ = chain._subsets_items()
+    chain._run_items("subsets", "[test]", items, 1)
+    _, prep, _ = chain._train_items(cfg.prep_keys, final=False)
+    _, final, _ = chain._train_items(cfg.final_keys, final=True)
+    envs = {item.key: item.env for item in prep + final}
+    manifest = json.loads((work / "subsets" / "subsets.json").read_text())
+    assert envs["mini"]["DATA_PATH"] == manifest["mini"]["path"]
+    assert envs["A"]["DATA_PATH"] == manifest["plus_mini"]["A"]["path"]
+    assert envs["VisATB"]["DATA_PATH"] == envs["EW"]["DATA_PATH"] == str(chain_inputs["data"].resolve())
+    assert envs["VisATB"]["VISATB_WEIGHTS_FILE"] == str(work / "weights.json")
+    assert envs["EW"]["VISATB_WEIGHTS_FILE"] == "" and envs["mini"]["VISATB_WEIGHTS_FILE"] == ""
+    assert {e["WEIGHT_METHOD"] for e in envs.values()} == {"EW"}
+    assert envs["A"]["TASK_NAMES"] == "A,B" and envs["A"]["TASK_PRESET"] == ""
+    assert [i.outputs[0].parent.name for i in prep] == ["llava-visatb-mini", "llava-visatb-A-plus-mini",
+                                                          "llava-visatb-B-plus-mini"]  # fmt: skip
+
+
+def test_redo_forgets_the_stage_and_everything_after(chain_inputs):
+    cfg = config(chain_args(chain_inputs))
+    chain = pipeline.Pipeline(cfg)
+    for stage in cfg.stages:
+        chain.marker(stage).parent.mkdir(parents=True, exist_ok=True)
+        chain.marker(stage).write_text("{}")
+    chain.weights_file.write_text("{}")
+    chain.redo_from("weights")
+    assert [s for s in cfg.stages if chain.is_done(s)] == ["subsets", "train", "infer", "score"]
+    assert not chain.weights_file.exists()
+    with pytest.raises(ValueError, match="unknown stage"):
+        chain.redo_from("nonsense")
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+TASKS = ["T1", "T2"]
+METRICS = {"T1": "qa", "T2": "caption"}
+
+
+def healthy_scores() -> dict:
+    return {
+        "start": {"T1": 0.0, "T2": 0.05},
+        "mini": {"T1": 0.40, "T2": 0.50},
+        "T1": {"T1": 0.60, "T2": 0.55},
+        "T2": {"T1": 0.42, "T2": 0.80},
+        "EW": {"T1": 0.62, "T2": 0.85},
+        "VisATB": {"T1": 0.66, "T2": 0.84},
+    }
+
+
+def test_relative_improvements_by_hand():
+    rows = report.relative_improvements(healthy_scores(), TASKS)
+    assert rows["EW vs task-plus-mini"]["T1"] == pytest.approx((0.62 - 0.60) / 0.60)
+    assert rows["VisATB vs task-plus-mini"]["T2"] == pytest.approx((0.84 - 0.80) / 0.80)
+    assert rows["VisATB vs EW"]["T1"] == pytest.approx((0.66 - 0.62) / 0.62)
+    assert report.relative_change(1.0, 0.0) is None
+    summary = report.relative_summary(rows, TASKS)
+    mean = ((0.66 - 0.62) / 0.62 + (0.84 - 0.85) / 0.85) / 2
+    assert f"VisATB vs EW: mean relative change {100 * mean:+.1f}%, ahead on 1 of 2 task(s)." in summary
+
+
+def test_score_table_rows_formats_and_bold_best():
+    table = report.score_table(healthy_scores(), TASKS, METRICS).splitlines()
+    assert table[0] == "| model | T1 (acc %) | T2 (CIDEr) |"
+    assert [line.split("|")[1].strip() for line in table[2:]] == [
+        "start (untrained)", "mini", "T1-plus-mini", "T2-plus-mini", "EW", "VisATB"]  # fmt: skip
+    assert "| VisATB | **66.00** | 0.8400 |" in table
+    assert "| EW | 62.00 | **0.8500** |" in table
+
+
+def test_learning_checks_pass_on_healthy_scores():
+    checks = report.learning_checks(healthy_scores(), TASKS, METRICS)
+    assert [c.status for c in checks] == ["PASS", "PASS", "PASS"]
+
+
+def test_learning_checks_fail_when_a_model_does_not_beat_the_start():
+    scores = healthy_scores()
+    scores["mini"]["T2"] = 0.05
+    first = report.learning_checks(scores, TASKS, METRICS)[0]
+    assert first.failed and "mini on T2 (0.0500 vs start 0.0500)" in first.detail
+
+
+def test_learning_checks_fail_when_full_data_models_lag_the_mini_model():
+    scores = healthy_scores()
+    scores["mini"] = {"T1": 0.9, "T2": 0.9}
+    check = report.learning_checks(scores, TASKS, METRICS)[1]
+    assert check.failed and "ahead of mini in 0 of 6 comparisons" in check.detail
+
+
+@pytest.mark.parametrize(("value", "reason"), [(0.0, "0 for every model"), (1.0, "at the maximum for every model")])
+def test_learning_checks_fail_on_a_flat_task(value, reason):
+    scores = healthy_scores()
+    for model in scores:
+        if model != "start":
+            scores[model]["T1"] = value
+    check = report.learning_checks(scores, TASKS, METRICS)[2]
+    assert check.failed and f"T1 ({reason})" in check.detail
+
+
+def test_learning_checks_skip_without_a_start_row():
+    scores = healthy_scores()
+    del scores["start"]
+    assert report.learning_checks(scores, TASKS, METRICS)[0].status == "SKIP"
+
+
+def test_report_cli_warns_and_strict_exits_1(tmp_path, capsys):
+    scores = healthy_scores()
+    scores["EW"]["T1"] = -1.0
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(scores))
+    out = tmp_path / "report.md"
+    args = ["--scores", str(path), "--tasks", "T1,T2", "--metrics", "T1=qa,T2=caption", "--output", str(out)]
+    assert report.main(args) == 0
+    assert "WARNING: learning check failed: trained models beat the starting point" in capsys.readouterr().err
+    assert report.main([*args, "--strict"]) == 1
+    assert "## Learning checks" in out.read_text()
+
+
+# ---------------------------------------------------------------------------------------------- toy model
+
+
+def test_alignment_caption_lists_shapes_in_reading_order():
+    from llava.visatb.toy_benchmark import ToyScene, ToyShape
+    from llava.visatb.toy_model import alignment_caption
+
+    scene = ToyScene("white", False, (ToyShape("circle", "red", "large", 0, 0), ToyShape("square", "blue", "small", 1, 1)))
+    assert alignment_caption(scene) == "large red circle, top left; small blue square, center"
+
+
+def test_toy_config_needs_two_patches_per_grid_cell():
+    from llava.visatb.toy_model import toy_tiny_config
+
+    cfg = toy_tiny_config(48)
+    assert (cfg.image_size, cfg.patch_size) == (48, 8)
+    with pytest.raises(ValueError, match="divisible by 6"):
+        toy_tiny_config(64)
+
+
+def test_pretraining_data_is_deterministic_and_disjoint_from_the_benchmark(tmp_path):
+    from llava.visatb.toy_model import write_pretrain_data
+
+    first = write_pretrain_data(tmp_path / "a", 6, 24, seed=3)
+    second = write_pretrain_data(tmp_path / "b", 6, 24, seed=3)
+    assert first.read_text() == second.read_text()
+    assert (tmp_path / "a/images/000005.png").read_bytes() == (tmp_path / "b/images/000005.png").read_bytes()
+    records = json.loads(first.read_text())
+    assert {r["task"] for r in records} == {"ToyAlign"}
+    assert records[0]["conversations"][0]["value"] == "<image>"
+
+
