@@ -182,6 +182,17 @@ def test_every_method_trains_and_lowers_each_tasks_loss(name, tiny, toy, tmp_pat
         assert all(abs(sum(w) - 3.0) < 1e-9 for w in weights)
 
 
+def test_the_same_seed_gives_the_same_run_even_with_a_fresh_projector(tiny, toy, tmp_path):
+    # The projector is initialised when the model is built, before the Trainer seeds; train() seeds first.
+    fresh = {k: v for k, v in tiny.items() if k != "projector"}
+    runs = []
+    for name in ("a", "b"):
+        torch.manual_seed(len(name) + len(runs))  # a different global RNG state before each run
+        train(args=train_flags(fresh, toy, tmp_path / name, "--max_steps", "3", "--save_strategy", "no"))
+        runs.append([entry["loss"] for entry in step_logs(tmp_path / name)])
+    assert len(runs[0]) == 3 and runs[0] == runs[1]
+
+
 def main_run_flags(tiny, data, output_dir, max_steps):
     return train_flags(tiny, data, output_dir, "--visatb_weights", "2", "0.5", "1", "--max_steps", str(max_steps),
                        "--save_steps", "2", "--per_device_train_batch_size", "4")

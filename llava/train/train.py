@@ -226,6 +226,9 @@ def train(attn_implementation: str | None = None, args: Sequence[str] | None = N
     weights = ", ".join(f"{t}={w:g}" for t, w in zip(setup.tasks, setup.weighter.current_weights()))
     rank0_print(f"[train] weight method {setup.weighter.name}; initial task weights: {weights}")
 
+    # Seed before the model is built: the projector (and LoRA) initialisation happen here, before the
+    # Trainer seeds its own RNG, so without this two runs with the same --seed start from different weights.
+    transformers.set_seed(training_args.seed)
     model, tokenizer = load_model_and_tokenizer(model_args, data_args, training_args)
     fill_zero_auto_buckets(getattr(training_args, "hf_deepspeed_config", None), model.config.hidden_size)
     conv = get_conv_template(model_args.version)
