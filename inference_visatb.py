@@ -1,7 +1,10 @@
-"""Answer a VisATB validation question file with a model: batched, shardable, resumable.
+"""Answer VisATB validation question files with a model: batched, shardable, resumable.
 
     python inference_visatb.py --model-path checkpoints/llava-v1.5-7b-mini --image-folder data/images \
         --question-file data/GQA_val-1k.json --answers-folder answers [--batch-size 8]
+    # several validation sets with one model load (--max_new_tokens: one value, or one per file):
+    python inference_visatb.py ... --question-file data/GQA_val-1k.json data/RefCOCO-bbox_val-1k.json \
+        --max_new_tokens 16 64
     # shards: run --num-chunks 4 --chunk-idx 0..3 (e.g. one per GPU); the last one to finish merges,
     # or merge explicitly with --num-chunks 4 --merge
 
@@ -35,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(parser, "model-path", required=True, help="checkpoint folder or hub name")
     _add(parser, "model-base", default=None, help="base model for LoRA / projector-only checkpoints")
     _add(parser, "image-folder", default=None, help="folder the records' 'image' paths are relative to")
-    _add(parser, "question-file", required=True, help="JSON list of records with conversations [human, gpt]")
+    _add(parser, "question-file", required=True, nargs="+",
+         help="JSON list(s) of records with conversations [human, gpt]; several files share one model load")
     _add(parser, "answers-folder", required=True, help="where answer files go (chunk files in its tmp/)")
     _add(parser, "conv-mode", default="vicuna_v1", help="conversation template")
     _add(parser, "num-chunks", type=int, default=1, help="split the questions into this many balanced chunks")
@@ -43,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(parser, "temperature", type=float, default=0.0, help="0 means greedy decoding")
     _add(parser, "top_p", type=float, default=None, help="nucleus sampling (with temperature > 0)")
     _add(parser, "num_beams", type=int, default=1)
-    _add(parser, "max_new_tokens", type=int, default=2048)
+    _add(parser, "max_new_tokens", type=int, nargs="+", default=[2048],
+         help="generation limit: one value for every question file, or one per question file")
     _add(parser, "batch-size", type=int, default=8, help="questions per generate call (left-padded)")
     _add(parser, "save-every", type=int, default=inference.DEFAULT_SAVE_EVERY, help="save progress every N batches")
     _add(parser, "merge", action="store_true", help="only join the chunk files of --num-chunks into the answer file")
@@ -58,40 +63,61 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model_path = os.path.expanduser(args.model_path)
     model_name = get_model_name_from_path(model_path)
-    try:
-        if args.merge:
-            report = inference.merge_chunks(
-                args.question_file, args.answers_folder, model_name, args.num_chunks, overwrite=args.overwrite
-            )
-        else:
-            job = inference.InferenceJob(
-                question_file=os.path.expanduser(args.question_file),
-                answers_folder=os.path.expanduser(args.answers_folder),
-                model_name=model_name,
-                image_folder=args.image_folder and os.path.expanduser(args.image_folder),
-                num_chunks=args.num_chunks,
-                chunk_idx=args.chunk_idx,
-                batch_size=args.batch_size,
-                save_every=args.save_every,
-                overwrite=args.overwrite,
-                skip_missing_images=args.skip_missing_images,
-                progress=not args.quiet,
-            )
-            print(f"Start inference of {inference.question_name(job.question_file)} using {model_name}", flush=True)
+    question_files = [os.path.expanduser(f) for f in args.question_file]
+    limits = args.max_new_tokens
+    if len(limits) not in (1, len(question_files)):
+        print(f"error: --max_new_tokens takes one value or one per question file ({len(question_files)}), "
+              f"got {len(limits)}", file=sys.stderr)  # fmt: skip
+        return 2
+    limits = limits * len(question_files) if len(limits) == 1 else limits
+    loaded: list[LlavaGenerator] = []
 
-            def load_generator() -> LlavaGenerator:
-                return LlavaGenerator.from_pretrained(
+    def generator_loader(max_new_tokens: int):
+        # The model loads once, on the first file that has questions left; later files reuse it.
+        def load_generator() -> LlavaGenerator:
+            if not loaded:
+                loaded.append(LlavaGenerator.from_pretrained(
                     model_path, args.model_base, conv_mode=args.conv_mode, device=args.device,
                     temperature=args.temperature, top_p=args.top_p, num_beams=args.num_beams,
-                    max_new_tokens=args.max_new_tokens,
-                )  # fmt: skip
+                    max_new_tokens=max_new_tokens,
+                ))  # fmt: skip
+            loaded[0].max_new_tokens = max_new_tokens
+            return loaded[0]
 
-            report = inference.run_inference(job, load_generator)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(inference.format_report(report))
-    return 0
+        return load_generator
+
+    failed = []
+    for question_file, max_new_tokens in zip(question_files, limits):
+        try:
+            if args.merge:
+                report = inference.merge_chunks(
+                    question_file, args.answers_folder, model_name, args.num_chunks, overwrite=args.overwrite
+                )
+            else:
+                job = inference.InferenceJob(
+                    question_file=question_file,
+                    answers_folder=os.path.expanduser(args.answers_folder),
+                    model_name=model_name,
+                    image_folder=args.image_folder and os.path.expanduser(args.image_folder),
+                    num_chunks=args.num_chunks,
+                    chunk_idx=args.chunk_idx,
+                    batch_size=args.batch_size,
+                    save_every=args.save_every,
+                    overwrite=args.overwrite,
+                    skip_missing_images=args.skip_missing_images,
+                    progress=not args.quiet,
+                )
+                print(f"Start inference of {inference.question_name(question_file)} using {model_name}", flush=True)
+                report = inference.run_inference(job, generator_loader(max_new_tokens))
+        except (OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed.append(question_file)
+            continue
+        print(inference.format_report(report), flush=True)
+    if failed and len(question_files) > 1:
+        print(f"error: {len(failed)} of {len(question_files)} question file(s) failed: {', '.join(failed)}",
+              file=sys.stderr)  # fmt: skip
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -355,7 +355,8 @@ def test_every_flag_takes_both_spellings():
     as_hyphen = parser.parse_args(hyphen + [f"--{s}" for s in switches])
     as_underscore = parser.parse_args(underscore + [f"--{s.replace('-', '_')}" for s in switches])
     assert vars(as_hyphen) == vars(as_underscore)
-    assert (as_hyphen.top_p, as_hyphen.max_new_tokens, as_hyphen.batch_size) == (0.9, 7, 16)
+    assert (as_hyphen.top_p, as_hyphen.max_new_tokens, as_hyphen.batch_size) == (0.9, [7], 16)
+    assert as_hyphen.question_file == ["q.json"]
     defaults = parser.parse_args(["--model-path", "m", "--question-file", "q", "--answers-folder", "a"])
     assert (defaults.conv_mode, defaults.temperature, defaults.num_chunks, defaults.batch_size) == ("vicuna_v1", 0.0, 1, 8)
 
@@ -392,6 +393,26 @@ def test_cli_end_to_end_with_the_seed_spelling(data, tmp_path, checkpoint, gener
     out = answers / "GQA-val-11_llava-tiny.json"
     assert f"Saved inference results to {out} (11 answered)" in proc.stdout
     assert read(out) == expected
+
+
+def test_cli_answers_several_question_files_with_one_model_load(data, tmp_path, checkpoint, generator):
+    question_file, images = data
+    second = question_file.with_name("RefCOCO-bbox_val-11.json")
+    second.write_text(question_file.read_text())
+    short = LlavaGenerator(generator.tokenizer, generator.model, generator.image_processor, max_new_tokens=2)
+    expected_short = read(run_inference(make_job((second, images), tmp_path / "ref"), Loader(short)).answers_file)
+    expected_long = read(run_inference(make_job(data, tmp_path / "ref"), Loader(generator)).answers_file)
+    answers = tmp_path / "answers"
+    args = ["--model-path", checkpoint, "--image-folder", str(images), "--question-file", str(question_file),
+            str(second), "--answers-folder", str(answers), "--max_new_tokens", "4", "2", "--quiet"]  # fmt: skip
+    proc = run_script(["inference_visatb.py", *args])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("Saved inference results to") == 2
+    # One limit per file: the second file's answers are the 2-token ones, the first file's the 4-token ones.
+    assert read(answers / "GQA-val-11_llava-tiny.json") == expected_long
+    assert read(answers / "RefCOCO-bbox-val-11_llava-tiny.json") == expected_short
+    bad = run_script(["inference_visatb.py", *args[:-4], "--max_new_tokens", "4", "2", "3"])
+    assert bad.returncode == 2 and "one value or one per question file (2), got 3" in bad.stderr
 
 
 def test_cli_reports_a_missing_image_in_one_line(data, tmp_path, checkpoint):

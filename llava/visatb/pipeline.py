@@ -2,10 +2,11 @@
 
 Every stage runs the project's own commands (`python -m llava.visatb.subsets`, the finetune script,
 `inference_visatb.py`, `eval/*.py`, `weighting_visatb.py`, `python -m llava.visatb.report`) and writes each
-command's output to WORK_DIR/logs/<stage>/<item>.log. An item (one model, one answer file, one score) is
-marked done in WORK_DIR/.done/ only after its command succeeded and its outputs exist, so running the chain
-again skips everything finished and resumes a crashed or killed run where it stopped. A failed command stops
-the chain with the stage, the item and the log named.
+command's output to WORK_DIR/logs/<stage>/<item>.log. An item (one model to train, one model answering every
+validation set in one process, one score) is marked done in WORK_DIR/.done/ only after its command succeeded
+and its outputs exist, so running the chain again skips everything finished and resumes a crashed or killed
+run where it stopped (inference also resumes inside a validation set). A failed command stops the chain with
+the stage, the item and the log named.
 
     bash scripts_visatb/run_visatb.sh                       # configured by the variables at its top
     python -m llava.visatb.pipeline --work-dir work/academic --data data/Academic_train-475k.json \
@@ -43,6 +44,7 @@ VISATB = "VisATB"
 EW = "EW"
 STAGES = ("subsets", "train", "infer", "score", "weights", "final-train", "final-infer", "final-score", "report")
 LOG_TAIL_LINES = 15
+DEFAULT_MAX_NEW_TOKENS = 2048  # inference_visatb.py's default, for tasks without a limit when others have one
 
 
 class PipelineError(RuntimeError):
@@ -586,25 +588,27 @@ class Pipeline:
         return title, items, cfg.train_jobs
 
     def _infer_items(self, keys: list[str]) -> tuple[str, list[Item], int]:
+        # One command per model answers every validation set, so each model loads once.
         cfg = self.cfg
+        tasks = cfg.scored_tasks
         items = []
         for key in keys:
             model_path, model_base = self.model_path_and_base(key)
-            for task in cfg.scored_tasks:
-                command = [self.python, str(REPO_ROOT / "inference_visatb.py"), "--model-path", model_path,
-                           "--question-file", self.val_file(task), "--answers-folder", str(self.answers_dir(key)),
-                           "--conv-mode", cfg.conv_mode]  # fmt: skip
-                if model_base:
-                    command += ["--model-base", model_base]
-                if cfg.image_folder:
-                    command += ["--image-folder", cfg.image_folder]
-                limit = cfg.max_new_tokens.get(task, cfg.max_new_tokens.get(cfg.metrics[task]))
-                if limit:
-                    command += ["--max_new_tokens", str(limit)]
-                command += cfg.infer_args
-                items.append(Item(f"{key}__{task}", f"{key} answers {task}", command,
-                                  outputs=[self.answers_file(key, task)]))  # fmt: skip
-        title = f"inference of {len(keys)} model(s) ({', '.join(keys)}) on {len(cfg.scored_tasks)} validation sets"
+            command = [self.python, str(REPO_ROOT / "inference_visatb.py"), "--model-path", model_path,
+                       "--question-file", *(self.val_file(t) for t in tasks),
+                       "--answers-folder", str(self.answers_dir(key)), "--conv-mode", cfg.conv_mode]  # fmt: skip
+            if model_base:
+                command += ["--model-base", model_base]
+            if cfg.image_folder:
+                command += ["--image-folder", cfg.image_folder]
+            limits = [cfg.max_new_tokens.get(t, cfg.max_new_tokens.get(cfg.metrics[t])) for t in tasks]
+            if any(limits):
+                default = str(DEFAULT_MAX_NEW_TOKENS)
+                command += ["--max_new_tokens", *(str(n) if n else default for n in limits)]
+            command += cfg.infer_args
+            items.append(Item(key, f"{key} answers {len(tasks)} validation set(s)", command,
+                              outputs=[self.answers_file(key, t) for t in tasks]))  # fmt: skip
+        title = f"inference of {len(keys)} model(s) ({', '.join(keys)}) on {len(tasks)} validation sets"
         return title, items, cfg.jobs
 
     def _score_items(self, keys: list[str]) -> tuple[str, list[Item], int]:
