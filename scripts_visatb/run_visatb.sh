@@ -79,5 +79,9 @@ if [ -n "$TASK_NAMES" ]; then args+=(--tasks "$TASK_NAMES"); else args+=(--task-
 [ -z "$INFER_ARGS" ] || args+=(--infer-args "$INFER_ARGS")
 [ -z "$MAX_NEW_TOKENS" ] || args+=(--max-new-tokens "$MAX_NEW_TOKENS")
 
+# The project's environment when none is active (scripts_visatb/setup_env.sh creates it).
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then
+    source .venv/bin/activate
+fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec python -m llava.visatb.pipeline "${args[@]}" "$@"

@@ -9,10 +9,15 @@ including a second run that must skip every finished stage.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llava.visatb import pipeline, report
 from llava.visatb.tasks import TOY
@@ -278,6 +283,59 @@ def test_alignment_caption_lists_shapes_in_reading_order():
     assert alignment_caption(scene) == "large red circle, top left; small blue square, center"
 
 
+def test_alignment_caption_styles_look_shapes_up_by_cell_or_colour():
+    import random
+
+    from llava.visatb.toy_benchmark import ToyScene, ToyShape
+    from llava.visatb.toy_model import alignment_caption
+
+    scene = ToyScene("white", False, (ToyShape("circle", "red", "large", 0, 0), ToyShape("square", "blue", "small", 1, 1)))
+    assert alignment_caption(scene, "position") == "top left: large red circle; center: small blue square"
+    assert alignment_caption(scene, "color") == "red: large circle, top left; blue: small square, center"
+    orders = {alignment_caption(scene, "position", random.Random(seed)) for seed in range(20)}
+    assert orders == {"top left: large red circle; center: small blue square",
+                      "center: small blue square; top left: large red circle"}  # fmt: skip
+    assert {alignment_caption(scene, "reading", random.Random(seed)) for seed in range(20)} == {
+        "large red circle, top left; small blue square, center"
+    }
+    with pytest.raises(ValueError, match="unknown alignment caption style 'poem'"):
+        alignment_caption(scene, "poem")
+
+
+def test_patch_labels_describe_each_patch_cell():
+    from llava.visatb.toy_benchmark import ToyScene, ToyShape
+    from llava.visatb.toy_model import patch_labels
+
+    scene = ToyScene("gray", True, (ToyShape("triangle", "yellow", "small", 2, 1),))
+    labels = patch_labels(scene)  # 6x6 patches, 2x2 per cell, row-major
+    yellow = [i for i, c in enumerate(labels["color"]) if c]
+    assert yellow == [4 * 6 + 2, 4 * 6 + 3, 5 * 6 + 2, 5 * 6 + 3]  # the bottom-center cell
+    assert {labels["color"][i] for i in yellow} == {1 + 3}  # sorted colours: blue, green, red, yellow
+    assert {labels["kind"][i] for i in yellow} == {1 + 2}  # circle, square, triangle
+    assert {labels["size"][i] for i in yellow} == {1 + 1}  # sorted sizes: large, small
+    assert labels["cell"][:6] == [0, 0, 1, 1, 2, 2] and labels["cell"][-1] == 8
+    assert set(labels["background"]) == {1} and set(labels["noisy"]) == {1}
+
+
+def test_vision_tower_pretraining_learns_the_patch_labels_and_saves_the_tower(tmp_path):
+    from transformers import CLIPVisionModel
+
+    from llava.model.tiny import TinyConfig, build_vision_tower
+    from llava.visatb.toy_model import pretrain_vision_tower, write_pretrain_data
+
+    cfg = TinyConfig(image_size=24, patch_size=4, vision_hidden_size=32, vision_intermediate_size=64)
+    write_pretrain_data(tmp_path / "pre", 48, 24, seed=0)
+    build_vision_tower(tmp_path / "tower", cfg)
+    before = CLIPVisionModel.from_pretrained(str(tmp_path / "tower")).state_dict()
+    accuracy = pretrain_vision_tower(tmp_path / "tower", tmp_path / "pre", 48, seed=0, steps=60)
+    after = CLIPVisionModel.from_pretrained(str(tmp_path / "tower")).state_dict()
+    assert set(before) == set(after)  # the heads are not saved with the tower
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert set(accuracy) == {"color", "kind", "size", "cell", "background", "noisy"}
+    # Empty cells alone are 5/6 or more of the patches; the cell of a patch follows from its position.
+    assert accuracy["cell"] > 0.9 and accuracy["color"] > 0.85
+
+
 def test_toy_config_needs_two_patches_per_grid_cell():
     from llava.visatb.toy_model import toy_tiny_config
 
@@ -299,3 +357,133 @@ def test_pretraining_data_is_deterministic_and_disjoint_from_the_benchmark(tmp_p
     assert records[0]["conversations"][0]["value"] == "<image>"
 
 
+# ---------------------------------------------------------------------------------------------- reduced demo
+
+
+def run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OUTPUT_DIR": str(out), "DEMO_REDUCED": "1", "VISATB_SETUP": "skip",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}  # fmt: skip
+    return subprocess.run(["bash", str(REPO / "scripts_visatb" / "demo.sh"), *extra], env=env, cwd=REPO,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    first = run_demo(out)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return {"out": out, "first": first}
+
+
+# The demo scores every toy task but the text-only one, which trains with weight 1.0.
+DEMO_SCORED = ["ToyCaption", "ToyCaptionList", "ToyColorQA", "ToyShapeQA", "ToyBBox"]
+DEMO_UNSCORED = ["ToyText"]
+ALL_MODELS = ["start", "mini", *DEMO_SCORED, "EW", "VisATB"]
+
+
+def test_demo_prints_every_stage_and_the_table(demo):
+    stdout = demo["first"].stdout
+    for k, stage in enumerate(pipeline.STAGES, 1):
+        assert f"[stage {k}/9] {stage}: " in stdout
+    assert ("| model | ToyCaption (CIDEr) | ToyCaptionList (CIDEr) | ToyColorQA (acc %) | ToyShapeQA (acc %) "
+            "| ToyBBox (acc %) |") in stdout
+    assert re.search(r"\[demo\] finished in \d+ s", stdout)
+
+
+def test_demo_scores_cover_every_model_and_task(demo):
+    scores = json.loads((demo["out"] / "scores.json").read_text())
+    assert sorted(scores) == sorted(ALL_MODELS)
+    for model in ALL_MODELS:
+        assert sorted(scores[model]) == sorted(DEMO_SCORED)
+        assert all(isinstance(v, float) and math.isfinite(v) and v >= 0 for v in scores[model].values())
+
+
+def test_demo_weights_file_has_the_schema_training_reads(demo):
+    from llava.visatb.weighting import load_visatb_weights_file
+
+    weights = json.loads((demo["out"] / "weights.json").read_text())
+    assert set(weights) >= {"tasks", "temperature", "scored_tasks", "contribution_matrix", "out_contribution",
+                            "in_contribution", "difficulty", "weights", "visatb_weights"}  # fmt: skip
+    assert weights["tasks"] == list(TOY.tasks) and weights["scored_tasks"] == DEMO_SCORED
+    matrix = weights["contribution_matrix"]
+    assert len(matrix) == 5 and [row[i] for i, row in enumerate(matrix)] == [None] * 5
+    assert sum(weights["weights"]["final"]) == pytest.approx(5.0)
+    unscored = [w for t, w in zip(weights["tasks"], weights["visatb_weights"]) if t in DEMO_UNSCORED]
+    assert unscored == [1.0]
+    assert load_visatb_weights_file(demo["out"] / "weights.json", list(TOY.tasks)) == weights["visatb_weights"]
+    weights_line = (demo["out"] / "weights.txt").read_text().strip().splitlines()[-1]
+    assert weights_line == 'VISATB_WEIGHTS="' + " ".join(f"{w:.4f}" for w in weights["visatb_weights"]) + '"'
+
+
+def test_demo_heatmap_is_a_png(demo):
+    assert (demo["out"] / "heatmap.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_demo_answers_exist_for_every_model_and_validation_set(demo):
+    from llava.visatb.toy_benchmark import load_toy_manifest
+
+    manifest = load_toy_manifest(demo["out"] / "data")
+    for model in ALL_MODELS:
+        files = sorted((demo["out"] / "answers" / model).glob("*.json"))
+        assert len(files) == len(DEMO_SCORED), model
+        for task in DEMO_SCORED:
+            answer_file = next(f for f in files if f.name.startswith(task + "-val"))
+            records = json.loads(answer_file.read_text())
+            assert len(records) == manifest["val_counts"][task]
+            assert all(isinstance(r["conversations"][1]["generative_value"], str) for r in records)
+            assert {r["generator"] for r in records} == {answer_file.stem.split("_", 1)[1]}
+
+
+def test_demo_report_has_a_row_per_model_and_the_checks(demo):
+    text = (demo["out"] / "report.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "(acc %)" not in line]
+    labels = [row.split("|")[1].strip() for row in rows]
+    for model in ALL_MODELS:
+        assert report.model_label(model, DEMO_SCORED) in labels
+    assert "![inter-task contribution and weights](heatmap.png)" in text
+    assert "## Learning checks" in text and "## Relative improvement" in text
+    assert text.count("** trained models beat the starting point") == 1
+
+
+def test_demo_models_learned_what_the_reduced_budget_allows(demo):
+    # The starting point answers every question with an alignment caption ("large red circle, top left");
+    # the fine-tuned final models answer colour questions with colour words and beat it on the short-answer
+    # tasks. Detailed captions are barely learned on this budget (and CPU training is not bit-reproducible
+    # across runs), so the check that every model beats the start on every task is left to the full demo;
+    # the other two learning checks must hold here too.
+    from llava.visatb.toy_benchmark import COLORS
+
+    out = demo["out"]
+    start_answers = json.loads(next((out / "answers" / "start").glob("ToyColorQA-val*.json")).read_text())
+    assert not any(r["conversations"][1]["generative_value"] in COLORS for r in start_answers)
+    scores = json.loads((out / "scores.json").read_text())
+    for model in ("EW", "VisATB"):
+        answers = json.loads(next((out / "answers" / model).glob("ToyColorQA-val*.json")).read_text())
+        assert sum(r["conversations"][1]["generative_value"] in COLORS for r in answers) * 2 > len(answers)
+        for task in ("ToyCaptionList", "ToyColorQA"):
+            assert scores[model][task] > scores["start"][task], (model, task)
+    metrics = {t: TOY.metrics[t] for t in DEMO_SCORED}
+    _, full_data, flat = report.learning_checks(scores, DEMO_SCORED, metrics)
+    assert full_data.status == "PASS", full_data.detail
+    assert flat.status == "PASS", flat.detail
+
+
+def test_demo_rerun_skips_every_finished_stage(demo):
+    out = demo["out"]
+    watched = (out / "scores.json", out / "report.md", out / "checkpoints" / "llava-toy-visatb" / "config.json")
+    before = {p: p.stat().st_mtime_ns for p in watched}
+    second = run_demo(out)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    for k, stage in enumerate(pipeline.STAGES, 1):
+        assert f"[stage {k}/9] {stage}: done earlier, skipped" in second.stdout
+    assert "(0 command(s) run" in second.stdout
+    assert {p: p.stat().st_mtime_ns for p in watched} == before
+
+
+def test_demo_redo_recomputes_only_the_report(demo):
+    out = demo["out"]
+    scores_mtime = (out / "scores.json").stat().st_mtime_ns
+    third = run_demo(out, "--redo", "report")
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "[stage 9/9] report: report" in third.stdout and "(1 command(s) run" in third.stdout
+    assert (out / "scores.json").stat().st_mtime_ns == scores_mtime

@@ -101,16 +101,16 @@ def test_manifest_lists_tasks_metrics_files_and_counts(bench):
     }
     assert manifest["unscored"] == ["ToyText"]
     assert (manifest["seed"], manifest["scale"], manifest["image_size"]) == (0, SCALE, IMAGE_SIZE)
-    # 0.05 x (400, 1200, 3200, 2400, 1600, 800) and 0.05 x (50, 100, 200, 160, 120), at least 4.
+    # 0.05 x (1200, 1000, 2400, 1600, 3200, 800) and 0.05 x (60, 100, 200, 200, 200), at least 4.
     assert manifest["train_counts"] == {
-        "ToyCaption": 20, "ToyCaptionList": 60, "ToyColorQA": 160, "ToyShapeQA": 120, "ToyBBox": 80, "ToyText": 40,
+        "ToyCaption": 60, "ToyCaptionList": 50, "ToyColorQA": 120, "ToyShapeQA": 80, "ToyBBox": 160, "ToyText": 40,
     }  # fmt: skip
-    assert manifest["val_counts"] == {"ToyCaption": 4, "ToyCaptionList": 5, "ToyColorQA": 10, "ToyShapeQA": 8, "ToyBBox": 6}
-    assert manifest["train_count"] == 480 and manifest["train_file"] == "toy_train-480.json"
-    assert manifest["val_files"]["ToyBBox"] == "ToyBBox_val-6.json"
+    assert manifest["val_counts"] == {"ToyCaption": 4, "ToyCaptionList": 5, "ToyColorQA": 10, "ToyShapeQA": 10, "ToyBBox": 10}
+    assert manifest["train_count"] == 510 and manifest["train_file"] == "toy_train-510.json"
+    assert manifest["val_files"]["ToyBBox"] == "ToyBBox_val-10.json"
     assert manifest["num_images"] == {"train": 160, "val": 10}
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["images", toy.MANIFEST_NAME, "toy_train-480.json", *manifest["val_files"].values()]
+        ["images", toy.MANIFEST_NAME, "toy_train-510.json", *manifest["val_files"].values()]
     )
 
 
@@ -139,7 +139,7 @@ def test_toy_preset_is_registered():
 
 def test_task_sizes_scale_and_have_a_floor():
     train, val = toy.toy_task_sizes(0.5)
-    assert train["ToyColorQA"] == 1600 and train["ToyCaption"] == 200 and val["ToyShapeQA"] == 80
+    assert train["ToyColorQA"] == 1200 and train["ToyCaption"] == 600 and val["ToyShapeQA"] == 100
     train, val = toy.toy_task_sizes(0.001)
     assert set(train.values()) == {4} and set(val.values()) == {4}
 
@@ -239,8 +239,11 @@ def test_qa_answers_match_the_image(bench):
             x, y = _cell_center(position, IMAGE_SIZE)
             assert tuple(_pixels(out, record)[y, x]) == toy.COLORS[answer], record["id"]
         elif record["task"] == "ToyShapeQA":
-            color = re.search(r"the (\w+) object", question)[1]
-            assert _shape_of(_mask(_pixels(out, record), color)) == answer, record["id"]
+            position = re.search(r"shape is in the (.+?)\?", question)[1]
+            x, y = _cell_center(position, IMAGE_SIZE)
+            pixels = _pixels(out, record)
+            color = next(c for c, rgb in toy.COLORS.items() if tuple(pixels[y, x]) == rgb)
+            assert _shape_of(_mask(pixels, color)) == answer, record["id"]
 
 
 def test_captions_name_exactly_the_colours_drawn_and_the_background(bench):
@@ -292,7 +295,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
     first, again, other = (_snapshot(tmp_path / n) for n in "abc")
     assert first == again
     assert first.keys() == other.keys()
-    assert first["toy_train-192.json"] != other["toy_train-192.json"]
+    assert first["toy_train-204.json"] != other["toy_train-204.json"]
     differing = [k for k in first if k.startswith("images/") and first[k] != other[k]]
     assert len(differing) > len([k for k in first if k.startswith("images/")]) // 2
 
@@ -307,13 +310,13 @@ def test_existing_benchmark_is_reused_and_other_settings_need_overwrite(tmp_path
     toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)
     manifest_path = tmp_path / toy.MANIFEST_NAME
     stamp = manifest_path.stat().st_mtime_ns
-    assert toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)["train_count"] == 96
+    assert toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)["train_count"] == 102
     assert manifest_path.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match=r"toy_benchmark\.json: holds a toy benchmark with seed 0, scale 0\.01"):
         toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.02)
     manifest = toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.02, overwrite=True)
-    assert manifest["train_count"] == 192
-    assert not (tmp_path / "toy_train-96.json").exists()
+    assert manifest["train_count"] == 204
+    assert not (tmp_path / "toy_train-102.json").exists()
     assert len(list((tmp_path / "images").iterdir())) == sum(manifest["num_images"].values())
 
 
@@ -378,8 +381,8 @@ def test_corpus_from_directory_covers_train_and_val(bench):
 def test_cli_writes_prints_a_table_and_reports_errors(tmp_path, capsys):
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "2", "--scale", "0.01", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert re.search(r"^ToyColorQA\s+qa\s+32\s+4$", printed, re.M)
-    assert f"wrote {tmp_path / toy.MANIFEST_NAME} (96 train records" in printed
+    assert re.search(r"^ToyColorQA\s+qa\s+24\s+4$", printed, re.M)
+    assert f"wrote {tmp_path / toy.MANIFEST_NAME} (102 train records" in printed
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "2", "--scale", "0.01", "--quiet"]) == 0
     assert "reused" in capsys.readouterr().out
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "3", "--quiet"]) == 1
