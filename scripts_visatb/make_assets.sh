@@ -19,6 +19,8 @@ done
 mkdir -p "$ASSETS_DIR"
 cp "$DEMO_DIR/heatmap.png" "$ASSETS_DIR/heatmap.png"
 # The report's opening table and its weights section, without the run-specific learning-check details.
-awk '/^## Learning checks/ {exit} {print}' "$DEMO_DIR/report.md" | sed 's/^# VisATB report$/# VisATB on the toy benchmark (scripts_visatb\/demo.sh)/' \
+# (The report's image link is relative to the report; the README shows assets/heatmap.png instead.)
+awk '/^## Learning checks/ {exit} {print}' "$DEMO_DIR/report.md" \
+    | sed -e 's/^# VisATB report$/# VisATB on the toy benchmark (scripts_visatb\/demo.sh)/' -e '/^!\[.*\](heatmap.png)$/d' \
     > "$ASSETS_DIR/demo_table.md"
 echo "wrote $ASSETS_DIR/heatmap.png and $ASSETS_DIR/demo_table.md from $DEMO_DIR"
