@@ -48,7 +48,7 @@ train_file="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["t
 echo "[demo] 3/3 the VisATB chain (scripts_visatb/run_visatb.sh) -> $OUTPUT_DIR"
 # The finetune script's own variables: CPU fp32, a tiny-model learning rate, no checkpoints in between. The
 # projector stays frozen: at the learning rate a tiny model needs, fine-tuning it washes out the alignment
-# pretraining (measured: captions and grounding several times worse).
+# pretraining (measured on an earlier version of the toy: captions and grounding several times worse).
 export NUM_GPUS="${NUM_GPUS:-0}" LEARNING_RATE="${LEARNING_RATE:-2e-3}" PER_DEVICE_BATCH_SIZE="${PER_DEVICE_BATCH_SIZE:-8}"
 export MODEL_MAX_LENGTH="${MODEL_MAX_LENGTH:-256}"
 WORK_DIR="$OUTPUT_DIR" RUN_NAME=toy TASK_PRESET=toy TASK_NAMES="" TASK_METRICS="" UNSCORED_TASKS="$DEMO_UNSCORED" \
