@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(parser, "temperature", type=float, default=0.0, help="0 means greedy decoding")
     _add(parser, "top_p", type=float, default=None, help="nucleus sampling (with temperature > 0)")
     _add(parser, "num_beams", type=int, default=1)
-    _add(parser, "max_new_tokens", type=int, nargs="+", default=[2048],
+    _add(parser, "max_new_tokens", type=int, nargs="+", default=[inference.DEFAULT_MAX_NEW_TOKENS],
          help="generation limit: one value for every question file, or one per question file")
     _add(parser, "batch-size", type=int, default=8, help="questions per generate call (left-padded)")
     _add(parser, "save-every", type=int, default=inference.DEFAULT_SAVE_EVERY, help="save progress every N batches")

@@ -173,6 +173,22 @@ def test_training_items_get_the_right_data_and_weights(chain_inputs, capsys):
                                                           "llava-visatb-B-plus-mini"]  # fmt: skip
 
 
+def test_inference_is_one_command_per_model_with_a_limit_per_validation_file(chain_inputs):
+    from llava.visatb.inference import DEFAULT_MAX_NEW_TOKENS
+
+    cfg = config(chain_args(chain_inputs, "--max-new-tokens", "qa=6"))
+    chain = pipeline.Pipeline(cfg)
+    _, items, _ = chain._infer_items(["mini", "A"])
+    assert [item.key for item in items] == ["mini", "A"]
+    command = items[0].command
+    files = command[command.index("--question-file") + 1 : command.index("--answers-folder")]
+    assert files == [chain.val_file("A"), chain.val_file("B")]
+    # A is a qa task (limit 6); B has none, so it gets the CLI's own default.
+    assert command[command.index("--max_new_tokens") + 1 :][:2] == ["6", str(DEFAULT_MAX_NEW_TOKENS)]
+    assert pipeline.DEFAULT_MAX_NEW_TOKENS == DEFAULT_MAX_NEW_TOKENS
+    assert items[0].outputs == [chain.answers_file("mini", "A"), chain.answers_file("mini", "B")]
+
+
 def test_redo_forgets_the_stage_and_everything_after(chain_inputs):
     cfg = config(chain_args(chain_inputs))
     chain = pipeline.Pipeline(cfg)

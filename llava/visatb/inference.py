@@ -27,6 +27,7 @@ T = TypeVar("T")
 
 CHUNK_FOLDER = "tmp"
 DEFAULT_SAVE_EVERY = 10
+DEFAULT_MAX_NEW_TOKENS = 2048
 
 
 def split_chunks(items: Sequence[T], n: int, k: int) -> list[T]:

@@ -44,7 +44,8 @@ VISATB = "VisATB"
 EW = "EW"
 STAGES = ("subsets", "train", "infer", "score", "weights", "final-train", "final-infer", "final-score", "report")
 LOG_TAIL_LINES = 15
-DEFAULT_MAX_NEW_TOKENS = 2048  # inference_visatb.py's default, for tasks without a limit when others have one
+# llava.visatb.inference.DEFAULT_MAX_NEW_TOKENS, without importing torch into the orchestrator (a test checks).
+DEFAULT_MAX_NEW_TOKENS = 2048
 
 
 class PipelineError(RuntimeError):
@@ -603,7 +604,7 @@ class Pipeline:
                 command += ["--image-folder", cfg.image_folder]
             limits = [cfg.max_new_tokens.get(t, cfg.max_new_tokens.get(cfg.metrics[t])) for t in tasks]
             if any(limits):
-                default = str(DEFAULT_MAX_NEW_TOKENS)
+                default = str(DEFAULT_MAX_NEW_TOKENS)  # for tasks without a limit of their own
                 command += ["--max_new_tokens", *(str(n) if n else default for n in limits)]
             command += cfg.infer_args
             items.append(Item(key, f"{key} answers {len(tasks)} validation set(s)", command,
@@ -734,10 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         pipeline.run()
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError) as e:
+    except (PipelineError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

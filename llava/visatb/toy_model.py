@@ -212,7 +212,8 @@ def pretrain_vision_tower(
                   return_tensors="pt")["pixel_values"]
         for batch in (range(i, min(i + 256, num_images)) for i in range(0, num_images, 256))
     ])  # fmt: skip
-    labels = {name: torch.tensor([patch_labels(scene, side)[name] for scene in scenes]) for name in TOWER_HEADS}
+    per_scene = [patch_labels(scene, side) for scene in scenes]
+    labels = {name: torch.tensor([scene_labels[name] for scene_labels in per_scene]) for name in TOWER_HEADS}
 
     torch.manual_seed(seed)
     heads = torch.nn.ModuleDict({name: torch.nn.Linear(config.hidden_size, n) for name, n in TOWER_HEADS.items()})
