@@ -22,6 +22,14 @@ def log(self, logs):
 
 llava_trainer.LLaVATrainer.log = log
 train()
+# train() frees its DDP wrapper and tears the process groups down (left to interpreter exit, a gloo thread
+# can abort the rank); what is still alive afterwards goes to $RANK_LOG_DIR/rank<N>.exit.
+import gc, torch
+gc.collect()
+alive = {"process_group": torch.distributed.is_initialized(),
+         "ddp_wrappers": sum(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())}
+with open(os.path.join(os.environ["RANK_LOG_DIR"], f"rank{os.environ['RANK']}.exit"), "w") as f:
+    f.write(json.dumps(alive))
 """
 
 
@@ -50,6 +58,7 @@ def run_two_ranks(setup, tmp_path, *flags):
     for rank in (0, 1):
         lines = (tmp_path / f"rank{rank}.jsonl").read_text().splitlines()
         ranks.append([entry for entry in map(json.loads, lines) if "loss" in entry])
+        assert json.loads((tmp_path / f"rank{rank}.exit").read_text()) == {"process_group": False, "ddp_wrappers": 0}
     return ranks
 
 

@@ -24,6 +24,7 @@ import deepspeed, torch
 from peft import LoraConfig, get_peft_model
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.train import zero_utils
+from llava.train.train import shut_down_distributed
 
 checkpoint, out = sys.argv[1], sys.argv[2]
 # Skip DeepSpeed's shared-memory all-reduce kernel: a JIT C++ build of about a minute; gloo does the collectives.
@@ -57,6 +58,7 @@ result = {
 }
 zero_utils.save_projector(engine.module, os.path.join(out, "projector"), False, should_save=rank == 0)
 torch.save({"expected": expected, **result}, os.path.join(out, f"rank{rank}.pt"))
+shut_down_distributed()
 """
 
 

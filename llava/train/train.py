@@ -12,6 +12,7 @@ is one `error: ...` line on stderr and exit code 2. A run resumes from the newes
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -259,7 +260,24 @@ def train(attn_implementation: str | None = None, args: Sequence[str] | None = N
         )
     weights = ", ".join(f"{t}={w:.4g}" for t, w in zip(setup.tasks, setup.weighter.current_weights()))
     rank0_print(f"[train] done; final task weights: {weights}; saved to {training_args.output_dir}")
+    # The DDP (or DeepSpeed) wrapper inside the trainer holds the process group; free it before tearing down.
+    del trainer, model, data_module
+    shut_down_distributed()
 
 
-if __name__ == "__main__":
-    train()
+def shut_down_distributed() -> None:
+    """Wait for every rank, then destroy the process groups while the interpreter is still whole.
+
+    gloo's worker threads free each finished collective themselves, and freeing a tensor that Python once
+    held needs the GIL. Left to interpreter exit, such a thread can find Python shutting down and abort the
+    rank ("terminate called without an active exception", SIGABRT) after training and saving went fine.
+    Destroying the group joins those threads. The last reference must go from the group registry, whose
+    release lets go of the GIL, not from a DDP reducer, whose release keeps it and so deadlocks with a
+    thread waiting for it: hence the garbage collection first, of the wrapper the caller has dropped.
+    The barrier keeps one rank from tearing down while another is still in a collective.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    torch.distributed.barrier()
+    gc.collect()
+    torch.distributed.destroy_process_group()
