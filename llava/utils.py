@@ -43,6 +43,11 @@ def load_json(path: str | os.PathLike) -> Any:
             raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
 
 
+def answer_key(record: dict[str, Any]) -> tuple[str, int]:
+    """What identifies one answer: the question id (as a string) and the option rotation (MMBench), 0 if none."""
+    return str(record["question_id"]), int(record.get("round_id", 0) or 0)
+
+
 def chunk_bounds(total: int, num_chunks: int, chunk_idx: int) -> tuple[int, int]:
     """[start, stop) of chunk `chunk_idx` when `total` items are cut into `num_chunks` contiguous, balanced chunks.
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from llava.generation import LlavaGenerator, PreparedBatch
 from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64
-from llava.utils import chunk_bounds
+from llava.utils import answer_key, chunk_bounds
 
 Q = TypeVar("Q")
 
@@ -46,11 +46,6 @@ def new_answer_id() -> str:
         number, digit = divmod(number, len(_ID_ALPHABET))
         chars.append(_ID_ALPHABET[digit])
     return "".join(reversed(chars)).rjust(_ID_LENGTH, _ID_ALPHABET[0])
-
-
-def answer_key(record: dict[str, Any]) -> tuple[str, int]:
-    """What identifies one answer: the question id (as a string) and the option rotation (MMBench), 0 if none."""
-    return str(record["question_id"]), int(record.get("round_id", 0) or 0)
 
 
 @dataclass(frozen=True)

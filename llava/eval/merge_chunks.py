@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llava.utils import atomic_write_text, chunk_bounds, load_json
+from llava.utils import answer_key, atomic_write_text, chunk_bounds, load_json
 
 T = TypeVar("T")
 
@@ -120,11 +120,6 @@ def chunk_path(answers_dir: str | os.PathLike, num_chunks: int, chunk_idx: int) 
     return Path(answers_dir) / f"{num_chunks}_{chunk_idx}.jsonl"
 
 
-def _answer_key(record: dict[str, Any]) -> tuple[str, int]:
-    # MMBench's all-rounds mode writes one answer per option rotation, told apart by round_id.
-    return str(record["question_id"]), int(record.get("round_id", 0) or 0)
-
-
 def _examples(ids: Sequence[str], limit: int = 5) -> str:
     shown = ", ".join(ids[:limit])
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
@@ -156,7 +151,7 @@ def merge_chunks(
         for lineno, (line, record) in enumerate(lines, start=1):
             if "question_id" not in record:
                 raise ValueError(f"{path}: answer {lineno} has no 'question_id' field")
-            key = _answer_key(record)
+            key = answer_key(record)
             if key[0] not in expected:
                 raise ValueError(f"{path}: answer {lineno} has question_id {key[0]!r}, which is not in {question_file}")
             seen_in[key].append(path.name)
