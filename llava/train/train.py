@@ -281,3 +281,7 @@ def shut_down_distributed() -> None:
     torch.distributed.barrier()
     gc.collect()
     torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    train()
