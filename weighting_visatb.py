@@ -42,7 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--unscored-tasks",
         help="tasks trained but not scored, weight 1.0 (default: the preset's, e.g. ShareGPT for academic)",
     )
-    parser.add_argument("--temperature", type=float, default=weighting.DEFAULT_TEMPERATURE)
+    parser.add_argument("--temperature", type=float, default=weighting.DEFAULT_TEMPERATURE,
+                        help="softmax temperature T (positive)")
+    parser.add_argument(
+        "--gain-tolerance", type=float, default=weighting.DEFAULT_GAIN_TOLERANCE,
+        help="a task's own-data gain V_j(j+mini) - V_j(mini) at or below this fraction of its score counts as no "
+        "gain: contributions to it are undefined and it gets a neutral in-weight (with a WARNING)",
+    )
+    parser.add_argument(
+        "--max-contribution", type=float, default=weighting.DEFAULT_MAX_CONTRIBUTION,
+        help="an own-data gain so small that some |C[i->j]| would exceed this also counts as no gain",
+    )
+    parser.add_argument("--strict", action="store_true", help="a task without own-data gain is an error")
     parser.add_argument("--output", help="write the weights JSON here (read by --visatb_weights_file)")
     parser.add_argument("--plot", help="write a PNG: heatmap of C beside the final weights")
     return parser
@@ -68,14 +79,28 @@ def compute(args: argparse.Namespace) -> weighting.VisatbWeights:
         unscored = list(get_preset(args.task_preset).unscored)
     else:
         unscored = None
+    if args.tasks:
+        order = "--tasks"
+    elif args.task_preset:
+        order = f"--task-preset {args.task_preset}"
+    elif args.scores:
+        order = "alphabetical, from the scores table"
+    else:
+        order = "as the vectors were given"
     if args.scores:
         scores = weighting.load_scores_table(args.scores)
         all_tasks, scored = weighting.plan_tasks(tasks, unscored, scores=scores, source=args.scores)
-        return weighting.weights_from_scores(scores, scored, all_tasks, args.temperature, source=args.scores)
-    all_tasks, scored = weighting.plan_tasks(tasks, unscored, n_values=len(args.difficulty))
-    return weighting.weights_from_measures(
-        args.out_contribution, args.in_contribution, args.difficulty, scored, all_tasks, args.temperature
-    )
+        result = weighting.weights_from_scores(
+            scores, scored, all_tasks, args.temperature, source=args.scores, gain_tolerance=args.gain_tolerance,
+            max_contribution=args.max_contribution, strict=args.strict,
+        )
+    else:
+        all_tasks, scored = weighting.plan_tasks(tasks, unscored, n_values=len(args.difficulty))
+        result = weighting.weights_from_measures(
+            args.out_contribution, args.in_contribution, args.difficulty, scored, all_tasks, args.temperature
+        )
+    result.task_order = order
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +114,18 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(USAGE_HINT)
             return 0
+        weighting.check_temperature(args.temperature)
+        weighting.check_gain_options(args.gain_tolerance, args.max_contribution)
         result = compute(args)
+        for line in result.warnings():
+            print(line, file=sys.stderr)
+        if args.scores and not (args.tasks or args.task_preset):
+            print(
+                "WARNING: no --tasks or --task-preset: the weights follow the alphabetical order of the scores "
+                f"table ({', '.join(result.tasks)}); train with TASK_NAMES=\"{','.join(result.tasks)}\" (printed "
+                "below) or with --visatb_weights_file, never with a preset of another order",
+                file=sys.stderr,
+            )
         if args.output:
             weighting.write_weights_file(args.output, result)
             print(f"wrote {args.output}")

@@ -128,6 +128,28 @@ def test_bad_arguments_are_rejected_with_a_clear_message(tmp_path, flags, messag
         setup_of(tmp_path, *flags)
 
 
+def test_named_weights_are_matched_to_the_task_list_by_name(tmp_path):
+    setup = setup_of(tmp_path, "--task_names", "A,B,C", "--visatb_weights", "C=0.5", "A=2", "B=1")
+    assert setup.weights == [2.0, 1.0, 0.5]
+    assert setup.weighter.static_weights == [2.0, 1.0, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        (["A=1", "B=1", "D=1"], r"do not match the training task list \(A, B, C\): unknown D; missing C"),
+        (["A=1", "B=1"], r"missing C"),
+        (["A=1", "A=2", "C=1"], "names task 'A' twice"),
+        (["A=1", "1", "1"], "not a mix"),
+        (["A=1", "B=x", "C=1"], r"weight of 'B' \('x'\) is not a number"),
+        (["1", "two", "3"], r"value 1 \('two'\) is not a number"),
+    ],
+)
+def test_named_weights_that_do_not_match_are_refused(tmp_path, weights, message):
+    with pytest.raises(ValueError, match=message):
+        setup_of(tmp_path, "--task_names", "A,B,C", "--visatb_weights", *weights)
+
+
 def test_weights_file_for_other_tasks_is_rejected(tmp_path):
     path = tmp_path / "weights.json"
     path.write_text(json.dumps({"tasks": ["B", "A"], "visatb_weights": [1.0, 1.0]}))

@@ -192,7 +192,12 @@ def test_weights_file_round_trip(tmp_path):
         "difficulty",
         "weights",
         "visatb_weights",
+        "task_order",
+        "gain_tolerance",
+        "max_contribution",
+        "no_gain_tasks",
     }
+    assert data["no_gain_tasks"] == [] and data["gain_tolerance"] == 0.01 and data["max_contribution"] == 10.0
     assert set(data["weights"]) == {"out", "in", "inter", "difficulty", "final"}
     assert [data["contribution_matrix"][k][k] for k in range(3)] == [None, None, None]
     assert data["contribution_matrix"][2][0] == pytest.approx(0.5)
@@ -253,11 +258,102 @@ def test_non_finite_score_is_named(bad):
         weights_from_scores(table, ["A", "B", "C"])
 
 
-def test_task_without_own_gain_is_named():
+def _softmax_scaled(values, t, n=None):
+    e = [math.exp(v / t) for v in values]
+    return [(n or len(values)) * x / sum(e) for x in e]
+
+
+def test_task_without_own_gain_is_neutral_not_fatal():
+    table = {k: dict(v) for k, v in SCORES.items()}
+    table["B"]["B"] = table["mini"]["B"]  # B's own data adds nothing: 0.2 -> 0.2
+    result = weights_from_scores(table, ["A", "B", "C"], temperature=0.5)
+    assert [t.task for t in result.no_gain_tasks] == ["B"]
+    assert result.no_gain_tasks[0].gain == 0.0
+    # Column B undefined; the rest as in test_contribution_matrix_by_hand (own gains A 0.4, C 0.5).
+    assert [row[1] for row in result.contribution_matrix] == [None, None, None]
+    assert result.contribution_matrix[0][2] == pytest.approx(0.1)
+    assert result.contribution_matrix[1][0] == pytest.approx(0.25)
+    assert result.contribution_matrix[1][2] == pytest.approx(0.2)
+    assert result.contribution_matrix[2][0] == pytest.approx(0.5)
+    # C_out over defined targets only: A -> C 0.1; B -> A, C (0.25 + 0.2) / 2; C -> A 0.5.
+    assert result.out_contribution == pytest.approx([0.1, 0.225, 0.5])
+    assert result.in_contribution[0] == pytest.approx(0.375) and result.in_contribution[1] is None
+    assert result.in_contribution[2] == pytest.approx(0.15)
+    assert result.difficulty == pytest.approx([0.5, 0.0, 0.5])  # D_B = 1 - 0.2 / 0.2 is defined
+    w_out = _softmax_scaled([0.1, 0.225, 0.5], 0.5)
+    w_in_ac = _softmax_scaled([-0.375, -0.15], 0.5)  # over A and C, scaled to 2
+    w_in = [w_in_ac[0], 1.0, w_in_ac[1]]
+    w_d = _softmax_scaled([0.5, 0.0, 0.5], 0.5)
+    final = [((o + i) / 2 + d) / 2 for o, i, d in zip(w_out, w_in, w_d)]
+    assert result.weights["in"] == pytest.approx(w_in)
+    assert result.weights["final"] == pytest.approx(final)
+    assert sum(result.weights["final"]) == pytest.approx(3.0)
+    assert result.warnings() and "task 'B'" in result.warnings()[0] and "no gain" in result.warnings()[0]
+    assert result.to_json()["no_gain_tasks"][0]["task"] == "B"
+
+
+def test_task_without_own_gain_is_an_error_when_strict():
     table = {k: dict(v) for k, v in SCORES.items()}
     table["B"]["B"] = table["mini"]["B"]
-    with pytest.raises(ValueError, match=r"task 'B'.*no gain"):
-        weights_from_scores(table, ["A", "B", "C"])
+    with pytest.raises(ValueError, match=r"task 'B'.*no gain.*strict"):
+        weights_from_scores(table, ["A", "B", "C"], strict=True)
+    table["C"]["C"] = 0.45  # a negative gain (0.5 -> 0.45) is no gain either
+    with pytest.raises(ValueError, match=r"task 'B'.*task 'C'.*negative gain"):
+        weights_from_scores(table, ["A", "B", "C"], strict=True)
+
+
+def test_gain_within_the_relative_tolerance_counts_as_none():
+    table = {k: dict(v) for k, v in SCORES.items()}
+    table["B"]["B"] = 0.2 * 1.005  # +0.5%: under the default 1% of the larger score
+    assert [t.task for t in weights_from_scores(table, ["A", "B", "C"]).no_gain_tasks] == ["B"]
+    table["B"]["B"] = 0.2 * 1.02 + 0.1  # clearly above the tolerance, |C| <= 10: defined
+    assert weights_from_scores(table, ["A", "B", "C"]).no_gain_tasks == []
+    # The tolerance is an option: 0 accepts any positive gain not blowing up a contribution.
+    table["B"]["B"] = 0.2 * 1.005
+    loose = weights_from_scores(table, ["A", "B", "C"], gain_tolerance=0.0, max_contribution=1e9)
+    assert loose.no_gain_tasks == []
+
+
+def test_near_zero_gain_that_would_blow_up_a_contribution_counts_as_none():
+    table = {k: dict(v) for k, v in SCORES.items()}
+    table["B"]["B"] = 0.2 + 1e-6  # with gain_tolerance 0, A's +0.1 on B would be C[A->B] = 1e5
+    result = weights_from_scores(table, ["A", "B", "C"], gain_tolerance=0.0)
+    assert [t.task for t in result.no_gain_tasks] == ["B"]
+    assert "contribution of 1e+05" in result.no_gain_tasks[0].reason
+    assert all(x is None or abs(x) <= 10 for row in result.contribution_matrix for x in row)
+    assert max(result.visatb_weights) < 2.5
+
+
+def test_a_noise_level_gain_never_drives_a_weight_above_2_5():
+    rng = np.random.default_rng(0)
+    tasks = ["T1", "T2", "T3", "T4", "T5"]
+    for _ in range(200):
+        mini = {t: float(rng.uniform(0.2, 0.8)) for t in tasks}
+        table = {"mini": mini}
+        for i in tasks:  # every model within +-0.03 of mini on the others: noise
+            table[i] = {j: mini[j] + float(rng.uniform(-0.03, 0.03)) for j in tasks}
+            table[i][i] = mini[i] + float(rng.uniform(0.1, 0.3))  # a real own gain
+        noisy = tasks[int(rng.integers(5))]
+        table[noisy][noisy] = mini[noisy] * (1 + float(rng.uniform(-0.01, 0.01)))  # noise-level own gain
+        result = weights_from_scores(table, tasks)
+        assert noisy in [t.task for t in result.no_gain_tasks]
+        assert max(result.visatb_weights) <= 2.5
+        assert sum(result.visatb_weights) == pytest.approx(5.0)
+
+
+def test_zero_score_on_own_data_without_gain_leaves_difficulty_neutral():
+    table = {k: dict(v) for k, v in SCORES.items()}
+    table["mini"]["B"], table["B"]["B"] = 0.0, 0.0  # e.g. grounding at 0 for both
+    result = weights_from_scores(table, ["A", "B", "C"])
+    assert result.difficulty[1] is None and result.weights["difficulty"][1] == 1.0
+    assert sum(result.weights["difficulty"]) == pytest.approx(3.0)
+
+
+def test_gain_options_are_checked():
+    with pytest.raises(ValueError, match="gain tolerance must be a number in"):
+        weights_from_scores(SCORES, ["A", "B", "C"], gain_tolerance=1.5)
+    with pytest.raises(ValueError, match="max contribution must be a positive number"):
+        weights_from_scores(SCORES, ["A", "B", "C"], max_contribution=0)
 
 
 def test_zero_full_data_score_is_named():
@@ -351,3 +447,40 @@ def test_cli_by_hand_and_errors(tmp_path):
     proc = run_cli("--task-preset", "chat", "--output", str(tmp_path / "w.json"))
     assert proc.returncode == 2 and "nothing to weight" in proc.stderr
     assert not (tmp_path / "w.json").exists()
+
+
+def test_cli_warns_about_a_task_without_gain_and_records_it(tmp_path):
+    table = {k: dict(v) for k, v in SCORES.items()}
+    table["B"]["B"] = table["mini"]["B"]
+    scores, out = tmp_path / "scores.json", tmp_path / "weights.json"
+    scores.write_text(json.dumps(table))
+    proc = run_cli("--scores", str(scores), "--tasks", "A,B,C", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^WARNING: task 'B': its own data brought no gain", proc.stderr, flags=re.M)
+    data = json.loads(out.read_text())
+    assert [t["task"] for t in data["no_gain_tasks"]] == ["B"] and data["in_contribution"][1] is None
+    assert proc.stdout.strip().splitlines()[-2] == 'TASK_NAMES="A,B,C"'
+    strict = run_cli("--scores", str(scores), "--tasks", "A,B,C", "--strict", "--output", str(tmp_path / "s.json"))
+    assert strict.returncode == 2 and "task 'B'" in strict.stderr and "Traceback" not in strict.stderr
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_cli_states_the_task_order_beside_the_weights(tmp_path):
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"mini": SCORES["mini"], "C": SCORES["C"], "A": SCORES["A"], "B": SCORES["B"]}))
+    proc = run_cli("--scores", str(scores))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2] == 'TASK_NAMES="A,B,C"' and "alphabetical" in lines[-3]
+    assert "WARNING: no --tasks or --task-preset" in proc.stderr
+    given = run_cli("--scores", str(scores), "--tasks", "C,B,A")
+    assert given.stdout.strip().splitlines()[-2] == 'TASK_NAMES="C,B,A"' and "WARNING" not in given.stderr
+
+
+@pytest.mark.parametrize("bad", [["--temperature", "0"], ["--temperature", "nan"], ["--temperature", "-1"],
+                                 ["--gain-tolerance", "2"], ["--max-contribution", "-3"]])  # fmt: skip
+def test_cli_refuses_bad_weighting_options(tmp_path, bad):
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps(SCORES))
+    proc = run_cli("--scores", str(scores), "--tasks", "A,B,C", *bad)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and bad[0].lstrip("-").split("-")[0] in proc.stderr

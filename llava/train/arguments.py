@@ -73,11 +73,11 @@ class ModelArguments:
         default="EW",
         metadata={"help": f"Task loss weighting: {', '.join(WEIGHT_METHODS)} (case-insensitive)."},
     )
-    visatb_weights: list[float] | None = field(
+    visatb_weights: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Static per-task loss weights w1 w2 ..., in task-list order (VisATB). Also spelled "
-            "--VisATB_weights.",
+            "help": "Static per-task loss weights (VisATB): w1 w2 ... in task-list order, or NAME=w pairs, whose "
+            "names are checked against the task list. Also spelled --VisATB_weights.",
             "aliases": ["--VisATB_weights"],
         },
     )
@@ -93,6 +93,14 @@ class ModelArguments:
         },
     )
     weighter_seed: int = field(default=0, metadata={"help": "Seed of RLW's random weights (the same on every rank)."})
+
+    def __post_init__(self):
+        # Bare numbers become floats here (the release's form); NAME=w pairs stay strings for validate_args.
+        if self.visatb_weights is not None and not any("=" in str(v) for v in self.visatb_weights):
+            try:
+                self.visatb_weights = [float(v) for v in self.visatb_weights]
+            except ValueError:
+                pass  # validate_args names the bad value
 
 
 @dataclass
@@ -225,6 +233,46 @@ def supported_versions() -> list[str]:
     ]
 
 
+def parse_weight_list(values: Sequence[str | float], tasks: Sequence[str]) -> list[float]:
+    """`--visatb_weights` as floats in task order: bare numbers as given, or NAME=w pairs matched by name.
+
+    Named pairs must name every task exactly once, so their order can be confirmed; a mix of both forms is an error.
+    """
+    named = [isinstance(v, str) and "=" in v for v in values]
+    if not any(named):
+        out = []
+        for k, value in enumerate(values):
+            try:
+                out.append(float(value))
+            except ValueError:
+                raise ValueError(f"--visatb_weights: value {k} ({value!r}) is not a number") from None
+        return out
+    if not all(named):
+        raise ValueError("--visatb_weights: give either bare numbers in task order or NAME=w pairs, not a mix")
+    by_name: dict[str, str] = {}
+    for value in values:
+        name, _, number = str(value).partition("=")
+        if name in by_name:
+            raise ValueError(f"--visatb_weights names task {name!r} twice")
+        by_name[name] = number
+    unknown = [n for n in by_name if n not in tasks]
+    missing = [t for t in tasks if t not in by_name]
+    if unknown or missing:
+        raise ValueError(
+            "--visatb_weights: the named weights do not match the training task list "
+            f"({', '.join(tasks)}): " + "; ".join(
+                part for part in (f"unknown {', '.join(unknown)}" if unknown else "",
+                                  f"missing {', '.join(missing)}" if missing else "") if part)  # fmt: skip
+        )
+    out = []
+    for task in tasks:
+        try:
+            out.append(float(by_name[task]))
+        except ValueError:
+            raise ValueError(f"--visatb_weights: weight of {task!r} ({by_name[task]!r}) is not a number") from None
+    return out
+
+
 def _resolve_weights(model_args: ModelArguments, tasks: Sequence[str]) -> list[float] | None:
     listed = f"{len(tasks)} task(s): {', '.join(tasks)}"
     if model_args.visatb_weights is not None and model_args.visatb_weights_file:
@@ -235,7 +283,7 @@ def _resolve_weights(model_args: ModelArguments, tasks: Sequence[str]) -> list[f
         weights = load_visatb_weights_file(model_args.visatb_weights_file, list(tasks))
         source = f"--visatb_weights_file {model_args.visatb_weights_file}"
     elif model_args.visatb_weights is not None:
-        weights = list(model_args.visatb_weights)
+        weights = parse_weight_list(model_args.visatb_weights, tasks)
         source = "--visatb_weights"
         if len(weights) != len(tasks):
             raise ValueError(

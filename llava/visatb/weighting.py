@@ -2,6 +2,14 @@
 
 V_j(m) is model m's score on task j's validation set; models are the mini model (key `mini`) and
 each task's task-plus-mini model (key = task name). See the method doc, section 1.
+
+A task without own-data gain. C[i->j] divides by task j's own gain g_j = V_j(j+mini) - V_j(mini). When
+g_j is zero, negative, at most `gain_tolerance` (default 1%) of the larger of the two scores, or so small
+that some source's difference would give |C[i->j]| > `max_contribution` (default 10), the column of j is
+noise over noise: it is left undefined (None), out of every C_out mean, C_in(j) is undefined and task j
+gets the neutral in-contribution weight 1.0 (the softmax runs over the other tasks and is scaled to their
+number, so the family still sums to N). D_j and C_out(j) stay as defined. A WARNING names the task, and
+weights.json records it (`no_gain_tasks`); `strict=True` makes it an error instead.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from llava.visatb.tasks import ACADEMIC, CHAT, PRESETS
 
 MINI = "mini"
 DEFAULT_TEMPERATURE = 0.5
+DEFAULT_GAIN_TOLERANCE = 0.01
+DEFAULT_MAX_CONTRIBUTION = 10.0
 WEIGHT_FAMILIES = ("out", "in", "inter", "difficulty", "final")
 
 
@@ -78,27 +88,105 @@ def _check_scored_tasks(tasks: Sequence[str]) -> list[str]:
     return tasks
 
 
-def contribution_matrix(
+@dataclass(frozen=True)
+class NoGainTask:
+    """A scored task whose own data brought no usable gain: V_j(j+mini) - V_j(mini) at or below the tolerance."""
+
+    task: str
+    gain: float
+    tolerance: float
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "gain": self.gain, "tolerance": self.tolerance, "reason": self.reason}
+
+    def message(self) -> str:
+        return (
+            f"task {self.task!r}: {self.reason}; contributions to it are undefined and left out of the means, "
+            f"its in-contribution weight is neutral (1.0)"
+        )
+
+
+def own_gains(
     scores: Mapping[str, Mapping[str, float]], tasks: Sequence[str], source: str = "scores"
+) -> dict[str, float]:
+    """g_j = V_j(j+mini) - V_j(mini): what task j's own data adds to the mini model on task j."""
+    _check_scores_table(scores, source)
+    return {j: _score(scores, j, j, source) - _score(scores, MINI, j, source) for j in _check_scored_tasks(tasks)}
+
+
+def check_gain_options(gain_tolerance: float, max_contribution: float) -> None:
+    """Validate the two thresholds of the no-gain rule (errors name the option)."""
+    if isinstance(gain_tolerance, bool) or not isinstance(gain_tolerance, int | float) or not (
+        math.isfinite(gain_tolerance) and 0 <= gain_tolerance < 1
+    ):
+        raise ValueError(f"gain tolerance must be a number in [0, 1), got {gain_tolerance!r}")
+    if isinstance(max_contribution, bool) or not isinstance(max_contribution, int | float) or not (
+        max_contribution > 0
+    ):
+        raise ValueError(f"max contribution must be a positive number, got {max_contribution!r}")
+
+
+def find_no_gain_tasks(
+    scores: Mapping[str, Mapping[str, float]],
+    tasks: Sequence[str],
+    source: str = "scores",
+    gain_tolerance: float = DEFAULT_GAIN_TOLERANCE,
+    max_contribution: float = DEFAULT_MAX_CONTRIBUTION,
+) -> list[NoGainTask]:
+    """Scored tasks whose own-data gain cannot carry contributions (the rule is in the module docstring)."""
+    check_gain_options(gain_tolerance, max_contribution)
+    tasks = _check_scored_tasks(tasks)
+    gains = own_gains(scores, tasks, source)
+    found = []
+    for j in tasks:
+        full, mini = _score(scores, j, j, source), _score(scores, MINI, j, source)
+        tolerance = gain_tolerance * max(abs(full), abs(mini))
+        gain = gains[j]
+        if gain <= 0 or gain <= tolerance:
+            what = "no gain" if gain == 0 else ("a negative gain" if gain < 0 else "a gain within the tolerance")
+            reason = (
+                f"its own data brought {what} (V_{j}({j}+mini) - V_{j}(mini) = {full:.6g} - {mini:.6g} = "
+                f"{gain:.3g}, tolerance {tolerance:.3g} = {gain_tolerance:g} x the larger score)"
+            )
+            found.append(NoGainTask(j, gain, tolerance, reason))
+            continue
+        deltas = [(i, _score(scores, i, j, source) - mini) for i in tasks if i != j]
+        source_task, delta = max(deltas, key=lambda pair: abs(pair[1]))
+        if abs(delta) > max_contribution * gain:
+            reason = (
+                f"its own-data gain {gain:.3g} is too small to divide by: the {source_task}-plus-mini model moves it "
+                f"by {delta:.3g}, a contribution of {delta / gain:.3g} (limit {max_contribution:g})"
+            )
+            found.append(NoGainTask(j, gain, tolerance, reason))
+    return found
+
+
+def contribution_matrix(
+    scores: Mapping[str, Mapping[str, float]],
+    tasks: Sequence[str],
+    source: str = "scores",
+    undefined_targets: Sequence[str] = (),
 ) -> list[list[float | None]]:
-    """C[i][j] = (V_j(i+mini) - V_j(mini)) / (V_j(j+mini) - V_j(mini)); rows are sources, diagonal None."""
+    """C[i][j] = (V_j(i+mini) - V_j(mini)) / (V_j(j+mini) - V_j(mini)); rows are sources.
+
+    The diagonal, and the columns of `undefined_targets` (tasks without own-data gain), are None.
+    """
     _check_scores_table(scores, source)
     tasks = _check_scored_tasks(tasks)
-    gains = {}
+    gains = own_gains(scores, tasks, source)
     for j in tasks:
-        own_gain = _score(scores, j, j, source) - _score(scores, MINI, j, source)
-        if own_gain == 0:
+        if j not in undefined_targets and gains[j] == 0:
             raise ValueError(
                 f"{source}: task {j!r}'s own data brought no gain (V_{j}({j}+mini) == V_{j}(mini) = "
                 f"{_score(scores, MINI, j, source)!r}), so contributions to it are undefined; "
                 f"check the {j}-plus-mini model and its evaluation"
             )
-        gains[j] = own_gain
     matrix: list[list[float | None]] = []
     for i in tasks:
         row: list[float | None] = []
         for j in tasks:
-            if i == j:
+            if i == j or j in undefined_targets:
                 row.append(None)
             else:
                 row.append((_score(scores, i, j, source) - _score(scores, MINI, j, source)) / gains[j])
@@ -106,13 +194,23 @@ def contribution_matrix(
     return matrix
 
 
-def out_in_contributions(matrix: Sequence[Sequence[float | None]]) -> tuple[list[float], list[float]]:
-    """C_out(i): mean of row i off the diagonal (given); C_in(j): mean of column j off the diagonal (received)."""
+def _mean_defined(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
+def out_in_contributions(
+    matrix: Sequence[Sequence[float | None]],
+) -> tuple[list[float | None], list[float | None]]:
+    """C_out(i): mean of row i over the defined entries off the diagonal; C_in(j): the same over column j.
+
+    An undefined column (a task without own-data gain) gives C_in None and is left out of every C_out mean.
+    """
     n = len(matrix)
     if n < 2 or any(len(row) != n for row in matrix):
         raise ValueError(f"a contribution matrix must be square with at least 2 tasks, got {n} rows")
-    c_out = [sum(matrix[i][j] for j in range(n) if j != i) / (n - 1) for i in range(n)]
-    c_in = [sum(matrix[i][j] for i in range(n) if i != j) / (n - 1) for j in range(n)]
+    c_out = [_mean_defined([matrix[i][j] for j in range(n) if j != i]) for i in range(n)]
+    c_in = [_mean_defined([matrix[i][j] for i in range(n) if i != j]) for j in range(n)]
     return c_out, c_in
 
 
@@ -144,32 +242,47 @@ def softmax(values: Sequence[float]) -> np.ndarray:
     return e / e.sum()
 
 
-def _check_vector(name: str, values: Sequence[float]) -> list[float]:
-    out = []
+def _check_vector(name: str, values: Sequence[float | None], allow_undefined: bool = False) -> list[float | None]:
+    out: list[float | None] = []
     for k, v in enumerate(values):
+        if v is None and allow_undefined:
+            out.append(None)
+            continue
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
             raise ValueError(f"{name}[{k}] is {v!r}, not a finite number")
         out.append(float(v))
     return out
 
 
-def _check_temperature(temperature: float) -> float:
-    if not isinstance(temperature, int | float) or not math.isfinite(temperature) or temperature <= 0:
+def check_temperature(temperature: float) -> float:
+    """The softmax temperature as a float; anything but a positive finite number is an error."""
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not math.isfinite(temperature) \
+            or temperature <= 0:
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     return float(temperature)
 
 
+def _family(values: Sequence[float | None], sign: float, temperature: float) -> np.ndarray:
+    """n_defined * softmax(sign * v / T) over the defined entries; an undefined entry gets the neutral 1.0."""
+    weights = np.ones(len(values))
+    defined = [k for k, v in enumerate(values) if v is not None]
+    if defined:
+        x = sign * np.asarray([values[k] for k in defined], dtype=np.float64) / temperature
+        weights[defined] = len(defined) * softmax(x)
+    return weights
+
+
 def weight_families(
-    out_contribution: Sequence[float],
-    in_contribution: Sequence[float],
-    difficulty: Sequence[float],
+    out_contribution: Sequence[float | None],
+    in_contribution: Sequence[float | None],
+    difficulty: Sequence[float | None],
     temperature: float = DEFAULT_TEMPERATURE,
 ) -> dict[str, list[float]]:
-    """The five weight families over the scored tasks; each of them sums to N."""
+    """The five weight families over the scored tasks; each sums to N (None entries: neutral 1.0)."""
     vectors = {
-        "out contribution": _check_vector("out contribution", out_contribution),
-        "in contribution": _check_vector("in contribution", in_contribution),
-        "difficulty": _check_vector("difficulty", difficulty),
+        "out contribution": _check_vector("out contribution", out_contribution, allow_undefined=True),
+        "in contribution": _check_vector("in contribution", in_contribution, allow_undefined=True),
+        "difficulty": _check_vector("difficulty", difficulty, allow_undefined=True),
     }
     lengths = {name: len(v) for name, v in vectors.items()}
     if len(set(lengths.values())) != 1:
@@ -180,11 +293,11 @@ def weight_families(
     n = lengths["difficulty"]
     if n < 2:
         raise ValueError(f"VisATB needs at least two scored tasks, got {n} value(s) per vector")
-    t = _check_temperature(temperature)
-    w_out = n * softmax(np.asarray(vectors["out contribution"]) / t)
+    t = check_temperature(temperature)
+    w_out = _family(vectors["out contribution"], 1.0, t)
     # Tasks that receive little from the others get more weight: note the minus sign.
-    w_in = n * softmax(-np.asarray(vectors["in contribution"]) / t)
-    w_diff = n * softmax(np.asarray(vectors["difficulty"]) / t)
+    w_in = _family(vectors["in contribution"], -1.0, t)
+    w_diff = _family(vectors["difficulty"], 1.0, t)
     w_inter = (w_out + w_in) / 2
     w_final = (w_inter + w_diff) / 2
     families = {"out": w_out, "in": w_in, "inter": w_inter, "difficulty": w_diff, "final": w_final}
@@ -199,11 +312,15 @@ class VisatbWeights:
     temperature: float
     scored_tasks: list[str]
     contribution_matrix: list[list[float | None]] | None
-    out_contribution: list[float]
-    in_contribution: list[float]
-    difficulty: list[float]
+    out_contribution: list[float | None]
+    in_contribution: list[float | None]
+    difficulty: list[float | None]
     weights: dict[str, list[float]]
     visatb_weights: list[float] = field(default_factory=list)
+    no_gain_tasks: list[NoGainTask] = field(default_factory=list)
+    gain_tolerance: float = DEFAULT_GAIN_TOLERANCE
+    max_contribution: float = DEFAULT_MAX_CONTRIBUTION
+    task_order: str = "given"
 
     @property
     def unscored_tasks(self) -> list[str]:
@@ -220,7 +337,15 @@ class VisatbWeights:
             "difficulty": list(self.difficulty),
             "weights": {name: list(self.weights[name]) for name in WEIGHT_FAMILIES},
             "visatb_weights": list(self.visatb_weights),
+            "task_order": self.task_order,
+            "gain_tolerance": self.gain_tolerance,
+            "max_contribution": self.max_contribution,
+            "no_gain_tasks": [t.to_json() for t in self.no_gain_tasks],
         }
+
+    def warnings(self) -> list[str]:
+        """One WARNING line per task without own-data gain."""
+        return [f"WARNING: {t.message()}" for t in self.no_gain_tasks]
 
     def weights_string(self, decimals: int = 4) -> str:
         """The weights as the finetune scripts take them: space-separated, in task-id order."""
@@ -238,9 +363,9 @@ def _all_tasks(scored_tasks: Sequence[str], tasks: Sequence[str] | None) -> list
 
 
 def weights_from_measures(
-    out_contribution: Sequence[float],
-    in_contribution: Sequence[float],
-    difficulty: Sequence[float],
+    out_contribution: Sequence[float | None],
+    in_contribution: Sequence[float | None],
+    difficulty: Sequence[float | None],
     scored_tasks: Sequence[str],
     tasks: Sequence[str] | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
@@ -262,9 +387,9 @@ def weights_from_measures(
         temperature=float(temperature),
         scored_tasks=scored_tasks,
         contribution_matrix=contribution_matrix,
-        out_contribution=[float(x) for x in out_contribution],
-        in_contribution=[float(x) for x in in_contribution],
-        difficulty=[float(x) for x in difficulty],
+        out_contribution=[None if x is None else float(x) for x in out_contribution],
+        in_contribution=[None if x is None else float(x) for x in in_contribution],
+        difficulty=[None if x is None else float(x) for x in difficulty],
         weights=families,
         visatb_weights=[final.get(t, 1.0) for t in all_tasks],
     )
@@ -276,14 +401,36 @@ def weights_from_scores(
     tasks: Sequence[str] | None = None,
     temperature: float = DEFAULT_TEMPERATURE,
     source: str = "scores",
+    gain_tolerance: float = DEFAULT_GAIN_TOLERANCE,
+    max_contribution: float = DEFAULT_MAX_CONTRIBUTION,
+    strict: bool = False,
 ) -> VisatbWeights:
-    """The whole computation from a scores table; tasks in `tasks` but not scored get weight 1.0."""
+    """The whole computation from a scores table; tasks in `tasks` but not scored get weight 1.0.
+
+    Tasks without own-data gain get the neutral treatment of the module docstring, or, with `strict`,
+    a ValueError naming them.
+    """
     scored_tasks = _check_scored_tasks(scored_tasks)
     _all_tasks(scored_tasks, tasks)
-    matrix = contribution_matrix(scores, scored_tasks, source)
+    check_temperature(temperature)
+    no_gain = find_no_gain_tasks(scores, scored_tasks, source, gain_tolerance, max_contribution)
+    if strict and no_gain:
+        problems = "; ".join(f"task {t.task!r}: {t.reason}" for t in no_gain)
+        raise ValueError(f"{source}: {problems} (strict mode; without it such a task gets a neutral weight)")
+    undefined = [t.task for t in no_gain]
+    matrix = contribution_matrix(scores, scored_tasks, source, undefined_targets=undefined)
     c_out, c_in = out_in_contributions(matrix)
-    d = difficulty(scores, scored_tasks, source)
-    return weights_from_measures(c_out, c_in, d, scored_tasks, tasks, temperature, contribution_matrix=matrix)
+    d: list[float | None] = []
+    for task in scored_tasks:
+        if task in undefined and _score(scores, task, task, source) == 0:
+            d.append(None)  # 0 on its own full data: the ratio is undefined, so neutral as well
+        else:
+            d.extend(difficulty(scores, [task], source))
+    result = weights_from_measures(c_out, c_in, d, scored_tasks, tasks, temperature, contribution_matrix=matrix)
+    result.no_gain_tasks = no_gain
+    result.gain_tolerance = float(gain_tolerance)
+    result.max_contribution = float(max_contribution)
+    return result
 
 
 def load_scores_table(path: str | os.PathLike) -> dict[str, Any]:
@@ -408,9 +555,11 @@ class PaperSetting:
 
     def weights(self, temperature: float = DEFAULT_TEMPERATURE) -> VisatbWeights:
         scored = [t for t in self.tasks if t not in self.unscored]
-        return weights_from_measures(
+        result = weights_from_measures(
             self.out_contribution, self.in_contribution, self.difficulty, scored, self.tasks, temperature
         )
+        result.task_order = f"the paper's {self.name} order"
+        return result
 
 
 PAPER_SETTINGS: dict[str, PaperSetting] = {
@@ -498,7 +647,8 @@ def format_report(result: VisatbWeights) -> str:
     lines.append(f"{'sum':<{width}}" + " " * 27 + sums)
     if result.unscored_tasks:
         lines.append(f"Trained but not scored (weight 1.0): {', '.join(result.unscored_tasks)}")
-    lines.append(f"Task order of the weights: {', '.join(result.tasks)}")
+    lines.append(f"Task order of the weights ({result.task_order}): {', '.join(result.tasks)}")
+    lines.append(f'TASK_NAMES="{",".join(result.tasks)}"')
     lines.append(f'VISATB_WEIGHTS="{result.weights_string()}"')
     return "\n".join(lines)
 
@@ -521,7 +671,8 @@ def plot_weights(result: VisatbWeights, path: str | os.PathLike) -> None:
         for i in range(n):
             for j in range(n):
                 if i != j:
-                    left.text(j, i, f"{c[i, j]:.2f}", ha="center", va="center", fontsize=8)
+                    text = "n/a" if np.isnan(c[i, j]) else f"{c[i, j]:.2f}"
+                    left.text(j, i, text, ha="center", va="center", fontsize=8)
         left.set_xticks(range(n), names, rotation=45, ha="right")
         left.set_yticks(range(n), names)
         left.set_xlabel("target task j")
