@@ -52,6 +52,9 @@ INFER_ARGS="${INFER_ARGS:-}"                         # extra inference_visatb.py
 MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-}"                 # per metric type or task, e.g. "qa=16,caption=1024"
 CONV_MODE="${CONV_MODE:-vicuna_v1}"
 TEMPERATURE="${TEMPERATURE:-0.5}"
+GAIN_TOLERANCE="${GAIN_TOLERANCE:-0.01}"             # own-data gain <= 1% of the score: "no gain" (neutral weight)
+MAX_CONTRIBUTION="${MAX_CONTRIBUTION:-10}"           # ... or so small that some |C[i->j]| > 10
+STRICT="${STRICT:-0}"                                # 1: a task without own-data gain stops the chain instead
 EW_BASELINE="${EW_BASELINE:-1}"                      # 1: also train plain LLaVA (equal weights) for comparison
 EVAL_FINAL="${EVAL_FINAL:-1}"                        # 1: score the final model(s) on every validation set
 JOBS="${JOBS:-1}"                                    # inference / metric commands at the same time
@@ -59,7 +62,8 @@ TRAIN_JOBS="${TRAIN_JOBS:-1}"                        # training runs at the same
 
 args=(--work-dir "$WORK_DIR" --data "$DATA_PATH" --image-folder "$IMAGE_FOLDER"
       --finetune-script "$FINETUNE_SCRIPT" --run-name "$RUN_NAME" --mini-fraction "$MINI_FRACTION" --seed "$SEED"
-      --conv-mode "$CONV_MODE" --temperature "$TEMPERATURE" --ew-baseline "$EW_BASELINE" --eval-final "$EVAL_FINAL"
+      --conv-mode "$CONV_MODE" --temperature "$TEMPERATURE" --gain-tolerance "$GAIN_TOLERANCE"
+      --max-contribution "$MAX_CONTRIBUTION" --strict "$STRICT" --ew-baseline "$EW_BASELINE" --eval-final "$EVAL_FINAL"
       --jobs "$JOBS" --train-jobs "$TRAIN_JOBS")
 if [ -n "$TASK_NAMES" ]; then args+=(--tasks "$TASK_NAMES"); else args+=(--task-preset "$TASK_PRESET"); fi
 [ -z "$TASK_METRICS" ] || args+=(--task-metrics "$TASK_METRICS")

@@ -116,6 +116,10 @@ def test_toy_manifest_supplies_validation_files_and_metrics(tmp_path, chain_inpu
         ({"--val-files": "A=/no/such/file.json"}, "no validation file for scored task"),
         ({"--max-new-tokens": "qa=zero"}, "not a positive integer"),
         ({"--run-name": "bad name"}, "--run-name"),
+        ({"--temperature": "0"}, "--temperature: temperature must be a positive number"),
+        ({"--temperature": "nan"}, "--temperature: temperature must be a positive number"),
+        ({"--gain-tolerance": "1.5"}, "gain tolerance must be a number in"),
+        ({"--max-contribution": "0"}, "max contribution must be a positive number"),
     ],
 )
 def test_configuration_errors_name_the_culprit(chain_inputs, change, message):
@@ -128,6 +132,21 @@ def test_configuration_errors_name_the_culprit(chain_inputs, change, message):
             args += [flag, value]
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         config(args)
+
+
+def test_bad_weighting_option_stops_the_chain_before_any_training(chain_inputs, capsys):
+    code = pipeline.main(chain_args(chain_inputs, "--temperature", "-0.5"))
+    assert code == 2 and "--temperature" in capsys.readouterr().err
+    assert not (chain_inputs["work"] / "checkpoints").exists() and not (chain_inputs["work"] / "subsets").exists()
+
+
+def test_weighting_options_reach_the_weights_command(chain_inputs):
+    cfg = config(chain_args(chain_inputs, "--gain-tolerance", "0.05", "--max-contribution", "4", "--strict", "1"))
+    command = pipeline.Pipeline(cfg)._weights_items()[1][0].command
+    assert command[command.index("--gain-tolerance") + 1] == "0.05"
+    assert command[command.index("--max-contribution") + 1] == "4.0" and "--strict" in command
+    default = pipeline.Pipeline(config(chain_args(chain_inputs)))._weights_items()[1][0].command
+    assert "--strict" not in default
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -308,6 +327,8 @@ def test_alignment_caption_styles_look_shapes_up_by_cell_or_colour():
     scene = ToyScene("white", False, (ToyShape("circle", "red", "large", 0, 0), ToyShape("square", "blue", "small", 1, 1)))
     assert alignment_caption(scene, "position") == "top left: large red circle; center: small blue square"
     assert alignment_caption(scene, "color") == "red: large circle, top left; blue: small square, center"
+    # Centres: column/row 0 -> 1/6, 1 -> 1/2 of the side.
+    assert alignment_caption(scene, "center") == "large red circle at 0.17 0.17; small blue square at 0.50 0.50"
     orders = {alignment_caption(scene, "position", random.Random(seed)) for seed in range(20)}
     assert orders == {"top left: large red circle; center: small blue square",
                       "center: small blue square; top left: large red circle"}  # fmt: skip
@@ -503,3 +524,15 @@ def test_demo_redo_recomputes_only_the_report(demo):
     assert third.returncode == 0, third.stderr[-3000:]
     assert "[stage 9/9] report: report" in third.stdout and "(1 command(s) run" in third.stdout
     assert (out / "scores.json").stat().st_mtime_ns == scores_mtime
+
+
+def test_pretraining_progress_bar_follows_the_logged_losses(tmp_path, capfd):
+    from llava.visatb.toy_model import run_with_progress
+
+    script = "import time\nfor loss in (2.5, 1.25):\n    print({'loss': loss, 'epoch': 1}); time.sleep(0.05)\n"
+    log = tmp_path / "pretrain.log"
+    assert run_with_progress([sys.executable, "-c", script], log, 50, 25, "alignment pretraining") == 0
+    err = capfd.readouterr().err
+    assert "alignment pretraining" in err and "50/50" in err and "loss=1.250" in err
+    assert "{'loss': 2.5, 'epoch': 1}" in log.read_text()
+    assert run_with_progress([sys.executable, "-c", "import sys; sys.exit(3)"], log, 10, 5, "x") == 3

@@ -84,6 +84,9 @@ class PipelineConfig:
     ew_baseline: bool = True
     eval_final: bool = True
     temperature: float = 0.5
+    gain_tolerance: float = 0.01
+    max_contribution: float = 10.0
+    strict: bool = False
     jobs: int = 1
     train_jobs: int = 1
     run_name: str = "visatb"
@@ -250,6 +253,17 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
         raise ValueError(f"--mini-fraction must be in (0, 1], got {args.mini_fraction}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_name):
         raise ValueError(f"--run-name {args.run_name!r}: use letters, digits, '.', '_' and '-'")
+    # The weighting step's options, checked now rather than after every training has run.
+    from llava.visatb.weighting import check_gain_options, check_temperature
+
+    try:
+        check_temperature(args.temperature)
+    except ValueError as e:
+        raise ValueError(f"--temperature: {e}") from None
+    try:
+        check_gain_options(args.gain_tolerance, args.max_contribution)
+    except ValueError as e:
+        raise ValueError(f"--gain-tolerance/--max-contribution: {e}") from None
 
     return PipelineConfig(
         work_dir=Path(args.work_dir).resolve(),
@@ -277,6 +291,9 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
         ew_baseline=args.ew_baseline,
         eval_final=args.eval_final,
         temperature=args.temperature,
+        gain_tolerance=args.gain_tolerance,
+        max_contribution=args.max_contribution,
+        strict=args.strict,
         jobs=_positive_int(args.jobs, "--jobs"),
         train_jobs=_positive_int(args.train_jobs, "--train-jobs"),
         run_name=args.run_name,
@@ -628,7 +645,10 @@ class Pipeline:
         cfg = self.cfg
         command = [self.python, str(REPO_ROOT / "weighting_visatb.py"), "--scores", str(self.scores_file),
                    "--tasks", ",".join(cfg.tasks), "--temperature", repr(cfg.temperature),
+                   "--gain-tolerance", repr(cfg.gain_tolerance), "--max-contribution", repr(cfg.max_contribution),
                    "--output", str(self.weights_file), "--plot", str(self.plot_file)]  # fmt: skip
+        if cfg.strict:
+            command.append("--strict")
         if cfg.unscored_tasks:
             command += ["--unscored-tasks", ",".join(cfg.unscored_tasks)]
         item = Item("weights", "contributions, difficulties and weights from scores.json", command,
@@ -714,6 +734,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-new-tokens", help="per metric type or task, e.g. qa=16,caption=512 (default: the CLI's)")
     run.add_argument("--conv-mode", default="vicuna_v1")
     run.add_argument("--temperature", type=float, default=0.5, help="softmax temperature of the weights")
+    run.add_argument("--gain-tolerance", type=float, default=0.01,
+                     help="relative own-data gain at or below which a task counts as without gain (weighting_visatb.py)")
+    run.add_argument("--max-contribution", type=float, default=10.0,
+                     help="an own gain so small that some |C[i->j]| exceeds this also counts as no gain")
+    run.add_argument("--strict", type=_bool, default=False,
+                     help="a task without own-data gain stops the chain at the weights stage (default: neutral weight)")
     run.add_argument("--ew-baseline", type=_bool, default=True, help="also train the EW baseline on the entire data")
     run.add_argument("--eval-final", type=_bool, default=True, help="score the final model(s) on every validation set")
     run.add_argument("--jobs", type=int, default=1, help="inference/metric commands run at the same time")

@@ -224,12 +224,17 @@ def weights_section(weights: Mapping[str, Any], plot: str | None) -> list[str]:
              "receives, D: its difficulty (1 - V(mini) / V(task-plus-mini)).", "",
              "| task | C_out | C_in | D | weight |", "|---|---:|---:|---:|---:|"]  # fmt: skip
     for k, task in enumerate(scored):
-        lines.append(f"| {task} | {weights['out_contribution'][k]:.4f} | {weights['in_contribution'][k]:.4f} | "
-                     f"{weights['difficulty'][k]:.4f} | {final[k]:.4f} |")  # fmt: skip
+        measures = [weights[key][k] for key in ("out_contribution", "in_contribution", "difficulty")]
+        cells = " | ".join("n/a" if v is None else f"{v:.4f}" for v in measures)
+        lines.append(f"| {task} | {cells} | {final[k]:.4f} |")
     for task, weight in zip(weights["tasks"], weights["visatb_weights"]):
         if task not in scored:
             lines.append(f"| {task} (not scored) | - | - | - | {weight:.4f} |")
-    lines += ["", "```", 'VISATB_WEIGHTS="' + " ".join(f"{w:.4f}" for w in weights["visatb_weights"]) + '"', "```"]
+    for entry in weights.get("no_gain_tasks") or []:
+        lines += ["", f"**WARNING** task {entry['task']}: {entry['reason']}. Contributions to it are undefined and "
+                  "left out of the means; its in-contribution weight is neutral (1.0), n/a above."]  # fmt: skip
+    lines += ["", "```", 'TASK_NAMES="' + ",".join(weights["tasks"]) + '"',
+              'VISATB_WEIGHTS="' + " ".join(f"{w:.4f}" for w in weights["visatb_weights"]) + '"', "```"]  # fmt: skip
     if plot:
         lines += ["", f"![inter-task contribution and weights]({plot})"]
     return lines
@@ -322,6 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(report.table)
     for sentence in report.summary:
         print(sentence)
+    for entry in (weights or {}).get("no_gain_tasks") or []:
+        print(f"WARNING: task {entry['task']} had no own-data gain: {entry['reason']} (neutral weight)", file=sys.stderr)
     for check in report.checks:
         print(f"learning check {check.status}: {check.name}")
         if check.failed:

@@ -6,13 +6,17 @@ task-id order:
 
     ToyCaption      detailed templated description of the image          caption (CIDEr)
     ToyCaptionList  short description of a region given by its box      caption list (CIDEr vs references)
-    ToyColorQA      colour of the shape at a named grid position          qa (exact match)
-    ToyShapeQA      shape at a named grid position                        qa (exact match)
+    ToyColorQA      colour of the shape of a named kind, two-shape images qa (exact match)
+    ToyShapeQA      kind of the shape of a named colour, two-shape images qa (exact match)
     ToyBBox         box of the shape a phrase names, "[x1, y1, x2, y2]"   grounding (IoU > 0.5)
     ToyText         arithmetic and word reversal, no image                trained, not scored
 
 Everything follows from the seed. Train and validation images are disjoint files; tasks share images
-within a split, as the Academic tasks share COCO images.
+within a split, as the Academic tasks share COCO images. The QA questions are asked about two-shape images
+only and name the shape by its other attribute ("What color is the circle?"): answering means finding the
+named shape among two, which the tiny model learns from a task's full data but not from its mini share (a
+question keyed by grid position instead stayed at chance on two-shape images for every model, so the QA
+tasks had no own-data gain at all).
 
     python -m llava.visatb.toy_benchmark --output-dir data/toy --seed 0 [--scale 0.1] [--overwrite]
 """
@@ -42,7 +46,7 @@ from llava.visatb.tasks import CAPTION_LIST, TOY
 
 MANIFEST_NAME = "toy_benchmark.json"
 IMAGE_DIR = "images"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 50, 50),
@@ -224,14 +228,14 @@ def _caption_list_task(scene: ToyScene, rng: random.Random, image_size: int) -> 
 
 def _color_qa_task(scene: ToyScene, rng: random.Random, image_size: int) -> tuple[str, list[str]]:
     shape = rng.choice(scene.shapes)
-    question = rng.choice(("What color is the shape in the {}?", "Which color does the shape in the {} have?"))
-    return f"{question.format(shape.position)}\n{SHORT_ANSWER_PROMPT}", [shape.color]
+    question = rng.choice(("What color is the {}?", "Which color does the {} have?"))
+    return f"{question.format(shape.kind)}\n{SHORT_ANSWER_PROMPT}", [shape.color]
 
 
 def _shape_qa_task(scene: ToyScene, rng: random.Random, image_size: int) -> tuple[str, list[str]]:
     shape = rng.choice(scene.shapes)
-    question = rng.choice(("What shape is in the {}?", "Which shape is in the {}?"))
-    return f"{question.format(shape.position)}\n{SHORT_ANSWER_PROMPT}", [shape.kind]
+    question = rng.choice(("What shape is the {} one?", "Which shape is {}?"))
+    return f"{question.format(shape.color)}\n{SHORT_ANSWER_PROMPT}", [shape.kind]
 
 
 def _bbox_task(scene: ToyScene, rng: random.Random, image_size: int) -> tuple[str, list[str]]:
@@ -256,6 +260,8 @@ SCENE_TASKS: dict[str, SceneTaskBuilder] = {
     "ToyBBox": _bbox_task,
 }
 TEXT_TASKS = ("ToyText",)
+# Tasks asked only about images with at least this many shapes (the others: any image).
+MIN_SHAPES: dict[str, int] = {"ToyColorQA": 2, "ToyShapeQA": 2}
 if set(SCENE_TASKS) | set(TEXT_TASKS) != set(TOY.tasks):
     raise RuntimeError("the toy task builders and the TOY preset in llava/visatb/tasks.py name different tasks")
 
@@ -346,9 +352,14 @@ def _manifest_files(manifest: dict[str, Any]) -> list[str]:
 def _is_complete(output_dir: Path, manifest: dict[str, Any]) -> bool:
     if not all((output_dir / name).is_file() for name in _manifest_files(manifest)):
         return False
-    # Images are written before the manifest, so the last one of each split stands for the rest.
-    last = [manifest["num_images"].get("train", 0) - 1, sum(manifest["num_images"].values()) - 1]
-    return all((output_dir / image_path(i)).is_file() for i in last if i >= 0)
+    # Images are written before the manifest; every image a record names must be there.
+    for name in _manifest_files(manifest):
+        records = load_json(output_dir / name)
+        if not isinstance(records, list) or not all(
+            (output_dir / r["image"]).is_file() for r in records if isinstance(r, dict) and "image" in r
+        ):
+            return False
+    return True
 
 
 def _remove_previous_outputs(output_dir: Path) -> None:
@@ -364,12 +375,25 @@ def _remove_previous_outputs(output_dir: Path) -> None:
         path.unlink()
 
 
+def scene_pool(rng: random.Random, counts: dict[str, int]) -> list[ToyScene]:
+    """Scenes drawn until every task of `counts` has as many eligible (distinct) images as it has records."""
+    scenes: list[ToyScene] = []
+    missing = {task: n for task, n in counts.items() if task in SCENE_TASKS}
+    while any(n > 0 for n in missing.values()):
+        scene = random_scene(rng)
+        scenes.append(scene)
+        for task in missing:
+            missing[task] -= len(scene.shapes) >= MIN_SHAPES.get(task, 1)
+    return scenes
+
+
 def _scene_records(
     task: str, split: str, scenes: list[ToyScene], first_index: int, count: int, rng: random.Random, image_size: int
 ) -> list[dict[str, Any]]:
     build = SCENE_TASKS[task]
-    # Distinct images within a task; the pool has as many scenes as the largest task needs.
-    picks = rng.sample(range(len(scenes)), count)
+    # Distinct images within a task; the pool holds enough scenes (of enough shapes) for the largest task.
+    eligible = [i for i, scene in enumerate(scenes) if len(scene.shapes) >= MIN_SHAPES.get(task, 1)]
+    picks = rng.sample(eligible, count)
     records = []
     for n, pick in enumerate(picks):
         question, references = build(scenes[pick], rng, image_size)
@@ -411,18 +435,11 @@ def _generate(
     train_counts, val_counts = toy_task_sizes(scale)
     scene_train = {t: n for t, n in train_counts.items() if t in SCENE_TASKS}
     scene_rng = random.Random(f"toy-{seed}-scenes")
-    train_scenes = [random_scene(scene_rng) for _ in range(max(scene_train.values()))]
-    val_scenes = [random_scene(scene_rng) for _ in range(max(val_counts.values()))]
-
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_previous_outputs(out)
-    (out / IMAGE_DIR).mkdir(exist_ok=True)
-    all_scenes = train_scenes + val_scenes
-    for index, scene in enumerate(tqdm(all_scenes, desc="toy images", unit="img", disable=not progress)):
-        render_scene(scene, image_size, noise_seed=(seed, index)).save(out / image_path(index), format="PNG")
+    train_scenes = scene_pool(scene_rng, scene_train)
+    val_scenes = scene_pool(scene_rng, val_counts)
 
     train_records: list[dict[str, Any]] = []
-    val_files: dict[str, str] = {}
+    val_records: dict[str, list[dict[str, Any]]] = {}
     for task in TOY.tasks:
         task_rng = random.Random(f"toy-{seed}-{task}-train")
         if task in SCENE_TASKS:
@@ -431,7 +448,20 @@ def _generate(
             train_records += _text_records(task, train_counts[task], task_rng)
     for task in TOY.scored_tasks:
         task_rng = random.Random(f"toy-{seed}-{task}-val")
-        records = _scene_records(task, "val", val_scenes, len(train_scenes), val_counts[task], task_rng, image_size)
+        val_records[task] = _scene_records(task, "val", val_scenes, len(train_scenes), val_counts[task], task_rng,
+                                           image_size)  # fmt: skip
+
+    # Only the scenes some record uses become images (the pool may hold spare one-shape scenes).
+    used = sorted({int(r["image"][len(IMAGE_DIR) + 1:-4]) for r in [*train_records, *sum(val_records.values(), [])]
+                   if "image" in r})  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_previous_outputs(out)
+    (out / IMAGE_DIR).mkdir(exist_ok=True)
+    all_scenes = train_scenes + val_scenes
+    for index in tqdm(used, desc="toy images", unit="img", disable=not progress):
+        render_scene(all_scenes[index], image_size, noise_seed=(seed, index)).save(out / image_path(index), format="PNG")
+    val_files: dict[str, str] = {}
+    for task, records in val_records.items():
         val_files[task] = val_file_name(task, len(records))
         atomic_write_json(out / val_files[task], records)
     random.Random(f"toy-{seed}-shuffle").shuffle(train_records)
@@ -453,7 +483,8 @@ def _generate(
         "val_files": val_files,
         "val_counts": val_counts,
         "image_dir": IMAGE_DIR,
-        "num_images": {"train": len(train_scenes), "val": len(val_scenes)},
+        "num_images": {"train": sum(i < len(train_scenes) for i in used),
+                       "val": sum(i >= len(train_scenes) for i in used)},  # fmt: skip
         "format_version": FORMAT_VERSION,
     }
     # Written last: a manifest on disk means the benchmark next to it is complete.

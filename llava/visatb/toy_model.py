@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -58,7 +59,7 @@ from llava.visatb.toy_benchmark import (
 )
 
 MANIFEST_NAME = "toy_model.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 START_NAME = "llava-toy-start"
 PRETRAIN_TASK = "ToyAlign"
 # A patch of half a grid cell sees part of a shape, which makes its kind and size easy to read off; with a
@@ -85,6 +86,7 @@ DEFAULT_PRETRAIN_IMAGES = 3000
 DEFAULT_PRETRAIN_STEPS = 1500
 DEFAULT_PRETRAIN_BATCH = 16
 DEFAULT_PRETRAIN_LR = 1e-3
+PRETRAIN_LOGGING_STEPS = 25
 # The tower's attribute pretraining: about 30 s for the 300 steps on the demo's 2-core CPU.
 DEFAULT_TOWER_STEPS = 300
 TOWER_BATCH = 64
@@ -103,20 +105,23 @@ def toy_tiny_config(image_size: int, seed: int = 0):
     return TinyConfig(**TOY_SIZES, image_size=image_size, patch_size=image_size // PATCHES_PER_SIDE, seed=seed)
 
 
-ALIGNMENT_STYLES = ("reading", "position", "color")
+ALIGNMENT_STYLES = ("reading", "position", "color", "center")
 
 
 def alignment_caption(scene, style: str = "reading", rng: random.Random | None = None) -> str:
-    """An alignment caption of the scene in one of three styles.
+    """An alignment caption of the scene in one of four styles.
 
     `reading`: every shape in reading order, attributes first (`large red circle, top left; ...`);
     `position`: each shape's grid cell first (`top left: large red circle; ...`);
-    `color`: each shape's colour first (`red: large circle, top left; ...`).
-    The last two list the shapes in a random order (from `rng`), so writing a shape's attributes after its
-    cell or colour means looking that cell or colour up in the image: the lookups the toy questions and
-    grounding need. No style writes a box: the starting point has never seen coordinates (a variant that
-    taught box corners here made grounding nearly free for every model and the start a good region
-    describer, which left the contribution matrix without signal).
+    `color`: each shape's colour first (`red: large circle, top left; ...`);
+    `center`: each shape with the x and y of its centre as fractions of the side (`large red circle at
+    0.17 0.17; ...`), the toy LM's only contact with numbers, as Vicuna arrives knowing them.
+    The last three list the shapes in a random order (from `rng`), so writing a shape's attributes after its
+    cell or colour means looking that cell or colour up in the image. No style writes a box: the grounding
+    format `[x1, y1, x2, y2]` is learned from grounding data. (With no numbers at all, the mini model never
+    wrote a right box, 0 of 200, so it could not beat the starting point; a variant that taught box corners
+    here made grounding nearly free for every model and the start a good region describer, which left the
+    contribution matrix without signal.)
     """
     if style not in ALIGNMENT_STYLES:
         raise ValueError(f"unknown alignment caption style {style!r}; use one of {', '.join(ALIGNMENT_STYLES)}")
@@ -127,6 +132,9 @@ def alignment_caption(scene, style: str = "reading", rng: random.Random | None =
         rng.shuffle(shapes)
     if style == "position":
         return "; ".join(f"{s.position}: {s.size} {s.color} {s.kind}" for s in shapes)
+    if style == "center":
+        return "; ".join(f"{s.size} {s.color} {s.kind} at {(s.col + 0.5) / GRID:.2f} {(s.row + 0.5) / GRID:.2f}"
+                         for s in shapes)  # fmt: skip
     return "; ".join(f"{s.color}: {s.size} {s.kind}, {s.position}" for s in shapes)
 
 
@@ -266,7 +274,7 @@ def pretrain_command(
         "--weight_decay", "0.",
         "--warmup_ratio", "0.03",
         "--lr_scheduler_type", "constant_with_warmup",
-        "--logging_steps", "25",
+        "--logging_steps", str(PRETRAIN_LOGGING_STEPS),
         "--save_strategy", "no",
         "--model_max_length", str(TOY_SIZES["model_max_length"]),
         "--gradient_checkpointing", "False",
@@ -276,6 +284,36 @@ def pretrain_command(
         "--seed", str(seed),
         "--disable_tqdm", "True",
     ]  # fmt: skip
+
+
+_LOSS_LINE = re.compile(r"^\{'loss': ([0-9.eE+-]+)")
+
+
+def run_with_progress(command: list[str], log_file: Path, steps: int, logging_steps: int, desc: str) -> int:
+    """Run a training command with its output in `log_file` and a progress bar on screen; returns the exit code.
+
+    The bar advances by `logging_steps` at every loss line the Trainer logs and shows the latest loss.
+    """
+    with open(log_file, "w", encoding="utf-8") as log, tqdm(
+        total=steps, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True
+    ) as bar:
+        log.write(" ".join(command) + "\n")
+        log.flush()
+        # Unbuffered, so each loss line reaches the bar when it is logged rather than in 8 KB chunks.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                   env=env)  # fmt: skip
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            match = _LOSS_LINE.match(line)
+            if match:
+                bar.update(min(logging_steps, steps - bar.n))
+                bar.set_postfix(loss=f"{float(match.group(1)):.3f}", refresh=False)
+        returncode = process.wait()
+        if returncode == 0:
+            bar.update(steps - bar.n)
+    return returncode
 
 
 def split_checkpoint(run_dir: Path, random_base: Path, out: Path) -> dict[str, str]:
@@ -389,12 +427,10 @@ def build_toy_model(
                                pretrain_lr, seed)  # fmt: skip
     print(f"[toy model] alignment pretraining: {pretrain_steps} steps (log: {log_file})", flush=True)
     start = time.monotonic()
-    with open(log_file, "w", encoding="utf-8") as log:
-        log.write(" ".join(command) + "\n")
-        log.flush()
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"the toy model's alignment pretraining failed (exit {result.returncode}); see {log_file}")
+    returncode = run_with_progress(command, log_file, pretrain_steps, PRETRAIN_LOGGING_STEPS,
+                                   "alignment pretraining")  # fmt: skip
+    if returncode != 0:
+        raise RuntimeError(f"the toy model's alignment pretraining failed (exit {returncode}); see {log_file}")
     print(f"[toy model] pretraining done in {time.monotonic() - start:.1f} s", flush=True)
 
     parts = split_checkpoint(run_dir, random_base, out)
