@@ -315,7 +315,7 @@ def test_alignment_caption_lists_shapes_in_reading_order():
     from llava.visatb.toy_model import alignment_caption
 
     scene = ToyScene("white", False, (ToyShape("circle", "red", "large", 0, 0), ToyShape("square", "blue", "small", 1, 1)))
-    assert alignment_caption(scene) == "large red circle, top left; small blue square, center"
+    assert alignment_caption(scene) == "white background: large red circle, top left; small blue square, center"
 
 
 def test_alignment_caption_styles_look_shapes_up_by_cell_or_colour():
@@ -325,16 +325,19 @@ def test_alignment_caption_styles_look_shapes_up_by_cell_or_colour():
     from llava.visatb.toy_model import alignment_caption
 
     scene = ToyScene("white", False, (ToyShape("circle", "red", "large", 0, 0), ToyShape("square", "blue", "small", 1, 1)))
-    assert alignment_caption(scene, "position") == "top left: large red circle; center: small blue square"
-    assert alignment_caption(scene, "color") == "red: large circle, top left; blue: small square, center"
+    prefix = "white background: "
+    assert alignment_caption(scene, "position") == prefix + "top left: large red circle; center: small blue square"
+    assert alignment_caption(scene, "color") == prefix + "red: large circle, top left; blue: small square, center"
     # Centres: column/row 0 -> 1/6, 1 -> 1/2 of the side.
-    assert alignment_caption(scene, "center") == "large red circle at 0.17 0.17; small blue square at 0.50 0.50"
+    assert alignment_caption(scene, "center") == prefix + "large red circle at 0.17 0.17; small blue square at 0.50 0.50"
     orders = {alignment_caption(scene, "position", random.Random(seed)) for seed in range(20)}
-    assert orders == {"top left: large red circle; center: small blue square",
-                      "center: small blue square; top left: large red circle"}  # fmt: skip
+    assert orders == {prefix + "top left: large red circle; center: small blue square",
+                      prefix + "center: small blue square; top left: large red circle"}  # fmt: skip
     assert {alignment_caption(scene, "reading", random.Random(seed)) for seed in range(20)} == {
-        "large red circle, top left; small blue square, center"
+        prefix + "large red circle, top left; small blue square, center"
     }
+    one = ToyScene("gray", True, (ToyShape("triangle", "green", "small", 2, 2),))
+    assert alignment_caption(one, "reading") == "noisy gray background: small green triangle, bottom right"
     with pytest.raises(ValueError, match="unknown alignment caption style 'poem'"):
         alignment_caption(scene, "poem")
 
@@ -413,7 +416,7 @@ def demo(tmp_path_factory):
 
 
 # The demo scores every toy task but the text-only one, which trains with weight 1.0.
-DEMO_SCORED = ["ToyCaption", "ToyCaptionList", "ToyColorQA", "ToyShapeQA", "ToyBBox"]
+DEMO_SCORED = ["ToyCaption", "ToyCaptionList", "ToyCountQA", "ToyCellQA", "ToyBBox"]
 DEMO_UNSCORED = ["ToyText"]
 ALL_MODELS = ["start", "mini", *DEMO_SCORED, "EW", "VisATB"]
 
@@ -422,7 +425,7 @@ def test_demo_prints_every_stage_and_the_table(demo):
     stdout = demo["first"].stdout
     for k, stage in enumerate(pipeline.STAGES, 1):
         assert f"[stage {k}/9] {stage}: " in stdout
-    assert ("| model | ToyCaption (CIDEr) | ToyCaptionList (CIDEr) | ToyColorQA (acc %) | ToyShapeQA (acc %) "
+    assert ("| model | ToyCaption (CIDEr) | ToyCaptionList (CIDEr) | ToyCountQA (acc %) | ToyCellQA (acc %) "
             "| ToyBBox (acc %) |") in stdout
     assert re.search(r"\[demo\] finished in \d+ s", stdout)
 

@@ -91,21 +91,21 @@ def _shape_of(mask: np.ndarray) -> str:
 def test_manifest_lists_tasks_metrics_files_and_counts(bench):
     out, manifest = bench
     assert manifest == toy.load_toy_manifest(out)
-    assert manifest["tasks"] == ["ToyCaption", "ToyCaptionList", "ToyColorQA", "ToyShapeQA", "ToyBBox", "ToyText"]
+    assert manifest["tasks"] == ["ToyCaption", "ToyCaptionList", "ToyCountQA", "ToyCellQA", "ToyBBox", "ToyText"]
     assert manifest["metrics"] == {
         "ToyCaption": CAPTION,
         "ToyCaptionList": CAPTION_LIST,
-        "ToyColorQA": QA,
-        "ToyShapeQA": QA,
+        "ToyCountQA": QA,
+        "ToyCellQA": QA,
         "ToyBBox": GROUNDING,
     }
     assert manifest["unscored"] == ["ToyText"]
     assert (manifest["seed"], manifest["scale"], manifest["image_size"]) == (0, SCALE, IMAGE_SIZE)
     # 0.05 x (1200, 1000, 2400, 1600, 3200, 800) and 0.05 x (60, 100, 200, 200, 200), at least 4.
     assert manifest["train_counts"] == {
-        "ToyCaption": 60, "ToyCaptionList": 50, "ToyColorQA": 120, "ToyShapeQA": 80, "ToyBBox": 160, "ToyText": 40,
+        "ToyCaption": 60, "ToyCaptionList": 50, "ToyCountQA": 120, "ToyCellQA": 80, "ToyBBox": 160, "ToyText": 40,
     }  # fmt: skip
-    assert manifest["val_counts"] == {"ToyCaption": 4, "ToyCaptionList": 5, "ToyColorQA": 10, "ToyShapeQA": 10, "ToyBBox": 10}
+    assert manifest["val_counts"] == {"ToyCaption": 4, "ToyCaptionList": 5, "ToyCountQA": 10, "ToyCellQA": 10, "ToyBBox": 10}
     assert manifest["train_count"] == 510 and manifest["train_file"] == "toy_train-510.json"
     assert manifest["val_files"]["ToyBBox"] == "ToyBBox_val-10.json"
     # Enough scenes for the largest task, and enough two-shape scenes for the QA tasks (120 train, 10 val).
@@ -136,12 +136,12 @@ def test_file_names_follow_the_release_naming():
 def test_toy_preset_is_registered():
     preset = get_preset("toy")
     assert list(preset.tasks) == resolve_tasks(task_preset="toy")
-    assert preset.scored_tasks == ("ToyCaption", "ToyCaptionList", "ToyColorQA", "ToyShapeQA", "ToyBBox")
+    assert preset.scored_tasks == ("ToyCaption", "ToyCaptionList", "ToyCountQA", "ToyCellQA", "ToyBBox")
 
 
 def test_task_sizes_scale_and_have_a_floor():
     train, val = toy.toy_task_sizes(0.5)
-    assert train["ToyColorQA"] == 1200 and train["ToyCaption"] == 600 and val["ToyShapeQA"] == 100
+    assert train["ToyCountQA"] == 1200 and train["ToyCaption"] == 600 and val["ToyCellQA"] == 100
     train, val = toy.toy_task_sizes(0.001)
     assert set(train.values()) == {4} and set(val.values()) == {4}
 
@@ -166,11 +166,15 @@ def test_every_record_is_llava_format_with_a_known_task(bench):
         assert DEFAULT_IMAGE_TOKEN not in json.dumps(gpt["value"])
 
 
-def test_short_answer_prompts_end_with_llava_suffix(bench):
+def test_qa_prompts_ask_for_a_short_answer(bench):
     for record in _all_records(bench):
-        if record["task"] in ("ToyColorQA", "ToyShapeQA"):
-            assert record["conversations"][0]["value"].endswith("\nAnswer the question using a single word or phrase.")
-            assert re.fullmatch(r"[a-z]+", record["conversations"][1]["value"])
+        question, answer = (turn["value"] for turn in record["conversations"])
+        if record["task"] == "ToyCountQA":
+            assert question.endswith("\nAnswer the question using a single word or phrase.")
+            assert answer in ("none", "one", "two")
+        elif record["task"] == "ToyCellQA":
+            assert question.endswith("Answer with a number from 1 to 9, counting cells in reading order.")
+            assert re.fullmatch(r"[1-9]", answer)
 
 
 def test_caption_list_targets_are_reference_lists_in_val_and_strings_in_train(bench):
@@ -232,22 +236,29 @@ def test_grounding_boxes_are_where_the_named_shape_was_drawn(bench):
         assert _shape_of(mask) == kind, record["id"]
 
 
+def _cell_of(mask: np.ndarray, side: int) -> int:
+    ys, xs = np.nonzero(mask)
+    row, col = int(ys.mean() * 3 // side), int(xs.mean() * 3 // side)
+    return row * 3 + col + 1
+
+
 def test_qa_answers_match_the_image(bench):
     out, _ = bench
-    qa = [r for r in _all_records(bench) if r["task"] in ("ToyColorQA", "ToyShapeQA")]
-    assert qa
+    qa = [r for r in _all_records(bench) if r["task"] in ("ToyCountQA", "ToyCellQA")]
+    assert {r["task"] for r in qa} == {"ToyCountQA", "ToyCellQA"}
     for record in qa:
         question, answer = (turn["value"] for turn in record["conversations"])
         pixels = _pixels(out, record)
         drawn = [c for c in toy.COLORS if _mask(pixels, c).any()]
-        assert len(drawn) == 2, f"{record['id']}: QA is asked about two-shape images only"
-        if record["task"] == "ToyColorQA":
-            kind = re.search(r"(?:What color is|Which color does) the (\w+)", question)[1]
-            # Exactly one drawn colour has the named kind, and it is the answer.
-            assert [c for c in drawn if _shape_of(_mask(pixels, c)) == kind] == [answer], record["id"]
+        if record["task"] == "ToyCountQA":
+            # Large shapes span 0.84 of a cell (16 px cells: 13 px), small ones 0.48 (8 px).
+            size = re.search(r"How many (large|small) shapes", question)[1]
+            widths = [np.nonzero(_mask(pixels, c))[1].ptp() + 1 for c in drawn]
+            count = sum((w > 0.66 * IMAGE_SIZE / 3) == (size == "large") for w in widths)
+            assert answer == ("none", "one", "two")[count], record["id"]
         else:
-            color = re.search(r"(?:What shape is the|Which shape is) (\w+)", question)[1]
-            assert color in drawn and _shape_of(_mask(pixels, color)) == answer, record["id"]
+            color = re.search(r"the (\w+) shape\?", question)[1]
+            assert color in drawn and str(_cell_of(_mask(pixels, color), IMAGE_SIZE)) == answer, record["id"]
 
 
 def test_captions_name_exactly_the_colours_drawn_and_the_background(bench):
@@ -386,7 +397,7 @@ def test_corpus_from_directory_covers_train_and_val(bench):
 def test_cli_writes_prints_a_table_and_reports_errors(tmp_path, capsys):
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "2", "--scale", "0.01", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert re.search(r"^ToyColorQA\s+qa\s+24\s+4$", printed, re.M)
+    assert re.search(r"^ToyCountQA\s+qa\s+24\s+4$", printed, re.M)
     assert f"wrote {tmp_path / toy.MANIFEST_NAME} (102 train records" in printed
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "2", "--scale", "0.01", "--quiet"]) == 0
     assert "reused" in capsys.readouterr().out

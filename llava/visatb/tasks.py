@@ -81,12 +81,12 @@ def resolve_tasks(task_names: str | None = None, task_preset: str | None = None)
 # detailed caption, caption list, two VQA tasks, grounding, and a text-only task that is trained but not scored.
 TOY = TaskPreset(
     name="toy",
-    tasks=("ToyCaption", "ToyCaptionList", "ToyColorQA", "ToyShapeQA", "ToyBBox", "ToyText"),
+    tasks=("ToyCaption", "ToyCaptionList", "ToyCountQA", "ToyCellQA", "ToyBBox", "ToyText"),
     metrics={
         "ToyCaption": CAPTION,
         "ToyCaptionList": CAPTION_LIST,
-        "ToyColorQA": QA,
-        "ToyShapeQA": QA,
+        "ToyCountQA": QA,
+        "ToyCellQA": QA,
         "ToyBBox": GROUNDING,
     },
     unscored=("ToyText",),
