@@ -418,7 +418,8 @@ def demo(tmp_path_factory):
 # The demo scores every toy task but the text-only one, which trains with weight 1.0.
 DEMO_SCORED = ["ToyCaption", "ToyCaptionList", "ToyCountQA", "ToyCellQA", "ToyBBox"]
 DEMO_UNSCORED = ["ToyText"]
-ALL_MODELS = ["start", "mini", *DEMO_SCORED, "EW", "VisATB"]
+# The reduced demo trains the full demo's models but for the EW baseline.
+ALL_MODELS = ["start", "mini", *DEMO_SCORED, "VisATB"]
 
 
 def test_demo_prints_every_stage_and_the_table(demo):
@@ -485,32 +486,31 @@ def test_demo_report_has_a_row_per_model_and_the_checks(demo):
     assert text.count("** trained models beat the starting point") == 1
 
 
-def test_demo_models_learned_what_the_reduced_budget_allows(demo):
-    # The starting point answers every question with an alignment caption ("large red circle, top left");
-    # the fine-tuned final models answer colour questions with colour words and beat it on the short-answer
-    # tasks. Detailed captions are barely learned on this budget (and CPU training is not bit-reproducible
-    # across runs), so the check that every model beats the start on every task is left to the full demo;
-    # the other two learning checks must hold here too.
-    from llava.visatb.toy_benchmark import COLORS
+def test_demo_passes_every_learning_check(demo):
+    # The starting point answers every question with an alignment caption ("white background: large red
+    # circle, top left"), never with a count or a cell number; every trained model beats it everywhere, the
+    # full-data models beat the mini model, and no task is flat.
+    from llava.visatb.toy_benchmark import COUNT_WORDS
 
     out = demo["out"]
-    start_answers = json.loads(next((out / "answers" / "start").glob("ToyColorQA-val*.json")).read_text())
-    assert not any(r["conversations"][1]["generative_value"] in COLORS for r in start_answers)
+    start_answers = json.loads(next((out / "answers" / "start").glob("ToyCountQA-val*.json")).read_text())
+    assert not any(r["conversations"][1]["generative_value"] in COUNT_WORDS for r in start_answers)
     scores = json.loads((out / "scores.json").read_text())
-    for model in ("EW", "VisATB"):
-        answers = json.loads(next((out / "answers" / model).glob("ToyColorQA-val*.json")).read_text())
-        assert sum(r["conversations"][1]["generative_value"] in COLORS for r in answers) * 2 > len(answers)
-        for task in ("ToyCaptionList", "ToyColorQA"):
-            assert scores[model][task] > scores["start"][task], (model, task)
     metrics = {t: TOY.metrics[t] for t in DEMO_SCORED}
-    _, full_data, flat = report.learning_checks(scores, DEMO_SCORED, metrics)
-    assert full_data.status == "PASS", full_data.detail
-    assert flat.status == "PASS", flat.detail
+    for check in report.learning_checks(scores, DEMO_SCORED, metrics):
+        assert check.status == "PASS", f"{check.name}: {check.detail}"
+    for task in DEMO_SCORED:  # each task's own data adds to what the mini model reaches
+        assert scores[task][task] > scores["mini"][task], task
+    report_text = (out / "report.md").read_text()
+    printed = demo["first"].stdout + demo["first"].stderr
+    assert report_text.count("**PASS**") == 3 and "WARNING: learning check failed" not in printed
+    assert "own data brought" not in printed  # no task without own-data gain
 
 
 def test_demo_rerun_skips_every_finished_stage(demo):
     out = demo["out"]
     watched = (out / "scores.json", out / "report.md", out / "checkpoints" / "llava-toy-visatb" / "config.json")
+    assert not (out / "checkpoints" / "llava-toy-ew").exists()
     before = {p: p.stat().st_mtime_ns for p in watched}
     second = run_demo(out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
