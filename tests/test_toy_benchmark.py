@@ -280,10 +280,13 @@ def test_region_description_box_points_at_the_described_shape(bench):
     for record in _val(bench, "ToyCaptionList"):
         question, references = (turn["value"] for turn in record["conversations"])
         x1, y1, x2, y2 = _parse_box(question.rsplit(": ", 1)[1])
-        color, kind = references[0].split()
+        color, kind, position = re.fullmatch(r"(\w+) (\w+) in the (.+)", references[0]).groups()
         mask = _mask(_pixels(out, record), color)
         assert np.allclose((x1, y1, x2, y2), _mask_box(mask), atol=0.005 + 1e-9)
         assert _shape_of(mask) == kind
+        assert all(ref.endswith(f" in the {position}") for ref in references)
+        cx, cy = _cell_center(position, IMAGE_SIZE)
+        assert tuple(_pixels(out, record)[cy, cx]) == toy.COLORS[color]
 
 
 def test_other_image_size_scales_boxes(tmp_path):
