@@ -6,7 +6,7 @@ task-id order:
 
     ToyCaption      detailed templated description of the image          caption (CIDEr)
     ToyCaptionList  short description of a region given by its box      caption list (CIDEr vs references)
-    ToyCountQA      how many large (or small) shapes there are: none/one/two qa (exact match)
+    ToyCountQA      how many large shapes there are: none, one or two       qa (exact match)
     ToyCellQA       grid cell (1-9, reading order) of the shape of a colour qa (exact match)
     ToyBBox         box of the shape a phrase names, "[x1, y1, x2, y2]"   grounding (IoU > 0.5)
     ToyText         arithmetic and word reversal, no image                trained, not scored
@@ -47,7 +47,7 @@ from llava.visatb.tasks import CAPTION_LIST, TOY
 
 MANIFEST_NAME = "toy_benchmark.json"
 IMAGE_DIR = "images"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 50, 50),
@@ -237,10 +237,12 @@ COUNT_WORDS = ("none", "one", "two")
 
 
 def _count_qa_task(scene: ToyScene, rng: random.Random, image_size: int) -> tuple[str, list[str]]:
-    size = rng.choice(sorted(SIZES))
-    count = sum(shape.size == size for shape in scene.shapes)
-    question = rng.choice(("How many {} shapes are there?", "How many {} shapes does the image show?"))
-    return f"{question.format(size)}\n{SHORT_ANSWER_PROMPT}", [COUNT_WORDS[count]]
+    # Large shapes only: the tiny model learns this count abruptly, after some 800 examples, which the
+    # task's full data passes with room to spare and its mini share does not reach. (Asking for large or
+    # small shapes doubled what it has to see, and on one seed the full-data model never got there.)
+    count = sum(shape.size == "large" for shape in scene.shapes)
+    question = rng.choice(("How many large shapes are there?", "How many large shapes does the image show?"))
+    return f"{question}\n{SHORT_ANSWER_PROMPT}", [COUNT_WORDS[count]]
 
 
 def cell_number(shape: ToyShape) -> int:
