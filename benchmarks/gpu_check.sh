@@ -36,7 +36,7 @@ finetune() {
     IMAGE_FOLDER="$WORK/train/model/images" VISION_TOWER="$WORK/train/model/vision_tower" PRETRAIN_MM_MLP_ADAPTER= \
     VISATB_WEIGHTS="1.05 1.10 0.95 0.98 0.92 0.90 1.35 1.0" OUTPUT_DIR="$WORK/llava-visatb" NUM_GPUS=1 \
     PER_DEVICE_BATCH_SIZE=4 DATALOADER_WORKERS=2 \
-        bash scripts_visatb/finetune_academic.sh --save_steps 2 --save_total_limit 2 "$@"
+        bash scripts_visatb/finetune_academic.sh --save_strategy steps --save_steps 2 --save_total_limit 2 "$@"
 }
 finetune --max_steps 2 > "$WORK/finetune.log" 2>&1 && finetune_ok=true || finetune_ok=false
 finetune --max_steps 3 > "$WORK/resume.log" 2>&1 && resume_ok=true || resume_ok=false
