@@ -156,17 +156,23 @@ class LlavaGenerator:
         conv_mode: str | None = "vicuna_v1",
         device: str | None = None,
         verbose: bool = True,
+        load_8bit: bool = False,
+        load_4bit: bool = False,
         **gen,
     ) -> LlavaGenerator:
-        """Load a checkpoint with `load_pretrained_model`; `conv_mode=None` guesses it from the name as LLaVA does."""
+        """Load a checkpoint with `load_pretrained_model`; `conv_mode=None` guesses it from the name as LLaVA does.
+
+        `load_8bit` / `load_4bit` quantise the language model with bitsandbytes (CUDA only), as upstream.
+        """
         from llava.model.builder import load_pretrained_model
 
         model_name = get_model_name_from_path(model_path)
         if conv_mode is not None:
             get_conv_template(conv_mode)  # before the (slow) load
         tokenizer, model, image_processor, _ = load_pretrained_model(
-            model_path, model_base, model_name, device=device, verbose=verbose
-        )
+            model_path, model_base, model_name, load_8bit=load_8bit, load_4bit=load_4bit, device=device,
+            verbose=verbose,
+        )  # fmt: skip
         return cls(
             tokenizer, model, image_processor, conv_mode=conv_mode or infer_conv_mode(model_name),
             model_name=model_name, **gen,

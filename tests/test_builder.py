@@ -44,6 +44,34 @@ def test_full_checkpoint_round_trip_and_generate(tiny_llava, capsys):
     assert out.shape == (1, 3)
 
 
+def test_device_mapped_load_puts_the_vision_tower_on_the_models_device_and_dtype(tiny_llava):
+    # As upstream: with a device_map (or 8-/4-bit) the tower is moved to the model's device and dtype.
+    _, model, processor, _ = load_pretrained_model(tiny_llava["full"], None, "llava-tiny", device_map="cpu",
+                                                   torch_dtype=torch.bfloat16, verbose=False)  # fmt: skip
+    tower = model.get_vision_tower()
+    assert tower.device == model.get_model().mm_projector[0].weight.device == torch.device("cpu")
+    assert tower.dtype == model.get_model().mm_projector[0].weight.dtype == torch.bfloat16
+    _, reference, _, _ = load_pretrained_model(tiny_llava["full"], None, "llava-tiny", device="cpu", verbose=False)
+    from llava.mm_utils import process_images
+
+    pixels = process_images([Image.new("RGB", (20, 10), (0, 200, 0))], processor, model.config)
+    ids = torch.tensor([[1, IMAGE_TOKEN_INDEX, 5, 6]])
+    with torch.no_grad():
+        mapped = model(input_ids=ids, images=pixels.to(torch.bfloat16)).logits.float()
+        expected = reference(input_ids=ids, images=pixels).logits
+    torch.testing.assert_close(mapped, expected, atol=0.05, rtol=0.05)  # bf16 vs fp32 of the same weights
+
+
+def test_place_vision_tower_follows_the_projector_wherever_the_map_put_it(tiny_llava):
+    from llava.model.builder import place_vision_tower
+
+    _, model, _, _ = load_pretrained_model(tiny_llava["full"], None, "llava-tiny", device="cpu", verbose=False)
+    model.get_model().mm_projector.to("meta")  # stands in for a GPU a device_map chose
+    place_vision_tower(model, torch.float16)
+    tower_params = list(model.get_vision_tower().parameters())
+    assert tower_params and all(p.device.type == "meta" and p.dtype == torch.float16 for p in tower_params)
+
+
 def test_config_model_type_marks_a_folder_without_llava_in_its_name(tiny_llava, tmp_path, capsys):
     renamed = tmp_path / "my-model"
     shutil.copytree(tiny_llava["full"], renamed)

@@ -88,6 +88,18 @@ def _load_non_lora_trainables(model_path: str) -> dict[str, torch.Tensor]:
     return cleaned
 
 
+def place_vision_tower(model, dtype: torch.dtype) -> None:
+    """Move the (loaded) vision tower to the device of the projector that consumes its features, in `dtype`.
+
+    `from_pretrained` with a `device_map` (or 8-/4-bit loading) places the language model and projector but
+    not the tower, which `load_model()` builds afterwards on the CPU; upstream moves it to the model's device
+    and dtype, and so does this.
+    """
+    # The projector's first tensor (an identity projector has none: then the token embeddings').
+    anchor = next(model.get_model().mm_projector.parameters(), model.get_input_embeddings().weight)
+    model.get_vision_tower().to(device=anchor.device, dtype=dtype)
+
+
 def load_pretrained_model(
     model_path: str,
     model_base: str | None,
@@ -184,7 +196,7 @@ def load_pretrained_model(
         if vision_tower is None:
             raise ValueError(f"{model_path}: the config names no vision tower (mm_vision_tower)")
         vision_tower.load_model()
-        vision_tower.to(dtype=torch_dtype)
+        place_vision_tower(model, torch_dtype)
         image_processor = vision_tower.image_processor
 
     if "device_map" not in load_kwargs:
