@@ -1,5 +1,7 @@
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +130,54 @@ def test_tiny_checkpoint_tokenizer_follows_llama_conventions(tiny_llava):
     assert tokenizer("hi").input_ids[0] == 1
     config = json.loads(tiny_llava and open(f"{tiny_llava['full']}/config.json").read())
     assert config["model_type"] == "llava" and config["mm_projector_type"] == "mlp2x_gelu"
+
+
+HUB_LOAD = """
+import json, sys, torch
+from llava.model.builder import load_pretrained_model
+hub_id, local, base = sys.argv[1:4]
+_, from_hub, _, _ = load_pretrained_model(hub_id, base, "llava-tiny-lora", device="cpu", verbose=False)
+_, from_folder, _, _ = load_pretrained_model(local, base, "llava-tiny-lora", device="cpu", verbose=False)
+a, b = from_hub.state_dict(), from_folder.state_dict()
+print(json.dumps({"same_keys": sorted(a) == sorted(b), "max_diff": max((a[k] - b[k]).abs().max().item() for k in a),
+                  "projector": from_hub.get_model().mm_projector[0].weight[0, :3].tolist()}))
+"""
+
+
+def fake_hub_cache(cache: Path, repo_id: str, files_from: Path) -> None:
+    """huggingface_hub's cache layout for one model repo: refs/main names a snapshot holding the files."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(files_from, repo / "snapshots" / commit)
+
+
+def test_lora_checkpoint_given_as_a_hub_id_loads_from_the_hub_cache(tmp_path):
+    import subprocess
+    import sys
+
+    written = build_tiny_llava(tmp_path / "tiny", kind="lora")
+    # HF_HOME is read by both transformers 4.31 and huggingface_hub (HF_HUB_CACHE only by the latter).
+    fake_hub_cache(tmp_path / "hf_home" / "hub", "visatb-test/llava-tiny-lora", Path(written["lora"]))
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "TRANSFORMERS_CACHE", "HUGGINGFACE_HUB_CACHE")}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", HUB_LOAD, "visatb-test/llava-tiny-lora", written["lora"],
+                           written["base"]], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["same_keys"] and result["max_diff"] == 0.0
+    saved = torch.load(Path(written["lora"]) / "non_lora_trainables.bin", weights_only=True)
+    projector = next(v for k, v in saved.items() if k.endswith("mm_projector.0.weight"))
+    assert result["projector"] == pytest.approx(projector[0, :3].tolist())
+
+
+def test_lora_hub_id_that_cannot_be_fetched_is_a_clear_error(tmp_path, monkeypatch):
+    from llava.model import builder
+
+    monkeypatch.setattr(builder, "_hub_file", lambda repo_id, filename: None)  # offline, nothing cached
+    with pytest.raises(FileNotFoundError, match="neither a local folder nor a hub repository whose non_lora"):
+        builder.lora_checkpoint_folder("nobody/not-cached-llava-lora")
+    (tmp_path / "llava-lora").mkdir()
+    with pytest.raises(FileNotFoundError, match="non_lora_trainables.bin is missing"):
+        builder.lora_checkpoint_folder(str(tmp_path / "llava-lora"))
