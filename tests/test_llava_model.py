@@ -170,3 +170,12 @@ def test_text_only_micro_batch_keeps_the_projector_in_the_graph_with_zero_grads(
     with torch.no_grad():  # the placeholders change nothing in the numbers
         plain = model(input_ids=ids, attention_mask=mask, labels=labels)
     torch.testing.assert_close(out.loss.detach(), plain.loss)
+
+
+def test_generate_without_an_image_also_returns_only_new_tokens(loaded):
+    # Upstream 1.1.3 returns prompt + new tokens; ours returns the new ones only (README, "Coming from LLaVA").
+    _, model, _, _ = loaded
+    ids = torch.tensor([[1, 5, 6, 7]])
+    out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 3)
+    assert out[0, 0].item() == model(input_ids=ids).logits[0, -1].argmax().item()
