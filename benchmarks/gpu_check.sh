@@ -14,7 +14,9 @@
 # Stages: 1) tokens/s and peak memory, EW vs VisATB weights and train_mem.py (SDPA) vs train.py (eager),
 # under `deepspeed` + ZeRO-3 + bf16 + gradient checkpointing (benchmarks/bench_train_gpu.sh);
 # 2) scripts_visatb/finetune_academic.sh's own launcher path with VisATB weights: train, save a checkpoint,
-# reload it with load_pretrained_model, resume one step from it; 3) fp16 batched generation at batch 1 vs 16.
+# reload it with load_pretrained_model, resume one step from it, and load it with device_map "auto", {"": "cuda:0"}
+# and (with bitsandbytes) 4 bits: the vision tower must follow the model to the GPU in fp16; 3) fp16 batched
+# generation at batch 1 vs 16.
 set -uo pipefail
 RESULT="${1:?usage: bash benchmarks/gpu_check.sh RESULT.json}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,7 +38,7 @@ finetune() {
     IMAGE_FOLDER="$WORK/train/model/images" VISION_TOWER="$WORK/train/model/vision_tower" PRETRAIN_MM_MLP_ADAPTER= \
     VISATB_WEIGHTS="1.05 1.10 0.95 0.98 0.92 0.90 1.35 1.0" OUTPUT_DIR="$WORK/llava-visatb" NUM_GPUS=1 \
     PER_DEVICE_BATCH_SIZE=4 DATALOADER_WORKERS=2 \
-        bash scripts_visatb/finetune_academic.sh --save_steps 2 --save_total_limit 2 "$@"
+        bash scripts_visatb/finetune_academic.sh --save_strategy steps --save_steps 2 --save_total_limit 2 "$@"
 }
 finetune --max_steps 2 > "$WORK/finetune.log" 2>&1 && finetune_ok=true || finetune_ok=false
 finetune --max_steps 3 > "$WORK/resume.log" 2>&1 && resume_ok=true || resume_ok=false
@@ -55,6 +57,24 @@ try:
 except Exception as error:  # reported in the figures, not hidden
     result["reload_ok"] = False
     result["reload_error"] = f"{type(error).__name__}: {error}"
+# Device-mapped and quantised loads must put the CLIP tower on the model's device and dtype (issue 14, item 8).
+for label, kwargs in [("device_map_auto", {"device_map": "auto"}), ("device_map_cuda0", {"device_map": {"": "cuda:0"}}),
+                      ("load_4bit", {"load_4bit": True})]:
+    try:
+        import importlib.util
+        if label == "load_4bit" and importlib.util.find_spec("bitsandbytes") is None:
+            result[label] = "skipped: no bitsandbytes"
+            continue
+        _, mapped, _, _ = load_pretrained_model(str(work / "llava-visatb"), None, "llava-visatb", verbose=False, **kwargs)
+        tower, projector = mapped.get_vision_tower(), next(mapped.get_model().mm_projector.parameters())
+        size = tower.config.image_size
+        with torch.no_grad():
+            mapped(input_ids=torch.tensor([[1, -200, 5]], device=projector.device),
+                   images=torch.zeros(1, 3, size, size, device=tower.device, dtype=tower.dtype))
+        result[label] = {"tower": f"{tower.device} {tower.dtype}", "projector": f"{projector.device} {projector.dtype}",
+                         "ok": tower.device.type == "cuda" and tower.dtype == torch.float16}
+    except Exception as error:
+        result[label] = f"failed: {type(error).__name__}: {error}"
 print(json.dumps(result))
 PY
 

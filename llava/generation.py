@@ -7,8 +7,11 @@ Batch inference (inference_visatb.py), the terminal chat (llava/serve/cli.py), o
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from PIL import Image, ImageOps
@@ -31,6 +34,27 @@ from llava.model.llava_arch import LlavaMetaForCausalLM
 
 # What one sample may carry: no image, one image, or several (for prompts with image placeholders).
 SampleImages = Image.Image | Sequence[Image.Image] | None
+
+
+# Image preprocessing of generators built while `image_preprocessing(...)` is active (None: the model config's).
+IMAGE_PREPROCESSING_MODES = ("pad", "square")
+_IMAGE_PREPROCESSING: ContextVar[str | None] = ContextVar("image_preprocessing", default=None)
+
+
+@contextmanager
+def image_preprocessing(mode: str | None) -> Iterator[None]:
+    """Generators built inside preprocess images as `mode` says, whatever their model's config holds.
+
+    "square" is the image processor's own resize and centre crop (upstream LLaVA's `model_vqa` and
+    `model_vqa_science`); "pad" pads to a square first (`image_aspect_ratio pad`, LLaVA-1.5's training).
+    """
+    if mode is not None and mode not in IMAGE_PREPROCESSING_MODES:
+        raise ValueError(f"image preprocessing must be one of {', '.join(IMAGE_PREPROCESSING_MODES)}, not {mode!r}")
+    token = _IMAGE_PREPROCESSING.set(mode)
+    try:
+        yield
+    finally:
+        _IMAGE_PREPROCESSING.reset(token)
 
 
 def infer_conv_mode(model_name: str) -> str:
@@ -90,6 +114,7 @@ class LlavaGenerator:
         num_beams: int = 1,
         max_new_tokens: int = 128,
         model_name: str | None = None,
+        image_aspect_ratio: str | None = None,
     ):
         get_conv_template(conv_mode)  # fail now, naming the known modes, rather than at the first question
         if temperature < 0:
@@ -100,6 +125,12 @@ class LlavaGenerator:
             raise ValueError(f"num_beams must be >= 1, got {num_beams}")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if image_aspect_ratio is None:
+            image_aspect_ratio = _IMAGE_PREPROCESSING.get()
+        if image_aspect_ratio is not None and image_aspect_ratio not in IMAGE_PREPROCESSING_MODES:
+            raise ValueError(
+                f"image_aspect_ratio must be one of {', '.join(IMAGE_PREPROCESSING_MODES)}, not {image_aspect_ratio!r}"
+            )
         self.tokenizer = tokenizer
         self.model = model
         self.image_processor = image_processor
@@ -109,6 +140,8 @@ class LlavaGenerator:
         self.num_beams = num_beams
         self.max_new_tokens = max_new_tokens
         self.model_name = model_name
+        # None: as the model config's `image_aspect_ratio` says (pad for LLaVA-1.5 checkpoints).
+        self.image_aspect_ratio = image_aspect_ratio
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.unk_token  # LLaVA's convention: LLaMA tokenizers ship no pad token
         self._special_ids = set(tokenizer.all_special_ids)
@@ -123,17 +156,23 @@ class LlavaGenerator:
         conv_mode: str | None = "vicuna_v1",
         device: str | None = None,
         verbose: bool = True,
+        load_8bit: bool = False,
+        load_4bit: bool = False,
         **gen,
     ) -> LlavaGenerator:
-        """Load a checkpoint with `load_pretrained_model`; `conv_mode=None` guesses it from the name as LLaVA does."""
+        """Load a checkpoint with `load_pretrained_model`; `conv_mode=None` guesses it from the name as LLaVA does.
+
+        `load_8bit` / `load_4bit` quantise the language model with bitsandbytes (CUDA only), as upstream.
+        """
         from llava.model.builder import load_pretrained_model
 
         model_name = get_model_name_from_path(model_path)
         if conv_mode is not None:
             get_conv_template(conv_mode)  # before the (slow) load
         tokenizer, model, image_processor, _ = load_pretrained_model(
-            model_path, model_base, model_name, device=device, verbose=verbose
-        )
+            model_path, model_base, model_name, load_8bit=load_8bit, load_4bit=load_4bit, device=device,
+            verbose=verbose,
+        )  # fmt: skip
         return cls(
             tokenizer, model, image_processor, conv_mode=conv_mode or infer_conv_mode(model_name),
             model_name=model_name, **gen,
@@ -244,8 +283,13 @@ class LlavaGenerator:
             return PreparedBatch(list(prompts), torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, 0, dtype=torch.long))
         input_ids, attention_mask = self._left_padded([tokenizer_image_token(p, self.tokenizer) for p in prompts])
         # Only the real images: with text-only samples in the batch the model matches one image per marker.
-        pixels = process_images(flat_images, self.image_processor, self.model.config) if flat_images else None
+        pixels = process_images(flat_images, self.image_processor, self._image_config()) if flat_images else None
         return PreparedBatch(list(prompts), input_ids, attention_mask, pixels)
+
+    def _image_config(self):
+        if self.image_aspect_ratio is None:
+            return self.model.config
+        return SimpleNamespace(image_aspect_ratio=self.image_aspect_ratio)
 
     def generate_prepared(self, batch: PreparedBatch, streamer=None) -> list[str]:
         """The model half of `generate`: run `model.generate` on a prepared batch and decode the answers."""

@@ -4,6 +4,11 @@
 # With GPUs the `deepspeed` launcher runs llava.train.train_mem with ${ZERO_CONFIG} (multi-node when
 # HOSTFILE is set); without GPUs (or NUM_GPUS=0) training falls back to the CPU: fp32, no DeepSpeed,
 # `python` (or `torchrun` when NUM_PROCS > 1). The user's own flags come last, so they override any default.
+# DRY_RUN=1 prints the command without running it.
+#
+# Fine-tuning follows the release's VisATB scripts: batches are drawn at random (GROUP_BY_MODALITY_LENGTH=True
+# groups image and text-only samples as LLaVA-1.5 does), and a checkpoint is saved at the end of every epoch
+# and kept (SAVE_STRATEGY=epoch, SAVE_TOTAL_LIMIT=100; SAVE_STRATEGY=steps SAVE_STEPS=N saves every N steps).
 
 VISATB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -43,6 +48,9 @@ visatb_run() {
     fi
     command+=("$@")
     echo "[visatb] ${command[*]}" >&2
+    if [ -n "${DRY_RUN:-}" ]; then
+        return 0  # DRY_RUN=1: show the command only
+    fi
     "${command[@]}"
 }
 
@@ -77,16 +85,15 @@ visatb_finetune() {
         --mm_use_im_start_end False
         --mm_use_im_patch_token False
         --image_aspect_ratio pad
-        --group_by_modality_length True
+        --group_by_modality_length "${GROUP_BY_MODALITY_LENGTH:-False}"
         --output_dir "$OUTPUT_DIR"
         --num_train_epochs "$NUM_EPOCHS"
         --per_device_train_batch_size "$PER_DEVICE_BATCH_SIZE"
         --per_device_eval_batch_size 4
         --gradient_accumulation_steps "$GRAD_ACCUM_STEPS"
         --evaluation_strategy no
-        --save_strategy steps
-        --save_steps "${SAVE_STEPS:-1000}"
-        --save_total_limit "${SAVE_TOTAL_LIMIT:-1}"
+        --save_strategy "${SAVE_STRATEGY:-epoch}"
+        --save_total_limit "${SAVE_TOTAL_LIMIT:-100}"
         --learning_rate "$LEARNING_RATE"
         --weight_decay 0.
         --warmup_ratio 0.03
@@ -97,6 +104,9 @@ visatb_finetune() {
         --lazy_preprocess True
         --report_to "${REPORT_TO:-none}"
     )
+    if [ -n "${SAVE_STEPS:-}" ]; then
+        VISATB_FLAGS+=(--save_steps "$SAVE_STEPS")
+    fi
     if [ -n "${PRETRAIN_MM_MLP_ADAPTER:-}" ]; then
         VISATB_FLAGS+=(--pretrain_mm_mlp_adapter "$PRETRAIN_MM_MLP_ADAPTER")
     fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fine-tune LLaVA-1.5-13B on the Academic benchmark (8 tasks) with a task weighting method; the defaults are
-# the paper's. Set any variable in the environment; extra flags go to training and override the defaults:
+# the release's (the paper's set-up). Set any variable in the environment; extra flags go to training and
+# override the defaults:
 #   VISATB_WEIGHTS_FILE=outputs/weights.json OUTPUT_DIR=checkpoints/visatb bash scripts_visatb/finetune_academic_vicuna13b.sh
 set -euo pipefail
 
@@ -23,6 +24,9 @@ LEARNING_RATE="${LEARNING_RATE:-2e-5}"
 PER_DEVICE_BATCH_SIZE="${PER_DEVICE_BATCH_SIZE:-16}"
 GRAD_ACCUM_STEPS="${GRAD_ACCUM_STEPS:-1}"
 MODEL_MAX_LENGTH="${MODEL_MAX_LENGTH:-2048}"
+GROUP_BY_MODALITY_LENGTH="${GROUP_BY_MODALITY_LENGTH:-False}"  # False: random batches, as the release; True: LLaVA-1.5's grouping
+SAVE_STRATEGY="${SAVE_STRATEGY:-epoch}"                  # a checkpoint every epoch, as the release (steps: every SAVE_STEPS)
+SAVE_TOTAL_LIMIT="${SAVE_TOTAL_LIMIT:-100}"              # checkpoints kept (the release keeps up to 100)
 
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 visatb_finetune "$@"

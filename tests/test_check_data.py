@@ -91,7 +91,7 @@ def test_every_kind_of_problem_is_found(images):
     assert problems[UNKNOWN_TASK].examples == ["record 5 (id 'odd-task'): task 'Z'"]
     assert problems[BAD_CONVERSATION].count == 3
     text = "\n".join(problems[BAD_CONVERSATION].examples)
-    assert "'gpt-first'): turn 0 is from 'gpt', expected 'human'" in text
+    assert "'gpt-first'): ends with a human turn" in text  # what is left once its first (gpt) turn is dropped
     assert "'dangling'): ends with a human turn" in text
     assert "'no-conv'): no 'conversations' list" in text
     assert problems[IMAGE_TOKEN].count == 3
@@ -107,6 +107,28 @@ def test_every_kind_of_problem_is_found(images):
     assert report.task_counts["Z"] == 1 and report.task_counts["(no task)"] == 1
     formatted = report.format()
     assert "FAILED: 10 problem(s)" in formatted and "(not in the task list)" in formatted
+
+
+def test_a_first_turn_from_gpt_is_dropped_and_counted_not_rejected(images):
+    # Upstream LLaVA's preprocessing drops a leading gpt turn (ShareGPT has such records); so does training.
+    greeting = {"from": "gpt", "value": "Hello! How can I help?"}
+    records = clean_records() + [
+        {"id": "sharegpt", "task": "A", "conversations": [greeting, {"from": "human", "value": "Hi"},
+                                                           {"from": "gpt", "value": "Hi!"}]},
+        {"id": "with-image", "task": "B", "image": "a.jpg",
+         "conversations": [greeting, {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "a cat"}]},
+        {"id": "only-gpt", "task": "A", "conversations": [greeting]},
+        {"id": "two-gpt", "task": "A", "conversations": [greeting, greeting, {"from": "human", "value": "x"}]},
+    ]  # fmt: skip
+    report = check_records(records, images, ["A", "B"])
+    assert report.dropped_first_turns.count == 2
+    assert report.dropped_first_turns.examples == ["record 4 (id 'sharegpt')", "record 5 (id 'with-image')"]
+    bad = "\n".join(report.problems[BAD_CONVERSATION].examples)
+    assert report.problems[BAD_CONVERSATION].count == 2 and report.error_count == 2
+    assert "'only-gpt'): has only a gpt turn" in bad
+    assert "'two-gpt'): turn 1 is from 'gpt', expected 'human'" in bad
+    assert "first turn from gpt, dropped before training as LLaVA does (not an error): 2" in report.format()
+    assert check_records(records[:6], images, ["A", "B"]).ok
 
 
 def test_long_lists_are_cut_at_twenty_but_counted(images):

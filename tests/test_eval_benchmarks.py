@@ -607,7 +607,8 @@ EVAL_SCRIPTS = sorted(SCRIPTS.glob("*.sh"))
 def test_every_benchmark_has_a_script():
     names = {p.stem for p in EVAL_SCRIPTS}
     expected = {"vqav2", "gqa", "vizwiz", "textvqa", "pope", "mme", "sqa", "mmbench", "mmbench_cn", "seed",
-                "mmvet", "llavabench", "llava_coco", "_common"}  # fmt: skip
+                "mmvet", "llavabench", "llava_coco", "_common",
+                "llavacoco", "llavacoco_review", "llavabench_review"}  # the release's two-step names  # fmt: skip
     assert expected <= names
 
 
@@ -668,10 +669,11 @@ def test_common_fails_when_a_chunk_fails(tmp_path):
     assert not (tmp_path / "merged.jsonl").exists()
 
 
-def test_gpt_judged_script_checks_the_key_before_generating(tmp_path):
+@pytest.mark.parametrize("script", ["llavabench.sh", "llava_coco.sh"])
+def test_gpt_judged_script_checks_the_key_before_generating(tmp_path, script):
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env.update(EVAL_DIR=str(tmp_path), PYTHON=sys.executable)
-    proc = subprocess.run(["bash", str(SCRIPTS / "llavabench.sh")], capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(["bash", str(SCRIPTS / script)], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 2
     assert "OPENAI_API_KEY is not set" in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing generated or created

@@ -32,6 +32,7 @@ from llava.eval import (
 )
 from llava.eval.merge_chunks import read_jsonl
 from llava.generation import LlavaGenerator
+from llava.mm_utils import expand2square, processor_fill_color
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_ID = "llava-tiny"
@@ -74,13 +75,20 @@ def reference(checkpoint) -> LlavaGenerator:
     return LlavaGenerator.from_pretrained(checkpoint, conv_mode="vicuna_v1", max_new_tokens=3, verbose=False)
 
 
+@pytest.fixture(scope="module")
+def cropped_reference(reference) -> LlavaGenerator:
+    """The reference with the processor's own resize + centre crop (upstream's model_vqa/model_vqa_science)."""
+    return LlavaGenerator(reference.tokenizer, reference.model, reference.image_processor, conv_mode="vicuna_v1",
+                          max_new_tokens=3, image_aspect_ratio="square")  # fmt: skip
+
+
 class ModelSpy:
     """Loads each distinct model set-up once (tests stay fast), counts loads, and records every prompt."""
 
     cache: dict[str, LlavaGenerator] = {}
 
     def __init__(self, monkeypatch):
-        self.loads, self.prompts = 0, []
+        self.loads, self.prompts, self.pixels = 0, [], []
         load, prepare = LlavaGenerator.from_pretrained, LlavaGenerator.prepare_prompts
 
         def from_pretrained(*args, **kwargs):
@@ -88,11 +96,19 @@ class ModelSpy:
             key = repr((args, sorted(kwargs.items())))
             if key not in self.cache:
                 self.cache[key] = load(*args, **kwargs)
-            return self.cache[key]
+            generator = self.cache[key]
+            # A cached generator takes the preprocessing a fresh load would get now (see image_preprocessing).
+            generator.image_aspect_ratio = LlavaGenerator(
+                generator.tokenizer, generator.model, generator.image_processor
+            ).image_aspect_ratio
+            return generator
 
         def prepare_prompts(generator, prompts, images):
             self.prompts.extend(prompts)
-            return prepare(generator, prompts, images)
+            batch = prepare(generator, prompts, images)
+            if batch.images is not None:
+                self.pixels.extend(batch.images)
+            return batch
 
         monkeypatch.setattr(LlavaGenerator, "from_pretrained", from_pretrained)
         monkeypatch.setattr(LlavaGenerator, "prepare_prompts", prepare_prompts)
@@ -184,7 +200,7 @@ def test_loader_writes_one_llava_record_per_question(tmp_path, checkpoint, spy, 
     assert capsys.readouterr().out.strip() == f"{answers}: 5 answered, 5 in all"
 
 
-def test_model_vqa_answers_the_same_format_with_long_answer_defaults(tmp_path, checkpoint, spy, reference):
+def test_model_vqa_answers_the_same_format_with_long_answer_defaults(tmp_path, checkpoint, spy, cropped_reference):
     defaults = {name: module.build_parser().parse_args(["--model-path", "m", "--question-file", "q", "--answers-file", "a"])
                 for name, module in [("loader", model_vqa_loader), ("vqa", model_vqa), ("sqa", model_vqa_science),
                                      ("mmb", model_vqa_mmbench)]}  # fmt: skip
@@ -200,8 +216,38 @@ def test_model_vqa_answers_the_same_format_with_long_answer_defaults(tmp_path, c
     assert model_vqa.main(loader_args(checkpoint, questions, images, answers)) == 0
     records = read_jsonl(answers)
     assert [list(r) for r in records] == [LLAVA_FIELDS] * 2
-    assert [r["text"] for r in records] == [reference.generate([VQA_TEXTS[i]], [picture(i)])[0] for i in range(2)]
+    assert [r["text"] for r in records] == [cropped_reference.generate([VQA_TEXTS[i]], [picture(i)])[0] for i in range(2)]
     assert [r["prompt"] for r in records] == VQA_TEXTS[:2]
+
+
+def test_model_vqa_and_science_centre_crop_but_the_loader_pads(tmp_path, checkpoint, spy, reference):
+    # Upstream's model_vqa and model_vqa_science call image_processor.preprocess (resize + centre crop);
+    # model_vqa_loader goes through process_images, which pads for this pad checkpoint.
+    processor = reference.image_processor
+    assert reference.model.config.image_aspect_ratio == "pad"
+    cropped = [processor.preprocess(picture(i), return_tensors="pt")["pixel_values"][0] for i in range(2)]
+    padded = [
+        processor.preprocess(expand2square(picture(i), processor_fill_color(processor)), return_tensors="pt")[
+            "pixel_values"
+        ][0]
+        for i in range(2)
+    ]
+    assert not torch.allclose(cropped[0], padded[0])  # the pictures are not square, so the two differ
+
+    questions, images = write_vqa(tmp_path, [0, 1])
+    assert model_vqa.main(loader_args(checkpoint, questions, images, tmp_path / "vqa.jsonl")) == 0
+    assert len(spy.pixels) == 2 and all(torch.equal(a, b) for a, b in zip(spy.pixels, cropped))
+
+    spy.pixels.clear()
+    problems = [{"id": f"p{i}", "image": f"COCO_{i:03d}.png", "conversations": [{"from": "human", "value": "<image>\nWhich?"}]}
+                for i in range(2)]  # fmt: skip
+    (tmp_path / "sqa.json").write_text(json.dumps(problems))
+    assert model_vqa_science.main(loader_args(checkpoint, tmp_path / "sqa.json", images, tmp_path / "sqa.jsonl")) == 0
+    assert len(spy.pixels) == 2 and all(torch.equal(a, b) for a, b in zip(spy.pixels, cropped))
+
+    spy.pixels.clear()
+    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, tmp_path / "loader.jsonl")) == 0
+    assert len(spy.pixels) == 2 and all(torch.equal(a, b) for a, b in zip(spy.pixels, padded))
 
 
 def test_flags_take_both_spellings():
@@ -248,7 +294,7 @@ SCIENCE_IMAGES = [picture(0), None, picture(2)]
 
 
 @pytest.mark.parametrize("single_pred", [True, False])
-def test_science_prompts_follow_upstream(tmp_path, checkpoint, spy, reference, single_pred):
+def test_science_prompts_follow_upstream(tmp_path, checkpoint, spy, cropped_reference, single_pred):
     questions, images = write_science(tmp_path)
     answers = tmp_path / "sqa.jsonl"
     extra = ["--single-pred-prompt"] if single_pred else []
@@ -263,7 +309,8 @@ def test_science_prompts_follow_upstream(tmp_path, checkpoint, spy, reference, s
     assert [r["prompt"] for r in records] == ["<image>\n" + asked[0], asked[1], "<image>\n" + asked[2]]
     # The model saw the image first (wherever <image> was in the question) and no image for text-only.
     assert spy.prompts == [vicuna_prompt("<image>\n" + asked[0]), vicuna_prompt(asked[1]), vicuna_prompt("<image>\n" + asked[2])]
-    assert [r["text"] for r in records] == [reference.generate([q], [img])[0] for q, img in zip(asked, SCIENCE_IMAGES)]
+    expected = [cropped_reference.generate([q], [img])[0] for q, img in zip(asked, SCIENCE_IMAGES)]
+    assert [r["text"] for r in records] == expected
     check_answer_ids(records)
 
 

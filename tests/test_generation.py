@@ -206,3 +206,11 @@ def test_bad_arguments_are_named(generator):
 def test_pad_token_defaults_to_unk(generator):
     assert generator.tokenizer.pad_token == "<unk>"
     assert generator.tokenizer.pad_token_id == 0
+
+
+def test_image_preprocessing_rejects_an_unknown_mode():
+    from llava.generation import image_preprocessing
+
+    with pytest.raises(ValueError, match="image preprocessing must be one of pad, square, not 'crop'"):
+        with image_preprocessing("crop"):
+            pass

@@ -147,3 +147,35 @@ def test_generate_with_an_image_returns_only_new_tokens(loaded):
     # Greedy decoding by hand from the same spliced prompt gives the same first token.
     logits = model(input_ids=ids, images=_images(model, 1)).logits
     assert out[0, 0].item() == logits[0, -1].argmax().item()
+
+
+def test_text_only_micro_batch_keeps_the_projector_in_the_graph_with_zero_grads(tiny_llava):
+    # The training collator gives each text-only sample a zero placeholder image; as upstream, its features
+    # join the graph as a zero-length slice, so backward gives the projector zeros, not None (DDP/ZeRO-3).
+    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+
+    model = LlavaLlamaForCausalLM.from_pretrained(tiny_llava["full"])
+    model.get_vision_tower().load_model()
+    model.train()
+    ids = torch.tensor([[1, 5, 6, 7, 8], [1, 9, 10, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    labels = torch.tensor([[IGNORE_INDEX, 5, 6, 7, 8], [IGNORE_INDEX, 9, 10, IGNORE_INDEX, IGNORE_INDEX]])
+    placeholders = torch.zeros(2, 3, *[model.get_vision_tower().config.image_size] * 2)
+    out = model(input_ids=ids, attention_mask=mask, labels=labels, images=placeholders)
+    out.loss.backward()
+    projector = list(model.get_model().mm_projector.parameters())
+    assert projector and all(p.grad is not None for p in projector)
+    assert all(torch.count_nonzero(p.grad) == 0 for p in projector)
+    assert model.get_model().embed_tokens.weight.grad.abs().sum() > 0  # the text itself did train
+    with torch.no_grad():  # the placeholders change nothing in the numbers
+        plain = model(input_ids=ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(out.loss.detach(), plain.loss)
+
+
+def test_generate_without_an_image_also_returns_only_new_tokens(loaded):
+    # Upstream 1.1.3 returns prompt + new tokens; ours returns the new ones only (README, "Coming from LLaVA").
+    _, model, _, _ = loaded
+    ids = torch.tensor([[1, 5, 6, 7]])
+    out = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 3)
+    assert out[0, 0].item() == model(input_ids=ids).logits[0, -1].argmax().item()

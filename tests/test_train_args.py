@@ -8,7 +8,7 @@ from train_helpers import TASKS, make_toy_data, train_flags
 from llava.train import train as train_module
 from llava.train.arguments import parse_weight_method_args, validate_args
 from llava.train.train import parse_args, train
-from llava.train.weight_methods import DynamicWeightAverage, EqualWeighting
+from llava.train.weight_methods import DynamicWeightAverage, EqualWeighting, TaskBalancedWeighting
 from llava.visatb.tasks import ACADEMIC
 
 # LLaVA-1.5's own arguments and their defaults (haotian-liu/LLaVA llava/train/train.py); `version` defaults to
@@ -100,9 +100,18 @@ def test_weight_method_args_reach_the_method(tmp_path):
     assert parse_weight_method_args("window=2, temperature=0.5") == {"window": 2, "temperature": 0.5}
 
 
+def test_ewtb_divides_by_all_task_weights_unless_told_otherwise(tmp_path):
+    default = setup_of(tmp_path, "--task_names", "A,B", "--weight_method", "TLA")
+    present = setup_of(tmp_path, "--task_names", "A,B", "--weight_method", "ewtb", "--ewtb_denominator", "present")
+    assert isinstance(default.weighter, TaskBalancedWeighting) and default.weighter.denominator == "all"
+    assert present.weighter.denominator == "present"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
+        (["--task_names", "A,B", "--ewtb_denominator", "present"], "applies to --weight_method EWTB/TLA only, not EW"),
+        (["--task_names", "A,B", "--weight_method", "EWTB", "--ewtb_denominator", "batch"], "must be one of all, present"),
         (["--task_names", "A,B,C", "--visatb_weights", "1", "2"], r"--visatb_weights has 2 value\(s\).*3 task\(s\): A, B, C"),
         (["--task_names", "A,B", "--visatb_weights", "1", "-0.5"], r"static weight 1 \(B\) is -0.5"),
         (["--task_names", "A,B", "--visatb_weights", "1", "nan"], r"static weight 1 \(B\) is nan"),

@@ -214,9 +214,25 @@ def test_images_need_an_image_folder_and_a_vision_tower(toy, tmp_path):
 
 
 def test_malformed_conversation_is_an_error(tmp_path):
-    bad = {"id": "g", "task": "Text", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "x"}]}
-    with pytest.raises(ValueError, match=r"malformed conversation: record 0 \(id 'g'\): turn 0 is from 'gpt'"):
+    bad = {"id": "h", "task": "Text", "conversations": [{"from": "human", "value": "hi"}, {"from": "human", "value": "x"}]}
+    with pytest.raises(ValueError, match=r"malformed conversation: record 0 \(id 'h'\): turn 1 is from 'human'"):
         scan_data(write_records(tmp_path, [bad]), None, TASKS)
+
+
+def test_a_first_turn_from_gpt_is_dropped_and_counted(tmp_path, tokenizer):
+    greeting = {"from": "gpt", "value": "Hello, how can I help you today?"}
+    plain = record(task="Text", rid="plain")
+    sharegpt = {**plain, "id": "sharegpt", "conversations": [greeting, *plain["conversations"]]}
+    scan = scan_data(write_records(tmp_path, [sharegpt, plain]), None, TASKS)
+    assert scan.dropped_first_turns == 1
+    assert scan.records[0]["conversations"] == plain["conversations"]  # the training record, without the turn
+    assert "1 record(s) start with a gpt turn: that turn is dropped" in scan.summary()
+    data_args = SimpleNamespace(image_folder=None, image_processor=None, image_aspect_ratio="pad",
+                                is_multimodal=False, mm_use_im_start_end=False)  # fmt: skip
+    dataset = LazySupervisedDataset(scan, tokenizer, get_conv_template("v1"), data_args)
+    first, second = dataset[0], dataset[1]
+    assert torch.equal(first["input_ids"], second["input_ids"]) and torch.equal(first["labels"], second["labels"])
+    assert (first["labels"] != IGNORE_INDEX).sum() > 0 and not first["tokenization_mismatch"]
 
 
 # -- dataset and collator --------------------------------------------------------------------------

@@ -111,7 +111,8 @@ def test_task_balanced_loss_matches_hand_reduction(model, text_batch):
     token_loss, mask = per_token_loss(out.logits, text_batch["labels"])
     task0 = (token_loss[[0, 2]] * mask[[0, 2]]).sum() / mask[[0, 2]].sum()
     task2 = (token_loss[1] * mask[1]).sum() / mask[1].sum()
-    expected = (2.0 * task0 + 1.0 * task2) / 3.0  # task 1 (weight 7) is absent from the batch
+    # task 1 is absent from the batch: no loss, but its weight 7 stays in the denominator (the release's)
+    expected = (2.0 * task0 + 1.0 * task2) / 10.0
     assert torch.allclose(out.loss, expected, atol=1e-6)
 
 

@@ -111,13 +111,35 @@ def test_token_balanced_loss_matches_hand_arithmetic():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_task_balanced_loss_matches_hand_arithmetic():
-    # L0 = 12 / 5 = 2.4, L1 = 9 / 2 = 4.5; task 2 is absent, so its weight 5 is left out
+def test_task_balanced_loss_divides_by_all_task_weights_by_default():
+    # L0 = 12 / 5 = 2.4, L1 = 9 / 2 = 4.5; task 2 is absent: it adds no loss but, as in the release,
+    # its weight 5 stays in the denominator.
     weighter = TaskBalancedWeighting(3, weights=[2.0, 0.5, 5.0])
+    assert weighter.denominator == "all"
+    loss = reduce_token_loss(HAND_LOSS, HAND_MASK, HAND_TASKS, weighter)
+    assert loss.item() == pytest.approx((2.0 * 2.4 + 0.5 * 4.5) / 7.5, rel=1e-6)
+    equal = reduce_token_loss(HAND_LOSS, HAND_MASK, HAND_TASKS, build_weighter("TLA", 3))
+    assert equal.item() == pytest.approx((2.4 + 4.5) / 3, rel=1e-6)
+
+
+def test_task_balanced_loss_over_present_tasks_is_an_option():
+    weighter = build_weighter("EWTB", 3, weights=[2.0, 0.5, 5.0], denominator="present")
     loss = reduce_token_loss(HAND_LOSS, HAND_MASK, HAND_TASKS, weighter)
     assert loss.item() == pytest.approx((2.0 * 2.4 + 0.5 * 4.5) / 2.5, rel=1e-6)
-    equal = reduce_token_loss(HAND_LOSS, HAND_MASK, HAND_TASKS, build_weighter("TLA", 3))
+    equal = reduce_token_loss(HAND_LOSS, HAND_MASK, HAND_TASKS, build_weighter("TLA", 3, denominator="present"))
     assert equal.item() == pytest.approx((2.4 + 4.5) / 2, rel=1e-6)
+
+
+def test_task_balanced_absent_weight_scales_the_loss_not_its_direction():
+    # Under the release's normalisation an absent task's weight only rescales the loss: 9 vs 0.
+    heavy = reduce_token_loss(HAND_LOSS, HAND_MASK, HAND_TASKS, build_weighter("EWTB", 3, weights=[1.0, 1.0, 9.0]))
+    light = reduce_token_loss(HAND_LOSS, HAND_MASK, HAND_TASKS, build_weighter("EWTB", 3, weights=[1.0, 1.0, 0.0]))
+    assert heavy.item() == pytest.approx(light.item() * 2 / 11, rel=1e-6)
+
+
+def test_task_balanced_rejects_an_unknown_denominator():
+    with pytest.raises(ValueError, match="denominator must be one of all, present"):
+        TaskBalancedWeighting(2, denominator="batch")
 
 
 @pytest.mark.parametrize("method", ["EW", "EWTB"])
@@ -132,11 +154,13 @@ def test_zero_weight_removes_a_tasks_gradient(method):
         assert logits.grad[sample].abs().sum() > 0
 
 
-@pytest.mark.parametrize("method", ["EW", "EWTB", "RLW", "DWA", "IGB"])
-def test_absent_task_contributes_nothing(method):
+@pytest.mark.parametrize(
+    "method, options", [("EW", {}), ("EWTB", {"denominator": "present"}), ("RLW", {}), ("DWA", {}), ("IGB", {})]
+)
+def test_absent_task_contributes_nothing(method, options):
     # Task 2 never appears, whatever its weight: the loss is the weighted loss of tasks 0 and 1.
-    with_absent = build_weighter(method, 3, weights=[1.0, 1.0, 9.0], seed=3)
-    without = build_weighter(method, 3, weights=[1.0, 1.0, 0.0], seed=3)
+    with_absent = build_weighter(method, 3, weights=[1.0, 1.0, 9.0], seed=3, **options)
+    without = build_weighter(method, 3, weights=[1.0, 1.0, 0.0], seed=3, **options)
     a = reduce_token_loss(HAND_LOSS, HAND_MASK, HAND_TASKS, with_absent)
     b = reduce_token_loss(HAND_LOSS, HAND_MASK, HAND_TASKS, without)
     assert torch.isfinite(a)

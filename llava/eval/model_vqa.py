@@ -1,7 +1,9 @@
 r"""Answer open-ended questions about images (LLaVA-Bench, LLaVA-COCO, MM-Vet): LLaVA's answer jsonl.
 
 Same question format as `model_vqa_loader` (`{"question_id", "image", "text", ...}` per line), with
-upstream's defaults for long answers: up to 1024 new tokens, temperature 0.2 (the scripts pass 0).
+upstream's defaults for long answers: up to 1024 new tokens, temperature 0.2 (the scripts pass 0). Images
+are resized and centre-cropped by the image processor, as upstream's module does, even for a checkpoint
+trained with `image_aspect_ratio pad` (`model_vqa_loader` pads).
 
     python -m llava.eval.model_vqa --model-path liuhaotian/llava-v1.5-7b --question-file questions.jsonl \
         --image-folder images --answers-file answers/llava-v1.5-7b.jsonl --temperature 0 --conv-mode vicuna_v1
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 
 from llava.eval.answer_loop import generation_parser, main_with
 from llava.eval.model_vqa_loader import item_maker, load_questions
+from llava.generation import image_preprocessing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_with(build_parser(), argv, load_questions, item_maker)
+    # Upstream's module centre-crops (the processor's own preprocessing), whatever the checkpoint's
+    # image_aspect_ratio; published LLaVA-1.5 scores come from that.
+    with image_preprocessing("square"):
+        return main_with(build_parser(), argv, load_questions, item_maker)
 
 
 if __name__ == "__main__":

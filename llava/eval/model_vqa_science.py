@@ -3,7 +3,8 @@ r"""Answer ScienceQA (LLaVA's `llava_test_CQM-A.json`: a JSON list of `{"id", "i
 The question is the first turn's value with `<image>` taken out (the image, when the problem has one,
 goes first as in training); text-only problems are asked without an image. `--single-pred-prompt` adds
 LLaVA-1.5's instruction to answer with the option's letter. The answer's `prompt` is what upstream
-records: `<image>\n` (image problems only), the question, then the instruction if one was added.
+records: `<image>\n` (image problems only), the question, then the instruction if one was added. Images
+are resized and centre-cropped by the image processor, as upstream's module does (no padding).
 
     python -m llava.eval.model_vqa_science --model-path liuhaotian/llava-v1.5-7b \
         --question-file llava_test_CQM-A.json --image-folder images/test \
@@ -20,6 +21,7 @@ from typing import Any
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.eval.answer_loop import EvalItem, generation_parser, main_with
+from llava.generation import image_preprocessing
 from llava.utils import load_json
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -76,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_with(build_parser(), argv, load_questions, item_maker)
+    # Upstream's module centre-crops (the processor's own preprocessing), whatever the checkpoint's
+    # image_aspect_ratio; published LLaVA-1.5 scores come from that.
+    with image_preprocessing("square"):
+        return main_with(build_parser(), argv, load_questions, item_maker)
 
 
 if __name__ == "__main__":

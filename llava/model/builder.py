@@ -73,10 +73,50 @@ def _quantization_kwargs(load_8bit: bool, load_4bit: bool, device: str) -> dict:
     }
 
 
+NON_LORA_NAME = "non_lora_trainables.bin"
+
+
+ADAPTER_WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _hub_file(repo_id: str, filename: str) -> str | None:
+    """`filename` of hub repository `repo_id` (downloaded, or from the cache offline); None if it has none."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo_id=repo_id, filename=filename)
+    except (OSError, ValueError):  # not a repo id, not on the hub, or offline and not cached
+        return None
+
+
+def lora_checkpoint_folder(model_path: str) -> str:
+    """A LoRA LLaVA checkpoint as a local folder: `model_path` itself, or its hub snapshot in the cache.
+
+    A hub id is fetched with huggingface_hub as upstream fetches `non_lora_trainables.bin`; the config and
+    adapter files are fetched too, so the adapter loads from the same snapshot (also offline, from the cache).
+    """
+    if os.path.isdir(model_path):
+        if not os.path.isfile(os.path.join(model_path, NON_LORA_NAME)):
+            raise FileNotFoundError(
+                f"{os.path.join(model_path, NON_LORA_NAME)} is missing: a LoRA LLaVA checkpoint stores its projector there"
+            )
+        return model_path
+    non_lora = _hub_file(model_path, NON_LORA_NAME)
+    if non_lora is None:
+        raise FileNotFoundError(
+            f"{model_path} is neither a local folder nor a hub repository whose {NON_LORA_NAME} can be fetched "
+            "(a LoRA LLaVA checkpoint stores its projector there; offline, it must be in the hub cache)"
+        )
+    for required in ("config.json", "adapter_config.json"):
+        if _hub_file(model_path, required) is None:
+            raise FileNotFoundError(f"hub repository {model_path} has no {required} (or it is not in the cache)")
+    if not any(_hub_file(model_path, name) for name in ADAPTER_WEIGHT_NAMES):
+        raise FileNotFoundError(f"hub repository {model_path} has no {' or '.join(ADAPTER_WEIGHT_NAMES)}")
+    return os.path.dirname(non_lora)  # files of one revision share its snapshot folder
+
+
 def _load_non_lora_trainables(model_path: str) -> dict[str, torch.Tensor]:
-    path = os.path.join(model_path, "non_lora_trainables.bin")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing: a LoRA LLaVA checkpoint stores its projector there")
+    path = os.path.join(model_path, NON_LORA_NAME)
     state = torch.load(path, map_location="cpu", weights_only=True)
     cleaned = {}
     for key, value in state.items():
@@ -86,6 +126,18 @@ def _load_non_lora_trainables(model_path: str) -> dict[str, torch.Tensor]:
                 break
         cleaned[key] = value
     return cleaned
+
+
+def place_vision_tower(model, dtype: torch.dtype) -> None:
+    """Move the (loaded) vision tower to the device of the projector that consumes its features, in `dtype`.
+
+    `from_pretrained` with a `device_map` (or 8-/4-bit loading) places the language model and projector but
+    not the tower, which `load_model()` builds afterwards on the CPU; upstream moves it to the model's device
+    and dtype, and so does this.
+    """
+    # The projector's first tensor (an identity projector has none: then the token embeddings').
+    anchor = next(model.get_model().mm_projector.parameters(), model.get_input_embeddings().weight)
+    model.get_vision_tower().to(device=anchor.device, dtype=dtype)
 
 
 def load_pretrained_model(
@@ -131,6 +183,8 @@ def load_pretrained_model(
         if is_lora and model_base is not None:
             say(f"LLaVA LoRA checkpoint ({reason}, 'lora' in name): base {model_base} + adapter {model_path}")
             from peft import PeftModel
+
+            model_path = lora_checkpoint_folder(model_path)
 
             config = LlavaConfig.from_pretrained(model_path)
             _resolve_vision_tower(config, model_path)
@@ -184,7 +238,7 @@ def load_pretrained_model(
         if vision_tower is None:
             raise ValueError(f"{model_path}: the config names no vision tower (mm_vision_tower)")
         vision_tower.load_model()
-        vision_tower.to(dtype=torch_dtype)
+        place_vision_tower(model, torch_dtype)
         image_processor = vision_tower.image_processor
 
     if "device_map" not in load_kwargs:

@@ -152,9 +152,15 @@ class LlavaMetaForCausalLM:
         for ids, mask, sample_labels, n_markers in zip(input_ids, attention_mask, labels, markers):
             ids, sample_labels = ids[mask], sample_labels[mask]  # drop padding
             if n_markers == 0:
-                new_embeds.append(embed_tokens(ids))
+                embeds = embed_tokens(ids)
+                if uses_dummies:
+                    # A zero-length slice of the placeholder's features, as upstream does: the projector
+                    # stays in the graph (zero gradient, not None) when a micro-batch is all text, so
+                    # DDP/ZeRO ranks that see different modalities reduce the same parameters.
+                    embeds = torch.cat([embeds, features[feature_index][:0].to(embeds.dtype)])
+                    feature_index += 1
+                new_embeds.append(embeds)
                 new_labels.append(sample_labels)
-                feature_index += 1 if uses_dummies else 0
                 continue
             positions = torch.where(ids == IMAGE_TOKEN_INDEX)[0].tolist()
             bounds = [-1, *positions, ids.shape[0]]

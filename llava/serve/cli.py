@@ -1,6 +1,6 @@
 """Chat with a LLaVA model about an image in the terminal, with the answer streamed token by token.
 
-    python -m llava.serve.cli --model-path liuhaotian/llava-v1.5-7b --image-file view.jpg
+    python -m llava.serve.cli --model-path liuhaotian/llava-v1.5-7b --image-file view.jpg [--load-4bit]
 
 An empty line, end of input (Ctrl-D) or Ctrl-C at the prompt ends the chat.
 """
@@ -28,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=512)
     parser.add_argument("--debug", action="store_true", help="print the prompt and answer after each turn")
+    quantise = parser.add_mutually_exclusive_group()
+    quantise.add_argument("--load-8bit", "--load_8bit", dest="load_8bit", action="store_true",
+                          help="load the language model in 8 bits (bitsandbytes, CUDA only)")
+    quantise.add_argument("--load-4bit", "--load_4bit", dest="load_4bit", action="store_true",
+                          help="load the language model in 4 bits, NF4 (bitsandbytes, CUDA only)")  # fmt: skip
     return parser
 
 
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         image = open_image(args.image_file)
         generator = LlavaGenerator.from_pretrained(
             args.model_path, args.model_base, conv_mode=args.conv_mode, device=args.device,
-            temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature, max_new_tokens=args.max_new_tokens, load_8bit=args.load_8bit,
+            load_4bit=args.load_4bit,
         )  # fmt: skip
         if args.conv_mode is None:
             print(f"[conversation mode {generator.conv_mode!r}, guessed from the model name]", file=sys.stderr)

@@ -15,7 +15,14 @@ import torch
 import transformers
 
 from llava.conversation import SeparatorStyle, conv_templates
-from llava.train.weight_methods import WEIGHT_METHODS, Weighter, build_weighter, validate_static_weights
+from llava.train.weight_methods import (
+    EWTB_DENOMINATORS,
+    WEIGHT_METHODS,
+    TaskBalancedWeighting,
+    Weighter,
+    build_weighter,
+    validate_static_weights,
+)
 from llava.visatb.tasks import resolve_tasks
 
 # The task every sample belongs to when no task list is given (plain, single-task LLaVA training).
@@ -90,6 +97,13 @@ class ModelArguments:
         metadata={
             "help": "Hyperparameters of the weight method as key=value,key=value (e.g. window=25,temperature=2.0 "
             "for DWA, window=100 for IGB); the paper's values are the defaults."
+        },
+    )
+    ewtb_denominator: str = field(
+        default="all",
+        metadata={
+            "help": "EWTB/TLA only: divide by the weights of all tasks (all, the release's) or only of the tasks "
+            "present in the micro-batch (present)."
         },
     )
     weighter_seed: int = field(default=0, metadata={"help": "Seed of RLW's random weights (the same on every rank)."})
@@ -298,6 +312,20 @@ def _resolve_weights(model_args: ModelArguments, tasks: Sequence[str]) -> list[f
         raise ValueError(f"{source}: {e}") from None
 
 
+def _ewtb_denominator(model_args: ModelArguments) -> dict[str, str]:
+    """The `denominator` hyperparameter for EWTB/TLA; --ewtb_denominator present is an error elsewhere."""
+    choice = model_args.ewtb_denominator
+    if choice not in EWTB_DENOMINATORS:
+        raise ValueError(f"--ewtb_denominator must be one of {', '.join(EWTB_DENOMINATORS)}, not {choice!r}")
+    if WEIGHT_METHODS.get(str(model_args.weight_method).upper()) is TaskBalancedWeighting:
+        return {"denominator": choice}
+    if choice != "all":
+        raise ValueError(
+            f"--ewtb_denominator {choice} applies to --weight_method EWTB/TLA only, not {model_args.weight_method}"
+        )
+    return {}
+
+
 def validate_args(
     model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
 ) -> TaskSetup:
@@ -347,12 +375,14 @@ def validate_args(
             f"--default_task {data_args.default_task!r} is not in the task list; known tasks: {', '.join(tasks)}"
         )
     weights = _resolve_weights(model_args, tasks)
+    hyperparameters: dict[str, int | float | str] = dict(parse_weight_method_args(model_args.weight_method_args))
+    hyperparameters.update(_ewtb_denominator(model_args))
     weighter = build_weighter(
         model_args.weight_method,
         len(tasks),
         task_names=tasks,
         weights=weights,
         seed=model_args.weighter_seed,
-        **parse_weight_method_args(model_args.weight_method_args),
+        **hyperparameters,
     )
     return TaskSetup(tasks=tasks, weights=weights, weighter=weighter, single_task=single_task)

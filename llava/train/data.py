@@ -45,6 +45,7 @@ class DataScan:
     skipped_missing_images: int = 0
     missing_image_examples: list[str] = field(default_factory=list)
     defaulted_tasks: int = 0
+    dropped_first_turns: int = 0  # records whose first turn (from gpt) was dropped, as upstream LLaVA does
 
     def task_counts(self) -> dict[str, int]:
         counts = dict.fromkeys(self.tasks, 0)
@@ -59,6 +60,8 @@ class DataScan:
         lines += [f"[data]   {task:<{width}}{count:>9}" for task, count in self.task_counts().items()]
         if self.defaulted_tasks:
             lines.append(f"[data] {self.defaulted_tasks} record(s) without 'task' were given the default task")
+        if self.dropped_first_turns:
+            lines.append(f"[data] {self.dropped_first_turns} record(s) start with a gpt turn: that turn is dropped (as LLaVA does)")
         if self.skipped_missing_images:
             lines.append(
                 f"[data] skipped {self.skipped_missing_images} record(s) whose image file is missing "
@@ -71,6 +74,13 @@ def _problem_error(source: str, problems: check_data.ProblemList, what: str, hin
     examples = "; ".join(problems.examples[:MAX_EXAMPLES])
     more = f" (and {problems.count - MAX_EXAMPLES} more)" if problems.count > MAX_EXAMPLES else ""
     return ValueError(f"{source}: {problems.count} {what}: {examples}{more}{hint}")
+
+
+def _drop_leading_gpt_turns(records: list[dict], scan: DataScan) -> list[dict]:
+    """The records with a first turn from gpt removed (as upstream's preprocessing does), counted in `scan`."""
+    kept = [check_data.without_leading_gpt_turn(record) for record in records]
+    scan.dropped_first_turns += sum(new is not old for new, old in zip(kept, records))
+    return kept
 
 
 def scan_data(
@@ -117,6 +127,7 @@ def scan_data(
         )
 
     scan = DataScan(source=source, tasks=tasks, records=[], task_ids=[])
+    records = _drop_leading_gpt_turns(records, scan)
     missing: list[str] = []
     exists: dict[str, bool] = {}
     for index, record in enumerate(tqdm(records, desc="checking images", unit="rec", file=sys.stderr)):

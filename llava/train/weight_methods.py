@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "EWTB_DENOMINATORS",
     "WEIGHT_METHODS",
     "DynamicWeightAverage",
     "EqualWeighting",
@@ -115,7 +116,7 @@ class Weighter:
     """
 
     name = "base"
-    task_balanced = False  # True: mean per task, then a weighted mean over the tasks present
+    task_balanced = False  # True: mean per task, then a weighted sum of those means over the weights
     history_size = 1  # steps of per-task losses the method looks back on
 
     def __init__(
@@ -161,9 +162,11 @@ class Weighter:
         weights = self._weight_tensor(token_loss.device, token_loss.dtype)
         tiny = torch.finfo(token_loss.dtype).tiny
         if self.task_balanced:
-            present_weights = torch.where(task_tokens > 0, weights, 0.0)
+            # An absent task's mean is 0 (task_loss is 0 there); whether its weight stays in the
+            # denominator is the method's choice (`_task_balance_weights`).
             task_mean = task_loss / task_tokens.clamp_min(1)
-            return (present_weights * task_mean).sum() / present_weights.sum().clamp_min(tiny)
+            denominator_weights = self._task_balance_weights(weights, task_tokens)
+            return (weights * task_mean).sum() / denominator_weights.sum().clamp_min(tiny)
         # sum_b sum_t w_k(b) l m == sum_k w_k * (task k's loss sum), so [N] vectors suffice.
         return (weights * task_loss).sum() / (weights * task_tokens).sum().clamp_min(tiny)
 
@@ -233,6 +236,10 @@ class Weighter:
     def _initial_weights(self) -> list[float]:
         return [1.0] * self.num_tasks
 
+    def _task_balance_weights(self, weights: torch.Tensor, task_tokens: torch.Tensor) -> torch.Tensor:
+        """The weights summed in a task-balanced loss's denominator (all N tasks by default)."""
+        return weights
+
     def _next_weights(self, global_step: int) -> list[float]:
         """Dynamic weights for the step after `global_step`, from `loss_history` (newest last)."""
         return [1.0] * self.num_tasks
@@ -278,11 +285,38 @@ class EqualWeighting(Weighter):
     name = "EW"
 
 
+EWTB_DENOMINATORS = ("all", "present")
+
+
 class TaskBalancedWeighting(Weighter):
-    """EWTB / TLA: mean token loss per task present, then the (weighted) mean over those tasks."""
+    """EWTB / TLA: mean token loss L_k per task, then sum_k w_k L_k / sum_k w_k.
+
+    `denominator="all"` (the release's, and the default) sums the weights of all N tasks: a task absent
+    from the micro-batch adds no loss but keeps its weight below the line. `"present"` sums only the
+    weights of the tasks that have target tokens in the micro-batch (a weighted mean over those tasks).
+    """
 
     name = "EWTB"
     task_balanced = True
+
+    def __init__(
+        self,
+        num_tasks: int,
+        task_names: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
+        denominator: str = "all",
+    ) -> None:
+        if denominator not in EWTB_DENOMINATORS:
+            raise ValueError(
+                f"EWTB denominator must be one of {', '.join(EWTB_DENOMINATORS)}, not {denominator!r}"
+            )
+        self.denominator = denominator
+        super().__init__(num_tasks, task_names, weights)
+
+    def _task_balance_weights(self, weights: torch.Tensor, task_tokens: torch.Tensor) -> torch.Tensor:
+        if self.denominator == "present":
+            return torch.where(task_tokens > 0, weights, 0.0)
+        return weights
 
 
 class RandomLossWeighting(Weighter):

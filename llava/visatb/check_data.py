@@ -34,7 +34,7 @@ PROBLEM_TITLES = {
     NOT_A_RECORD: "records that are not JSON objects",
     MISSING_TASK: "records without a 'task' name",
     UNKNOWN_TASK: "records whose task is not in the task list",
-    BAD_CONVERSATION: "conversations that do not alternate human/gpt starting with human",
+    BAD_CONVERSATION: "conversations that do not alternate human/gpt from a human turn (a first gpt turn is dropped)",
     IMAGE_TOKEN: "<image> token and 'image' field disagree",
     MISSING_IMAGE: "image files that do not exist",
 }
@@ -65,6 +65,8 @@ class DataReport:
     problems: dict[str, ProblemList] = field(
         default_factory=lambda: {k: ProblemList() for k in PROBLEM_TITLES}
     )
+    # Not problems: conversations whose first turn (from gpt) training drops, as upstream LLaVA does.
+    dropped_first_turns: ProblemList = field(default_factory=ProblemList)
 
     @property
     def error_count(self) -> int:
@@ -85,6 +87,7 @@ class DataReport:
             lines.append(f"  {task:<{width}}{self.task_counts.get(task, 0):>9}{note}")
         if not self.images_checked:
             lines.append("  (image files not checked: no image folder given)")
+        lines.extend(_dropped_first_turn_lines(self.dropped_first_turns))
         for kind, title in PROBLEM_TITLES.items():
             problem = self.problems[kind]
             if problem.count:
@@ -99,20 +102,51 @@ class DataReport:
         return "\n".join(lines)
 
 
+def _dropped_first_turn_lines(dropped: ProblemList) -> list[str]:
+    if not dropped.count:
+        return []
+    lines = [f"first turn from gpt, dropped before training as LLaVA does (not an error): {dropped.count}"]
+    lines.extend(f"  {text}" for text in dropped.examples)
+    if dropped.count > len(dropped.examples):
+        lines.append(f"  ... and {dropped.count - len(dropped.examples)} more")
+    return lines
+
+
 def _label(index: int, record: Any) -> str:
     rid = record.get("id") if isinstance(record, dict) else None
     return f"record {index}" + (f" (id {rid!r})" if rid is not None else "")
 
 
+def starts_with_gpt(record: Any) -> bool:
+    """True when the record's first turn is from gpt: training drops that turn, as upstream LLaVA does."""
+    turns = record.get("conversations") if isinstance(record, dict) else None
+    return isinstance(turns, list) and bool(turns) and isinstance(turns[0], dict) and turns[0].get("from") == "gpt"
+
+
+def without_leading_gpt_turn(record: dict) -> dict:
+    """The record as training sees it: a first turn from gpt removed (a shallow copy; the input is kept)."""
+    if not starts_with_gpt(record):
+        return record
+    return {**record, "conversations": record["conversations"][1:]}
+
+
 def conversation_problem(record: dict, allow_reference_lists: bool = False) -> str | None:
-    """Why `conversations` is not human, gpt, human, gpt, ... (ending with gpt), or None when it is."""
+    """Why `conversations` is not human, gpt, human, gpt, ... (ending with gpt), or None when it is.
+
+    A first turn from gpt is not a problem: it is dropped (see `starts_with_gpt`) and the rest is checked.
+    """
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
         return "no 'conversations' list"
+    offset = 1 if starts_with_gpt(record) else 0
+    if offset and len(turns) == 1:
+        return "has only a gpt turn (nothing is left once it is dropped)"
     for k, turn in enumerate(turns):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
             return f"turn {k} is not an object with 'from' and 'value'"
-        expected = "human" if k % 2 == 0 else "gpt"
+        if k < offset:
+            continue
+        expected = "human" if (k - offset) % 2 == 0 else "gpt"
         if turn["from"] != expected:
             return f"turn {k} is from {turn['from']!r}, expected {expected!r}"
         value = turn["value"]
@@ -125,7 +159,7 @@ def conversation_problem(record: dict, allow_reference_lists: bool = False) -> s
         )
         if not isinstance(value, str) and not is_reference_list:
             return f"turn {k} has a {type(value).__name__} value, expected text"
-    if len(turns) % 2:
+    if (len(turns) - offset) % 2:
         return "ends with a human turn (nothing to learn from it)"
     return None
 
@@ -150,7 +184,8 @@ def _image_token_problem(record: dict, paths: list[str] | None) -> str | None:
             if n_tokens
             else None
         )
-    first = turns[0] if turns and isinstance(turns[0], dict) else {}
+    kept = turns[1:] if starts_with_gpt(record) else turns
+    first = kept[0] if kept and isinstance(kept[0], dict) else {}
     if first.get("from") != "human" or DEFAULT_IMAGE_TOKEN not in str(first.get("value", "")):
         return f"has an image but no {DEFAULT_IMAGE_TOKEN} in the first human turn"
     if n_tokens > len(paths):
@@ -191,6 +226,8 @@ def check_records(
         conversation_issue = conversation_problem(record, allow_reference_lists)
         if conversation_issue:
             problems[BAD_CONVERSATION].add(f"{label}: {conversation_issue}")
+        elif starts_with_gpt(record):
+            report.dropped_first_turns.add(label)
         paths = None
         if "image" in record:
             paths = _image_paths(record["image"])

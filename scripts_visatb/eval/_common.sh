@@ -55,6 +55,14 @@ require_file() {
     done
 }
 
+# require_answers FILE SCRIPT: a review step needs the generation step's answers (non-empty) first.
+require_answers() {
+    if [[ ! -s "$1" ]]; then
+        echo "error: $1 not found or empty: run $2 first (same CKPT / MODEL_NAME and EVAL_DIR)" >&2
+        exit 1
+    fi
+}
+
 # The GPT-judged benchmarks check the key before spending time on generation.
 require_openai_key() {
     if [[ -z "${OPENAI_API_KEY:-}" ]]; then
