@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llava.utils import answer_key, atomic_write_text, chunk_bounds, load_json
+from llava.utils import answer_key, atomic_write_text, chunk_bounds, load_json, refuse_same_file
 
 T = TypeVar("T")
 
@@ -132,6 +132,9 @@ def merge_chunks(
     output_file: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Merge the chunk files in question order, checking that every question is answered exactly once."""
+    if output_file is not None:
+        chunks = {f"chunk {k}": chunk_path(answers_dir, num_chunks, k) for k in range(num_chunks)}
+        refuse_same_file(output_file, {"--question-file": question_file, **chunks}, "--output-file")
     question_ids = load_question_ids(question_file)
     expected = Counter(question_ids)
     first_position: dict[str, int] = {}

@@ -1,0 +1,141 @@
+"""Faults a user meets outside the model: file modes, unsafe names, outputs that are inputs, wrong task labels."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llava.utils import atomic_write_json, atomic_write_text
+from llava.visatb import subsets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name.replace(".py", ""), REPO / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        atomic_write_json(tmp_path / "sub" / "b.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert mode_of(tmp_path / "a.txt") == 0o666 & ~umask
+    assert mode_of(tmp_path / "sub" / "b.json") == 0o666 & ~umask
+    assert json.loads((tmp_path / "sub" / "b.json").read_text()) == {"a": 1}
+
+
+def qa_record(rid: str, task: str) -> dict:
+    return {"id": rid, "task": task, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+
+
+@pytest.mark.parametrize("task", ["../evil", "a/b", "..", "x\\y"])
+def test_subsets_refuse_task_names_that_are_paths(tmp_path, task):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([qa_record("1", "A"), qa_record("2", task), qa_record("3", "A")]))
+    out = tmp_path / "out" / "subsets"
+    with pytest.raises(ValueError, match=r"task name .* cannot be used in a file name"):
+        subsets.write_subsets(data, out)
+    assert not out.exists()
+    assert not list(tmp_path.glob("**/evil*"))
+
+
+def test_subsets_refuse_a_manifest_that_is_the_data_file(tmp_path):
+    data = tmp_path / "data.json"
+    records = [qa_record(str(i), "AB"[i % 2]) for i in range(6)]
+    data.write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="--manifest .* is the same file as the input data file"):
+        subsets.write_subsets(data, tmp_path / "out", manifest_path=data)
+    assert json.loads(data.read_text()) == records
+
+
+def test_weighting_refuses_to_write_over_its_scores(tmp_path, capsys):
+    scores = tmp_path / "scores.json"
+    table = {"mini": {"A": 0.2, "B": 0.3}, "A": {"A": 0.5, "B": 0.35}, "B": {"A": 0.25, "B": 0.6}}
+    scores.write_text(json.dumps(table))
+    cli = load_script("weighting_visatb.py")
+    assert cli.main(["--scores", str(scores), "--tasks", "A,B", "--output", str(scores)]) == 2
+    assert "--output" in capsys.readouterr().err
+    assert json.loads(scores.read_text()) == table
+    assert cli.main(["--scores", str(scores), "--tasks", "A,B", "--plot", str(scores)]) == 2
+    assert json.loads(scores.read_text()) == table
+    assert cli.main(["--scores", str(scores), "--tasks", "A,B", "--output", str(tmp_path / "w.json"),
+                     "--plot", str(tmp_path / "w.json")]) == 2  # fmt: skip
+
+
+def test_merge_chunks_refuses_to_write_over_the_questions(tmp_path, capsys):
+    from llava.eval import merge_chunks
+
+    questions = tmp_path / "q.jsonl"
+    text = "".join(json.dumps({"question_id": i, "text": "q"}) + "\n" for i in range(2))
+    questions.write_text(text)
+    (tmp_path / "ans").mkdir()
+    (tmp_path / "ans" / "1_0.jsonl").write_text("".join(
+        json.dumps({"question_id": i, "text": "a", "model_id": "m"}) + "\n" for i in range(2)))  # fmt: skip
+    argv = ["--question-file", str(questions), "--answers-dir", str(tmp_path / "ans"), "--num-chunks", "1"]
+    assert merge_chunks.main([*argv, "--output-file", str(questions)]) == 1
+    assert "--output-file" in capsys.readouterr().err and questions.read_text() == text
+    assert merge_chunks.main([*argv, "--output-file", str(tmp_path / "ans" / "1_0.jsonl")]) == 1
+    assert "chunk" in capsys.readouterr().err
+
+
+def answer(rid, task, reference="yes", prediction="yes", generator="m"):
+    record = {"id": rid, "conversations": [
+        {"from": "human", "value": "q"}, {"from": "gpt", "value": reference, "generative_value": prediction}],
+        "generator": generator}  # fmt: skip
+    if task is not None:
+        record["task"] = task
+    return record
+
+
+def run_eval(script, *args):
+    return subprocess.run([sys.executable, str(REPO / "eval" / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=60, cwd=REPO)  # fmt: skip
+
+
+def test_eval_refuses_records_of_another_task(tmp_path):
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps([answer("a", "GQA"), answer("b", "ShareGPT4V")]))
+    scores = tmp_path / "scores.json"
+    proc = run_eval("qa.py", "-a", path, "--scores", scores, "--model-key", "mini", "--task", "GQA")
+    assert proc.returncode == 1
+    assert "record 1 (id 'b') belongs to task 'ShareGPT4V', not --task 'GQA'" in proc.stderr
+    assert not scores.exists()
+    path.write_text(json.dumps([answer("a", "GQA"), answer("b", None)]))
+    proc = run_eval("qa.py", "-a", path, "--scores", scores, "--model-key", "mini", "--task", "GQA")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(scores.read_text()) == {"mini": {"GQA": 1.0}}
+
+
+def test_eval_refuses_answers_of_mixed_generators(tmp_path):
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps([answer("a", "GQA"), answer("b", "GQA", generator="other")]))
+    proc = run_eval("qa.py", "-a", path)
+    assert proc.returncode == 1
+    assert "written by 2 generators ('m', 'other')" in proc.stderr
+
+
+def test_eval_refuses_a_scores_table_that_is_the_answer_file(tmp_path):
+    path = tmp_path / "answers.json"
+    content = json.dumps([answer("a", "GQA")])
+    path.write_text(content)
+    proc = run_eval("qa.py", "-a", path, "--scores", path, "--model-key", "mini", "--task", "GQA")
+    assert proc.returncode == 2 and "--scores" in proc.stderr
+    assert path.read_text() == content
