@@ -21,7 +21,7 @@ import sys
 
 from llava.generation import LlavaGenerator
 from llava.mm_utils import get_model_name_from_path
-from llava.visatb import inference
+from llava.visatb import inference, provenance
 
 
 def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     limits = limits * len(question_files) if len(limits) == 1 else limits
     loaded: list[LlavaGenerator] = []
+    identity = provenance.model_identity(
+        model_name, model_path, args.model_base and os.path.expanduser(args.model_base)
+    ) if not args.merge else None  # fmt: skip
 
     def generator_loader(max_new_tokens: int):
         # The model loads once, on the first file that has questions left; later files reuse it.
@@ -106,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                     overwrite=args.overwrite,
                     skip_missing_images=args.skip_missing_images,
                     progress=not args.quiet,
+                    model_identity=identity,
+                    settings={"conv_mode": args.conv_mode, "temperature": args.temperature, "top_p": args.top_p,
+                              "num_beams": args.num_beams, "max_new_tokens": max_new_tokens},
                 )
                 print(f"Start inference of {inference.question_name(question_file)} using {model_name}", flush=True)
                 report = inference.run_inference(job, generator_loader(max_new_tokens))

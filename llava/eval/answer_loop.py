@@ -74,7 +74,8 @@ def load_item_image(item: EvalItem) -> Image.Image | None:
     """The item's image as RGB (None when text-only); a missing or broken image names the file and the record."""
     if item.image_file is not None:
         try:
-            return load_image(item.image_file)
+            # Upstream's benchmark scripts do not turn images by their EXIF orientation; neither do these.
+            return load_image(item.image_file, exif_orientation=False)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{item.source}: {e}") from e
         except ValueError as e:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from llava.utils import same_file
+from llava.visatb import provenance
 from llava.visatb.metrics import METRIC_NAMES, check_one_generator, check_task, evaluate, load_answers
 from llava.visatb.scores import record_score
 from llava.visatb.tasks import CAPTION, CAPTION_LIST, GROUNDING, QA
@@ -55,7 +56,9 @@ def main(metric_type: str, argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         records = load_answers(args.answers_file, metric_type)
-        check_one_generator(records, args.answers_file)
+        generator = check_one_generator(records, args.answers_file)
+        for warning in provenance.check_for_scoring(args.answers_file, generator):
+            print(f"warning: {warning}", file=sys.stderr)
         if args.task is not None:
             check_task(records, args.task, args.answers_file)
         result = evaluate(records, metric_type, progress=not args.json, source=args.answers_file)
