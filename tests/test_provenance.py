@@ -207,3 +207,29 @@ def test_cli_records_the_model_fingerprint_and_refuses_a_retrained_one(data, tmp
     assert second.returncode == 1
     assert "exists but was made from other inputs: the checkpoint's files" in second.stderr
     assert "Traceback" not in second.stderr and out.read_bytes() == before
+
+
+def test_benchmark_answers_resume_and_merge_only_with_the_same_settings(tmp_path, checkpoint, capsys):  # noqa: F811
+    from test_eval_generation import loader_args, write_vqa
+
+    from llava.eval import merge_chunks, model_vqa_loader
+
+    questions, images = write_vqa(tmp_path, [1, 2, 3, 4])
+    answers = tmp_path / "a.jsonl"
+    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, answers)) == 0
+    assert provenance.read_provenance(answers)["generation"]["max_new_tokens"] == 3
+    answers.write_text("".join(answers.read_text().splitlines(keepends=True)[:2]))  # killed after two answers
+    capsys.readouterr()
+    longer = loader_args(checkpoint, questions, images, answers) + ["--max_new_tokens", "4"]  # the last one counts
+    assert model_vqa_loader.main(longer) == 1
+    assert "was written with other inputs: generation setting max_new_tokens (3 then, 4 now)" in capsys.readouterr().err
+    assert len(answers.read_text().splitlines()) == 2
+
+    chunks = tmp_path / "chunks"
+    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, chunks / "2_0.jsonl", "--num-chunks", 2,
+                                             "--chunk-idx", 0)) == 0  # fmt: skip
+    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, chunks / "2_1.jsonl", "--num-chunks", 2,
+                                             "--chunk-idx", 1, "--max_new_tokens", 4)) == 0  # fmt: skip
+    with pytest.raises(ValueError, match=r"chunk 1 of 2 .* other inputs than chunk 0: generation setting max_new_tokens"):
+        merge_chunks.merge_chunks(questions, chunks, 2, tmp_path / "merge.jsonl")
+    assert not (tmp_path / "merge.jsonl").exists()
