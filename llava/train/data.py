@@ -20,7 +20,13 @@ from tqdm import tqdm
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
 from llava.conversation import Conversation, SeparatorStyle
-from llava.mm_utils import load_image, process_images, tokenizer_image_token
+from llava.mm_utils import (
+    ImageTooLargeError,
+    load_image,
+    open_image_header,
+    process_images,
+    tokenizer_image_token,
+)
 from llava.utils import load_json
 from llava.visatb import check_data
 
@@ -61,8 +67,8 @@ class DataScan:
             lines.append(f"[data] {self.defaulted_tasks} record(s) without 'task' were given the default task")
         if self.skipped_missing_images:
             lines.append(
-                f"[data] skipped {self.skipped_missing_images} record(s) whose image file is missing "
-                f"(--skip_missing_images), e.g. {', '.join(self.missing_image_examples)}"
+                f"[data] skipped {self.skipped_missing_images} record(s) whose image file is missing or unreadable "
+                f"(--skip_missing_images), e.g. {'; '.join(self.missing_image_examples)}"
             )
         return "\n".join(lines)
 
@@ -118,7 +124,7 @@ def scan_data(
 
     scan = DataScan(source=source, tasks=tasks, records=[], task_ids=[])
     missing: list[str] = []
-    exists: dict[str, bool] = {}
+    exists: dict[str, str | None] = {}
     for index, record in enumerate(tqdm(records, desc="checking images", unit="rec", file=sys.stderr)):
         if "image" in record:
             label = _record_label(index, record)
@@ -130,9 +136,12 @@ def scan_data(
                 raise ValueError(f"{source}: {label} has an image but --image_folder is not set")
             path = os.path.join(image_folder, record["image"])
             if path not in exists:
-                exists[path] = os.path.isfile(path)
-            if not exists[path]:
-                missing.append(f"{path} ({label})")
+                try:
+                    exists[path] = _header_problem(path)
+                except ImageTooLargeError as e:  # never skipped: a bomb is not a missing image
+                    raise ImageTooLargeError(f"{source}: {label}: {e}") from e
+            if exists[path] is not None:
+                missing.append(f"{label}: {exists[path]}")
                 continue
         task = record.get("task")
         if single_task:
@@ -146,15 +155,27 @@ def scan_data(
         scan.task_ids.append(task_id)
 
     if missing and not skip_missing_images:
-        more = f" (and {len(missing) - 1} more record(s) with a missing image)" if len(missing) > 1 else ""
-        raise FileNotFoundError(
-            f"{source}: image file not found: {missing[0]}{more}; fix --image_folder or pass --skip_missing_images"
-        )
+        more = f" (and {len(missing) - 1} more record(s) with a missing or unreadable image)" if len(missing) > 1 else ""
+        error = FileNotFoundError if "image file not found" in missing[0] else ValueError
+        raise error(f"{source}: {missing[0]}{more}; fix --image_folder or the files, or pass --skip_missing_images")
     scan.skipped_missing_images = len(missing)
     scan.missing_image_examples = missing[:MAX_EXAMPLES]
     if not scan.records:
         raise ValueError(f"{source}: no records left: all {len(records)} were skipped for missing images")
     return scan
+
+
+def _header_problem(path: str) -> str | None:
+    """Why an image cannot be used, from its header only (fast; truncation shows when the sample is read)."""
+    try:
+        open_image_header(path)
+    except FileNotFoundError as e:
+        return str(e)
+    except ImageTooLargeError:
+        raise
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,6 +306,7 @@ class LazySupervisedDataset(Dataset):
         super().__init__()
         self.records = scan.records
         self.task_ids = scan.task_ids
+        self.source = scan.source
         self.tokenizer = tokenizer
         self.conv = conv
         self.image_folder = data_args.image_folder
@@ -327,7 +349,10 @@ class LazySupervisedDataset(Dataset):
         has_image = "image" in record
         sources = [copy.deepcopy(record["conversations"])]
         if has_image:
-            image = self._image_tensor(record["image"])
+            try:
+                image = self._image_tensor(record["image"])
+            except (OSError, ValueError) as e:  # e.g. truncated: the start-up scan reads headers only
+                raise type(e)(f"{self.source}: {_record_label(index, record)}: {e}") from e
             sources = preprocess_multimodal(
                 sources, self.is_multimodal, self.mm_use_im_start_end, mmtag="mmtag" in self.conv.version
             )
