@@ -139,3 +139,40 @@ def test_eval_refuses_a_scores_table_that_is_the_answer_file(tmp_path):
     proc = run_eval("qa.py", "-a", path, "--scores", path, "--model-key", "mini", "--task", "GQA")
     assert proc.returncode == 2 and "--scores" in proc.stderr
     assert path.read_text() == content
+
+
+def test_training_stores_the_vision_tower_as_an_absolute_path(tiny_llava, tmp_path, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+
+    shutil.copytree(tiny_llava["vision_tower"], tmp_path / "towers" / "tower")
+    monkeypatch.chdir(tmp_path)
+    model = LlavaLlamaForCausalLM.from_pretrained(tiny_llava["base"])
+    args = SimpleNamespace(vision_tower="towers/tower", mm_vision_select_layer=-2, mm_vision_select_feature="patch",
+                           mm_projector_type="mlp2x_gelu", pretrain_mm_mlp_adapter=None)  # fmt: skip
+    model.get_model().initialize_vision_modules(args)
+    assert model.config.mm_vision_tower == str(tmp_path / "towers" / "tower")
+
+
+def test_a_vision_tower_path_that_does_not_resolve_names_the_checkpoint_config(tiny_llava, tmp_path, monkeypatch):
+    import shutil
+
+    from llava.model.builder import load_pretrained_model
+
+    checkpoint = tmp_path / "llava-moved"
+    shutil.copytree(tiny_llava["full"], checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["mm_vision_tower"] = "towers/my-tower"  # relative to the folder training ran in
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        load_pretrained_model(str(checkpoint), None, "llava-moved", device="cpu")
+    message = str(error.value)
+    assert f"{checkpoint / 'config.json'}" in message and "mm_vision_tower 'towers/my-tower'" in message
+    assert "relative to" in message
+
+    shutil.copytree(tiny_llava["vision_tower"], checkpoint / "towers" / "my-tower")  # resolved against the checkpoint
+    _, model, processor, _ = load_pretrained_model(str(checkpoint), None, "llava-moved", device="cpu", verbose=False)
+    assert processor is not None and model.get_vision_tower().is_loaded
