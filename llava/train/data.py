@@ -18,7 +18,13 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+)
 from llava.conversation import Conversation, SeparatorStyle
 from llava.mm_utils import (
     ImageTooLargeError,
@@ -30,6 +36,10 @@ from llava.mm_utils import (
 from llava.utils import load_json
 from llava.visatb import check_data
 
+# What truncation to model_max_length did to a sample's targets (LazySupervisedDataset's "truncation").
+KEPT, CUT_SHORT, FULLY_MASKED = 0, 1, 2
+# Fully masked samples named on stderr per dataset (the totals are reported by the trainer).
+MAX_TRUNCATION_WARNINGS = 5
 # Words an image stands for when grouping samples by length (LLaVA's estimate).
 IMAGE_LENGTH_ESTIMATE = 128
 MAX_EXAMPLES = 3
@@ -314,7 +324,10 @@ class LazySupervisedDataset(Dataset):
         self.image_aspect_ratio = data_args.image_aspect_ratio
         self.is_multimodal = bool(data_args.is_multimodal)
         self.mm_use_im_start_end = bool(getattr(data_args, "mm_use_im_start_end", False))
+        # Positions one image takes in the model's sequence (the tower's patches), for the truncation check.
+        self.image_token_count = int(getattr(data_args, "image_token_count", 1) or 1)
         self._word_counts: list[int] | None = None
+        self._truncation_warnings = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -365,11 +378,22 @@ class LazySupervisedDataset(Dataset):
                 file=sys.stderr,
                 flush=True,
             )
+        truncation = KEPT
+        if self.tokenizer is not None:
+            truncation = truncation_effect(
+                data["input_ids"][0], data["labels"][0], self.tokenizer.model_max_length, self.image_token_count
+            )
+        if truncation == FULLY_MASKED and mismatch is None and self._truncation_warnings < MAX_TRUNCATION_WARNINGS:
+            self._truncation_warnings += 1
+            print(f"WARNING: {_record_label(index, record)} of {self.source} is longer than model_max_length "
+                  f"({self.tokenizer.model_max_length}): none of its answer tokens is trained", file=sys.stderr,
+                  flush=True)  # fmt: skip
         sample: dict[str, Any] = {
             "input_ids": data["input_ids"][0],
             "labels": data["labels"][0],
             "task_ids": torch.tensor(self.task_ids[index], dtype=torch.long),
             "tokenization_mismatch": mismatch is not None,
+            "truncation": truncation,
         }
         if has_image:
             sample["image"] = image
@@ -377,6 +401,25 @@ class LazySupervisedDataset(Dataset):
             # A zero image keeps the vision tower in every step, so ZeRO-3 ranks gather the same parameters.
             sample["image"] = self._placeholder_image()
         return sample
+
+
+def truncation_effect(input_ids: torch.Tensor, labels: torch.Tensor, max_length: int, image_token_count: int) -> int:
+    """KEPT, CUT_SHORT or FULLY_MASKED: what cutting the model's sequence at `max_length` does to the targets.
+
+    Each image marker becomes `image_token_count` positions inside the model, so a sample whose token ids fit
+    can still lose its answer. A text-only sample the tokenizer already cut to `max_length` counts as cut.
+    """
+    is_image = input_ids == IMAGE_TOKEN_INDEX
+    images_before = torch.cumsum(is_image.long(), 0) - is_image.long()
+    positions = torch.arange(input_ids.numel()) + (image_token_count - 1) * images_before
+    length = input_ids.numel() + (image_token_count - 1) * int(is_image.sum())
+    tokenizer_cut = not bool(is_image.any()) and input_ids.numel() >= max_length
+    if length <= max_length and not tokenizer_cut:
+        return KEPT
+    targets = labels != IGNORE_INDEX
+    if not targets.any():
+        return FULLY_MASKED if tokenizer_cut else KEPT  # otherwise masked for another reason (a mismatch)
+    return CUT_SHORT if (targets & (positions < max_length)).any() else FULLY_MASKED
 
 
 @dataclass
@@ -403,6 +446,7 @@ class DataCollatorForSupervisedDataset:
             images = [x["image"] for x in instances]
             batch["images"] = torch.stack(images) if all(i.shape == images[0].shape for i in images) else images
         batch["tokenization_mismatches"] = torch.tensor(sum(bool(x.get("tokenization_mismatch")) for x in instances))
+        batch["truncated_samples"] = torch.tensor([int(x.get("truncation", KEPT)) for x in instances])
         return batch
 
 

@@ -161,6 +161,7 @@ def load_model_and_tokenizer(
         vision_tower.to(dtype=compute_dtype, device=training_args.device)
         data_args.image_processor = vision_tower.image_processor
         data_args.is_multimodal = True
+        data_args.image_token_count = vision_tower.num_patches + (vision_tower.select_feature == "cls_patch")
 
         config = model.config
         config.image_aspect_ratio = data_args.image_aspect_ratio
@@ -245,6 +246,9 @@ def train(attn_implementation: str | None = None, args: Sequence[str] | None = N
         rank0_print(f"[train] resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_state()
+    for line in trainer.truncation_report():
+        if is_main_process():
+            print(line, file=sys.stderr, flush=True)
 
     model.config.use_cache = True
     if training_args.lora_enable:
