@@ -44,6 +44,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 def load_json(path: str | os.PathLike) -> Any:
     """Load a JSON file; a missing file or a syntax error names the file (and line/column)."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     with open(path, encoding="utf-8") as f:
@@ -51,6 +53,8 @@ def load_json(path: str | os.PathLike) -> Any:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); JSON files must be UTF-8") from e
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

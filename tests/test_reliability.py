@@ -176,3 +176,106 @@ def test_a_vision_tower_path_that_does_not_resolve_names_the_checkpoint_config(t
     shutil.copytree(tiny_llava["vision_tower"], checkpoint / "towers" / "my-tower")  # resolved against the checkpoint
     _, model, processor, _ = load_pretrained_model(str(checkpoint), None, "llava-moved", device="cpu", verbose=False)
     assert processor is not None and model.get_vision_tower().is_loaded
+
+
+def test_load_json_names_a_folder_and_a_file_that_is_not_utf8(tmp_path):
+    from llava.utils import load_json
+
+    with pytest.raises(FileNotFoundError, match=r"is a folder, not a file"):
+        load_json(tmp_path)
+    bad = tmp_path / "latin1.json"
+    bad.write_bytes('[{"id": "\xe9"}]'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.json: not UTF-8 text \(byte 9\)"):
+        load_json(bad)
+
+
+def test_subsets_refuse_an_output_dir_that_is_a_file_and_zero_validation_records(tmp_path, capsys):
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([qa_record(str(i), "AB"[i % 2]) for i in range(6)]))
+    (tmp_path / "taken").write_text("x")
+    assert subsets.main(["--data", str(data), "--output-dir", str(tmp_path / "taken")]) == 2
+    assert "--output-dir" in capsys.readouterr().err
+    assert subsets.main(["--data", str(data), "--output-dir", str(tmp_path / "out"), "--val-per-task", "0"]) == 2
+    assert "at least 1" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_check_data_fails_an_empty_data_file(tmp_path, capsys):
+    from llava.visatb import check_data
+
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    assert check_data.main(["--data", str(empty)]) == 1
+    assert "holds no records" in capsys.readouterr().out
+
+
+def test_merge_chunks_needs_at_least_one_chunk(tmp_path, capsys):
+    from llava.eval import merge_chunks
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": 1, "text": "q"}) + "\n")
+    code = merge_chunks.main(["--question-file", str(questions), "--answers-dir", str(tmp_path), "--num-chunks", "0",
+                              "--output-file", str(tmp_path / "m.jsonl")])  # fmt: skip
+    assert code == 1 and "--num-chunks must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--temperature", "-1"], "--temperature must be >= 0"),
+        (["--max_new_tokens", "0"], "--max_new_tokens must be >= 1"),
+        (["--num_beams", "0"], "--num_beams must be >= 1"),
+        (["--top_p", "1.5"], "--top_p must be in (0, 1]"),
+    ],
+)
+def test_inference_checks_generation_flags_before_loading(tmp_path, capsys, flags, message):
+    cli = load_script("inference_visatb.py")
+    questions = tmp_path / "q.json"
+    questions.write_text("[]")
+    code = cli.main(["--model-path", str(tmp_path / "llava-x"), "--question-file", str(questions),
+                     "--answers-folder", str(tmp_path / "a"), *flags])  # fmt: skip
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_inference_names_a_missing_model_folder_and_an_answers_folder_that_is_a_file(tmp_path, capsys):
+    cli = load_script("inference_visatb.py")
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps([qa_record("1", "GQA")]))
+    code = cli.main(["--model-path", str(tmp_path / "ckpt" / "llava-x"), "--question-file", str(questions),
+                     "--answers-folder", str(tmp_path / "a")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "model folder" in err and "llava-x: no such folder" in err
+    (tmp_path / "taken").write_text("x")
+    from llava.visatb.inference import InferenceJob, run_inference
+
+    def must_not_load():
+        raise AssertionError("loaded")
+
+    job = InferenceJob(str(questions), str(tmp_path / "taken"), "m", progress=False, settings={})
+    with pytest.raises(NotADirectoryError, match=r"--answers-folder .*taken is a file, not a folder"):
+        run_inference(job, must_not_load)
+
+
+def test_training_refuses_an_output_dir_that_is_a_file_and_a_zero_max_length(tiny_llava, tmp_path, capsys):
+    from train_helpers import make_toy_data, train_flags
+
+    from llava.train.train import train
+
+    toy = make_toy_data(tmp_path / "toy")
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(SystemExit):
+        train(args=train_flags(tiny_llava, toy, tmp_path / "taken", "--max_steps", "1"))
+    assert "--output_dir" in capsys.readouterr().err
+    flags = train_flags(tiny_llava, toy, tmp_path / "out", "--max_steps", "1")
+    flags[flags.index("--model_max_length") + 1] = "0"
+    with pytest.raises(SystemExit):
+        train(args=flags)
+    assert "--model_max_length must be at least 1" in capsys.readouterr().err
+
+
+def test_the_chain_says_where_relative_paths_are_taken_from(tmp_path, capsys, monkeypatch):
+    from llava.visatb import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    code = pipeline.main(["--work-dir", "w", "--data", "train.json", "--task-preset", "academic", "--val-dir", "."])
+    assert code == 2
+    assert f"--data train.json: no such file (the entire multi-task training file); relative paths are taken from {tmp_path}" in capsys.readouterr().err

@@ -133,6 +133,8 @@ def merge_chunks(
     output_file: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Merge the chunk files in question order, checking that every question is answered exactly once."""
+    if num_chunks < 1:
+        raise ValueError(f"--num-chunks must be at least 1, got {num_chunks}")
     if output_file is not None:
         chunks = {f"chunk {k}": chunk_path(answers_dir, num_chunks, k) for k in range(num_chunks)}
         refuse_same_file(output_file, {"--question-file": question_file, **chunks}, "--output-file")

@@ -28,6 +28,7 @@ from llava.visatb.tasks import resolve_tasks
 MAX_LISTED = 20
 
 # Kinds of problems, in report order, with their headings.
+NO_RECORDS = "no_records"
 NOT_A_RECORD = "not_a_record"
 MISSING_TASK = "missing_task"
 UNKNOWN_TASK = "unknown_task"
@@ -37,6 +38,7 @@ MISSING_IMAGE = "missing_image"
 UNREADABLE_IMAGE = "unreadable_image"
 TOO_LARGE_IMAGE = "too_large_image"
 PROBLEM_TITLES = {
+    NO_RECORDS: "data files without records",
     NOT_A_RECORD: "records that are not JSON objects",
     MISSING_TASK: "records without a 'task' name",
     UNKNOWN_TASK: "records whose task is not in the task list",
@@ -182,6 +184,8 @@ def check_records(
         images_checked=image_folder is not None,
     )
     problems = report.problems
+    if not records:
+        problems[NO_RECORDS].add(f"{source} holds no records (an empty list): nothing to train on or check")
     exists: dict[str, bool] = {}
     image_errors: dict[str, tuple[str, str] | None] = {}
     for index, record in enumerate(tqdm(records, desc="checking records", unit="rec", file=sys.stderr)):

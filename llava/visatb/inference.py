@@ -393,6 +393,9 @@ def run_inference(job: InferenceJob, load_generator: Callable[[], LlavaGenerator
     this run's; otherwise it is an error (or, with `overwrite`, recomputed: the old file is replaced only once
     the new one is complete). When the last chunk of a chunked run finishes, the chunks are merged.
     """
+    folder = Path(job.answers_folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--answers-folder {folder} is a file, not a folder")
     questions = load_questions(job.question_file)
     start, end = chunk_bounds(len(questions), job.num_chunks, job.chunk_idx)
     chunk = questions[start:end]

@@ -166,6 +166,10 @@ def write_subsets(
 ) -> dict[str, Any]:
     """Build and write every subset file and the manifest; returns the manifest."""
     _check_fraction(fraction)
+    if val_per_task is not None and val_per_task < 1:
+        raise ValueError(f"--val-per-task must be at least 1, got {val_per_task}")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file, not a folder")
     records = load_json(data_path)
     if not isinstance(records, list):
         raise ValueError(f"{data_path}: expected a JSON list of records, got {type(records).__name__}")
@@ -301,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             val_per_task=args.val_per_task,
             manifest_path=args.manifest,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_counts(manifest))
