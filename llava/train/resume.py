@@ -127,7 +127,9 @@ def _finished_run(output_dir: Path, planned_steps: int) -> str | None:
     except ValueError:
         return None
     step = state.get("global_step") if isinstance(state, dict) else None
-    if isinstance(step, int) and step >= planned_steps > 0:
+    own_end = state.get("max_steps") if isinstance(state, dict) else None
+    # Finished by its own plan and by this run's: a rerun asking for more steps continues instead.
+    if isinstance(step, int) and isinstance(own_end, int) and step >= max(planned_steps, own_end) and planned_steps > 0:
         return (f"[train] {output_dir} already holds a finished run (step {step} of {planned_steps}, model saved); "
                 "nothing to train. Pass --overwrite_output_dir True to train it again, or another --output_dir")  # fmt: skip
     return None

@@ -235,6 +235,7 @@ def train(attn_implementation: str | None = None, args: Sequence[str] | None = N
         raise SystemExit(2) from None
     if plan.finished:
         rank0_print(plan.message)
+        shut_down_distributed()
         return
     for warning in plan.warnings:
         if is_main_process():
