@@ -21,7 +21,7 @@ import sys
 
 from llava.generation import LlavaGenerator
 from llava.mm_utils import get_model_name_from_path
-from llava.visatb import inference
+from llava.visatb import inference, provenance
 
 
 def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -59,6 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _looks_local(path: str) -> bool:
+    """A path, not a hub name (`org/name`): absolute, relative with ./ or ../, or more than one folder deep."""
+    return os.path.isabs(path) or path.startswith(".") or path.count("/") > 1
+
+
+def _flag_problem(args: argparse.Namespace, model_path: str, limits: list[int]) -> str | None:
+    """What is wrong with the flags, found before any model is loaded (None when nothing is)."""
+    if args.temperature < 0 or args.temperature != args.temperature:
+        return f"--temperature must be >= 0, got {args.temperature}"
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        return f"--top_p must be in (0, 1], got {args.top_p}"
+    if args.num_beams < 1:
+        return f"--num_beams must be >= 1, got {args.num_beams}"
+    if any(limit < 1 for limit in limits):
+        return f"--max_new_tokens must be >= 1, got {' '.join(map(str, limits))}"
+    if not args.merge and _looks_local(model_path) and not os.path.exists(model_path):
+        return f"--model-path: model folder {model_path}: no such folder"
+    if args.model_base and _looks_local(args.model_base) and not os.path.exists(os.path.expanduser(args.model_base)):
+        return f"--model-base: model folder {args.model_base}: no such folder"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model_path = os.path.expanduser(args.model_path)
@@ -70,7 +92,14 @@ def main(argv: list[str] | None = None) -> int:
               f"got {len(limits)}", file=sys.stderr)  # fmt: skip
         return 2
     limits = limits * len(question_files) if len(limits) == 1 else limits
+    problem = _flag_problem(args, model_path, limits)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     loaded: list[LlavaGenerator] = []
+    identity = provenance.model_identity(
+        model_name, model_path, args.model_base and os.path.expanduser(args.model_base)
+    ) if not args.merge else None  # fmt: skip
 
     def generator_loader(max_new_tokens: int):
         # The model loads once, on the first file that has questions left; later files reuse it.
@@ -106,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                     overwrite=args.overwrite,
                     skip_missing_images=args.skip_missing_images,
                     progress=not args.quiet,
+                    model_identity=identity,
+                    settings={"conv_mode": args.conv_mode, "temperature": args.temperature, "top_p": args.top_p,
+                              "num_beams": args.num_beams, "max_new_tokens": max_new_tokens},
                 )
                 print(f"Start inference of {inference.question_name(question_file)} using {model_name}", flush=True)
                 report = inference.run_inference(job, generator_loader(max_new_tokens))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from llava.utils import refuse_same_file
 from llava.visatb import weighting
 from llava.visatb.tasks import get_preset, parse_task_names, resolve_tasks
 
@@ -103,6 +104,14 @@ def compute(args: argparse.Namespace) -> weighting.VisatbWeights:
     return result
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Neither output may be the scores table it is computed from, nor the other output."""
+    if args.output:
+        refuse_same_file(args.output, {"--scores": args.scores}, "--output")
+    if args.plot:
+        refuse_same_file(args.plot, {"--scores": args.scores, "--output": args.output}, "--plot")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -116,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         weighting.check_temperature(args.temperature)
         weighting.check_gain_options(args.gain_tolerance, args.max_contribution)
+        _check_outputs(args)
         result = compute(args)
         for line in result.warnings():
             print(line, file=sys.stderr)

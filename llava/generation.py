@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from llava.constants import (
     DEFAULT_IM_END_TOKEN,
@@ -70,8 +70,8 @@ def infer_conv_mode(model_name: str) -> str:
 
 
 def open_image(path: str) -> Image.Image:
-    """Load an image as RGB, turned upright by its EXIF orientation (as LLaVA's scripts do)."""
-    return ImageOps.exif_transpose(load_image(path))
+    """Load an image as RGB, turned upright by its EXIF orientation (the shared loader, `mm_utils.load_image`)."""
+    return load_image(path)
 
 
 def stop_string(conv: Conversation) -> str:

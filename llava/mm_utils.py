@@ -6,27 +6,91 @@ import base64
 import os
 from io import BytesIO
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import StoppingCriteria
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image as RGB; a missing or unreadable file raises an error naming it."""
+class ImageTooLargeError(ValueError):
+    """An image with more pixels than Pillow's decompression-bomb limit: refused, never skipped."""
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB for any Pillow mode: 16/32-bit greyscale scaled to 8 bits, transparency composited onto white.
+
+    Pillow's own `convert("RGB")` clips 16-bit values at 255 (a flat white image) and keeps the hidden colour
+    of transparent pixels; both would show the model another picture than a viewer shows.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), mode="L")
+    if (image.mode in ("P", "L", "RGB") and "transparency" in image.info) or image.mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _too_large(source: str, error: Exception) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"image file {source} is too large to decode safely ({error}); shrink it, or raise "
+        "PIL.Image.MAX_IMAGE_PIXELS if the image is genuine"
+    )
+
+
+def open_image_header(path: str | os.PathLike) -> tuple[int, int]:
+    """Read only an image's header (fast): its size; a missing, empty, non-image or over-large file is an error."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot open image file {path}: {e}") from e
+            return image.size
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, e) from e
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot open image file {path}: {e or type(e).__name__}") from e
+
+
+def load_image(path: str | os.PathLike, exif_orientation: bool = True) -> Image.Image:
+    """Open and fully decode an image as RGB (see `to_rgb`), upright by its EXIF orientation unless told not to.
+
+    The one image loader of training and inference. A missing, empty, truncated or non-image file raises an
+    error naming it; an image over Pillow's pixel limit raises `ImageTooLargeError`.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if exif_orientation:
+                image = ImageOps.exif_transpose(image)
+            return to_rgb(image)
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, e) from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot open image file {path}: {e or type(e).__name__}") from e
 
 
 def load_image_from_base64(data: str) -> Image.Image:
-    return Image.open(BytesIO(base64.b64decode(data))).convert("RGB")
+    """Decode a base64 image (MMBench) as RGB, with the same mode handling as `load_image`."""
+    try:
+        with Image.open(BytesIO(base64.b64decode(data))) as image:
+            image.load()
+            return to_rgb(image)
+    except Image.DecompressionBombError as e:
+        raise _too_large("(base64 data)", e) from e
 
 
 def expand2square(image: Image.Image, background_color: tuple[int, ...]) -> Image.Image:

@@ -9,8 +9,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` so that readers see either the old file or the whole new one."""
+    """Write `text` to `path` so that readers see either the old file or the whole new one.
+
+    The file gets the mode a plain `open(path, "w")` would give (0666 minus the umask), not mkstemp's 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -18,6 +27,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -34,6 +44,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 def load_json(path: str | os.PathLike) -> Any:
     """Load a JSON file; a missing file or a syntax error names the file (and line/column)."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     with open(path, encoding="utf-8") as f:
@@ -41,6 +53,24 @@ def load_json(path: str | os.PathLike) -> Any:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); JSON files must be UTF-8") from e
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when two paths name the same file (through links and relative spellings), existing or not."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def refuse_same_file(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], output_flag: str) -> None:
+    """Raise a ValueError when `output` is one of `inputs` ({flag: path}): writing it would destroy an input."""
+    for flag, path in inputs.items():
+        if path is not None and same_file(output, path):
+            raise ValueError(f"{output_flag} {output} is the same file as {flag} {path}: it would be overwritten; "
+                             f"choose another {output_flag}")
 
 
 def answer_key(record: dict[str, Any]) -> tuple[str, int]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from llava.visatb.check_data import (
     BAD_CONVERSATION,
@@ -38,8 +39,8 @@ def record(rid, task="A", image="a.jpg", question="<image>\nWhat colour?", answe
 def images(tmp_path):
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
-    (folder / "a.jpg").write_bytes(b"jpeg")
-    (folder / "sub" / "b.jpg").write_bytes(b"jpeg")
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(folder / "a.jpg")
+    Image.new("RGB", (6, 8), (10, 10, 200)).save(folder / "sub" / "b.jpg")
     return folder
 
 

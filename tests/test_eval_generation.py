@@ -618,7 +618,7 @@ def test_pope_script_end_to_end_on_two_processes(tmp_path, checkpoint):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     answers_dir = tmp_path / "pope" / "answers"
-    assert sorted(p.name for p in (answers_dir / MODEL_ID).iterdir()) == ["2_0.jsonl", "2_1.jsonl"]
+    assert sorted(p.name for p in (answers_dir / MODEL_ID).glob("*.jsonl")) == ["2_0.jsonl", "2_1.jsonl"]
     merged = read_jsonl(answers_dir / f"{MODEL_ID}.jsonl")
     assert [r["question_id"] for r in merged] == [q["question_id"] for q in read_jsonl(questions)]
     assert all(list(r) == LLAVA_FIELDS and r["model_id"] == MODEL_ID for r in merged)

@@ -75,9 +75,13 @@ def data(tmp_path) -> tuple[Path, Path]:
     return write_questions(tmp_path)
 
 
+# The settings of the `generator` fixture, known to the job without loading the model.
+SETTINGS = {"conv_mode": "vicuna_v1", "temperature": 0.0, "top_p": None, "num_beams": 1, "max_new_tokens": 4}
+
+
 def make_job(data, answers: Path, **kwargs) -> InferenceJob:
     question_file, images = data
-    settings = dict(batch_size=3, progress=False)
+    settings = dict(batch_size=3, progress=False, settings=SETTINGS)
     settings.update(kwargs)
     return InferenceJob(str(question_file), str(answers), MODEL_NAME, image_folder=str(images), **settings)
 
@@ -220,14 +224,14 @@ def test_progress_is_not_continued_with_other_settings_or_questions(data, tmp_pa
     with pytest.raises(RuntimeError):
         run_inference(job, Loader(generator))
     longer = LlavaGenerator(generator.tokenizer, generator.model, generator.image_processor, max_new_tokens=5)
-    with pytest.raises(ValueError, match="settings .* rerun with --overwrite"):
-        run_inference(job, Loader(longer))
+    with pytest.raises(ValueError, match=r"setting max_new_tokens \(4 then, 5 now\).* rerun with --overwrite"):
+        run_inference(make_job(data, tmp_path / "answers", save_every=1, settings=longer.settings), Loader(longer))
 
     changed = read(data[0])
     changed[1]["conversations"][0]["value"] = "<image>\nA different question?"
     data[0].write_text(json.dumps(changed))
     loader = Loader(generator)
-    with pytest.raises(ValueError, match=r"answer 1 does not match question record 1 \(id 'q1'\)"):
+    with pytest.raises(ValueError, match=r"progress file .* was written with other inputs: the question file's content"):
         run_inference(job, loader)
     assert loader.calls == 0
 
@@ -400,7 +404,7 @@ def test_cli_answers_several_question_files_with_one_model_load(data, tmp_path, 
     second = question_file.with_name("RefCOCO-bbox_val-11.json")
     second.write_text(question_file.read_text())
     short = LlavaGenerator(generator.tokenizer, generator.model, generator.image_processor, max_new_tokens=2)
-    expected_short = read(run_inference(make_job((second, images), tmp_path / "ref"), Loader(short)).answers_file)
+    expected_short = read(run_inference(make_job((second, images), tmp_path / "ref", settings=short.settings), Loader(short)).answers_file)
     expected_long = read(run_inference(make_job(data, tmp_path / "ref"), Loader(generator)).answers_file)
     answers = tmp_path / "answers"
     args = ["--model-path", checkpoint, "--image-folder", str(images), "--question-file", str(question_file),

@@ -139,7 +139,7 @@ def test_trainer_passes_task_ids_to_the_model_and_the_weighter(model, tiny_llava
     assert not torch.allclose(equal, skewed)
     # The same batch through the model, reduced by hand with the batch's task ids.
     with torch.no_grad():
-        logits = model(**{k: v for k, v in batch.items() if k not in ("task_ids", "tokenization_mismatches")}).logits
+        logits = model(**{k: v for k, v in batch.items() if k not in ("task_ids", "tokenization_mismatches", "truncated_samples")}).logits
     labels = model.prepare_inputs_labels_for_multimodal(batch["input_ids"], None, batch["attention_mask"], None,
                                                         batch["labels"], batch["images"])[5]
     token_loss, mask = per_token_loss(logits, labels)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from llava.generation import LlavaGenerator, PreparedBatch
 from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64
 from llava.utils import answer_key, chunk_bounds
+from llava.visatb import provenance
 
 Q = TypeVar("Q")
 
@@ -74,7 +75,8 @@ def load_item_image(item: EvalItem) -> Image.Image | None:
     """The item's image as RGB (None when text-only); a missing or broken image names the file and the record."""
     if item.image_file is not None:
         try:
-            return load_image(item.image_file)
+            # Upstream's benchmark scripts do not turn images by their EXIF orientation; neither do these.
+            return load_image(item.image_file, exif_orientation=False)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{item.source}: {e}") from e
         except ValueError as e:
@@ -187,19 +189,27 @@ def answer_items(
     model_id: str,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
+    origin: dict[str, Any] | None = None,
 ) -> GenerationReport:
     """Answer `items` into `answers_file` in batches, continuing a killed run; the model is loaded only if needed.
 
-    One worker thread loads images and prepares the next batch while the model answers the current one.
+    `origin` (see `llava.visatb.provenance`) is recorded beside the file; answers already in the file are only
+    continued when their recorded origin is the same. One worker thread loads images and prepares the next
+    batch while the model answers the current one.
     """
     if batch_size < 1:
         raise ValueError(f"the batch size must be at least 1, got {batch_size}")
     path = Path(answers_file)
-    pending = pending_items(items, resume_answers(path, items, model_id))
+    done = resume_answers(path, items, model_id)
+    if origin is not None and sum(done.values()):
+        _check_origin(path, origin)
+    pending = pending_items(items, done)
     report = GenerationReport(path, total=len(items), answered=0, resumed=len(items) - len(pending))
     check_image_files(pending)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()  # an empty chunk still leaves its (empty) file for the merge
+    if origin is not None:
+        provenance.write_provenance(path, origin)
     if not pending:
         return report
 
@@ -217,7 +227,31 @@ def answer_items(
             out.flush()
             report.answered += len(batch)
             bar.update(len(batch))
+    if origin is not None:
+        provenance.write_provenance(path, origin)  # with the hash of the finished file
     return report
+
+
+def _check_origin(path: Path, origin: dict[str, Any]) -> None:
+    """Answers in `path` may only be continued by a run with the same questions, model and settings."""
+    record = provenance.read_provenance(path)
+    reasons = provenance.differences(record, origin) if record is not None else [
+        f"it has no provenance record ({provenance.provenance_path(path).name})"]  # fmt: skip
+    if reasons:
+        raise ValueError(f"{path} was written with other inputs: {'; '.join(reasons)}; delete it to start over")
+
+
+def benchmark_origin(args: argparse.Namespace, items: Sequence[EvalItem], start: int, stop: int,
+                     model_id: str) -> dict[str, Any]:  # fmt: skip
+    """The provenance of one benchmark run's answers: question file and ids, model files, generation settings."""
+    keys = [f"{key[0]}/{key[1]}" for key in (item.key for item in items)]
+    questions = provenance.question_identity(args.question_file, keys, 0, len(keys))
+    questions["range"] = [start, stop]
+    model_path = os.path.expanduser(args.model_path)
+    identity = provenance.model_identity(model_id, model_path, args.model_base and os.path.expanduser(args.model_base))
+    settings = {"conv_mode": args.conv_mode, "temperature": args.temperature, "top_p": args.top_p,
+                "num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens}  # fmt: skip
+    return provenance.make_provenance(questions, identity, settings, args.image_folder or None)
 
 
 # ---------------------------------------------------------------- the command line the modules share
@@ -283,7 +317,8 @@ def run_benchmark(
         )  # fmt: skip
 
     model_id = get_model_name_from_path(os.path.expanduser(args.model_path))
-    return answer_items(items, args.answers_file, load_generator, model_id, args.batch_size, progress)
+    origin = benchmark_origin(args, items, start, stop, model_id)
+    return answer_items(items, args.answers_file, load_generator, model_id, args.batch_size, progress, origin)
 
 
 def main_with(

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from llava.utils import answer_key, atomic_write_text, chunk_bounds, load_json
+from llava.utils import answer_key, atomic_write_text, chunk_bounds, load_json, refuse_same_file
+from llava.visatb import provenance
 
 T = TypeVar("T")
 
@@ -132,6 +133,11 @@ def merge_chunks(
     output_file: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Merge the chunk files in question order, checking that every question is answered exactly once."""
+    if num_chunks < 1:
+        raise ValueError(f"--num-chunks must be at least 1, got {num_chunks}")
+    if output_file is not None:
+        chunks = {f"chunk {k}": chunk_path(answers_dir, num_chunks, k) for k in range(num_chunks)}
+        refuse_same_file(output_file, {"--question-file": question_file, **chunks}, "--output-file")
     question_ids = load_question_ids(question_file)
     expected = Counter(question_ids)
     first_position: dict[str, int] = {}
@@ -171,11 +177,44 @@ def merge_chunks(
             f"under {answers_dir}: {_examples(missing)}"
         )
 
+    origin = _common_origin(question_file, answers_dir, num_chunks)
     # A stable sort keeps chunk order among answers to the same question (repeated ids, rounds).
     entries.sort(key=lambda entry: first_position[str(entry[1]["question_id"])])
     if output_file is not None:
         atomic_write_text(output_file, "".join(line + "\n" for line, _ in entries))
+        if origin is not None:
+            provenance.write_provenance(output_file, origin)
     return [record for _, record in entries]
+
+
+def _common_origin(question_file: str | os.PathLike, answers_dir: str | os.PathLike, num_chunks: int) -> dict | None:
+    """The chunks' shared provenance (model, settings, this question file); chunks that disagree are an error.
+
+    Chunks without a record (written by an older version) are merged with a warning; then None is returned.
+    """
+    sha = provenance.file_sha256(question_file)
+    first: dict[str, Any] | None = None
+    for idx in range(num_chunks):
+        path = chunk_path(answers_dir, num_chunks, idx)
+        record = provenance.read_provenance(path)
+        if record is None:
+            print(f"warning: chunk {idx} of {num_chunks} ({path}) has no provenance record: which model and settings "
+                  "made it cannot be checked", file=sys.stderr)  # fmt: skip
+            return None
+        if (record.get("questions") or {}).get("sha256") != sha:
+            raise ValueError(f"chunk {idx} of {num_chunks} ({path}) answers another version of {question_file} (its "
+                             "content changed since); regenerate that chunk")  # fmt: skip
+        if first is None:
+            first = record
+            continue
+        reasons = provenance.differences(first, {**record, "questions": first["questions"]})
+        if reasons:
+            raise ValueError(f"chunk {idx} of {num_chunks} ({path}) was made from other inputs than chunk 0: "
+                             f"{'; '.join(reasons)}; regenerate it")  # fmt: skip
+    if first is None:
+        return None
+    whole = {**first["questions"], "range": None, "count": None, "ids_sha256": None}
+    return provenance.make_provenance(whole, first["model"], first["generation"], first["image_folder"])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -44,13 +44,31 @@ def _is_multimodal(model_path: str, model_name: str) -> tuple[bool, str]:
     return False, f"name {model_name!r} does not contain 'llava'"
 
 
+def _looks_like_hub_name(name: str) -> bool:
+    """What `build_vision_tower` accepts besides a local folder: an `openai/...`/`laion/...` or CLIP hub name."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or ".." in name:
+        return False
+    return name.startswith(("openai", "laion")) or "clip" in name.lower()
+
+
 def _resolve_vision_tower(config, model_path: str) -> None:
-    """Let a checkpoint refer to its vision tower by a path relative to the checkpoint folder."""
+    """Let a checkpoint refer to its vision tower by a path relative to the checkpoint folder.
+
+    A tower that is neither a folder (as given, or relative to the checkpoint) nor a hub name is an error that
+    says the path came from the checkpoint's config.json.
+    """
     tower = getattr(config, "mm_vision_tower", None)
     if tower and not os.path.isabs(tower) and not os.path.exists(tower):
         candidate = os.path.join(model_path, tower)
         if os.path.isdir(candidate):
             config.mm_vision_tower = candidate
+            return
+    if tower and not os.path.exists(tower) and not _looks_like_hub_name(tower):
+        raise FileNotFoundError(
+            f"{os.path.join(model_path, 'config.json')} names mm_vision_tower {tower!r}, which is not a folder "
+            f"(neither relative to the current directory {os.getcwd()} nor relative to the checkpoint) nor a hub "
+            "name: put the CLIP tower there, or set mm_vision_tower in that config.json to its absolute path"
+        )
 
 
 def _quantization_kwargs(load_8bit: bool, load_4bit: bool, device: str) -> dict:

@@ -66,7 +66,9 @@ class LlavaMetaModel:
 
     def initialize_vision_modules(self, model_args, fsdp=None) -> None:
         """Attach (or reuse) the vision tower and projector and record their settings in the config."""
-        self.config.mm_vision_tower = model_args.vision_tower
+        tower = model_args.vision_tower
+        # A local tower is stored as an absolute path, so the checkpoint loads from any working directory.
+        self.config.mm_vision_tower = os.path.abspath(tower) if tower and os.path.exists(tower) else tower
         self.config.mm_vision_select_layer = model_args.mm_vision_select_layer
         self.config.mm_vision_select_feature = getattr(model_args, "mm_vision_select_feature", "patch")
         if self.get_vision_tower() is None:

@@ -334,6 +334,10 @@ def validate_args(
         raise ValueError("--model_name_or_path is required (the base language model, e.g. lmsys/vicuna-7b-v1.5)")
     if not data_args.data_path:
         raise ValueError("--data_path is required (a JSON list of training records)")
+    if training_args.model_max_length < 1:
+        raise ValueError(f"--model_max_length must be at least 1, got {training_args.model_max_length}")
+    if os.path.exists(training_args.output_dir) and not os.path.isdir(training_args.output_dir):
+        raise ValueError(f"--output_dir {training_args.output_dir} is a file, not a folder")
     if model_args.version not in supported_versions():
         raise ValueError(
             f"--version {model_args.version!r} cannot be used for training; supported: {', '.join(supported_versions())}"

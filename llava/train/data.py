@@ -18,12 +18,28 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_TOKEN,
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+)
 from llava.conversation import Conversation, SeparatorStyle
-from llava.mm_utils import load_image, process_images, tokenizer_image_token
+from llava.mm_utils import (
+    ImageTooLargeError,
+    load_image,
+    open_image_header,
+    process_images,
+    tokenizer_image_token,
+)
 from llava.utils import load_json
 from llava.visatb import check_data
 
+# What truncation to model_max_length did to a sample's targets (LazySupervisedDataset's "truncation").
+KEPT, CUT_SHORT, FULLY_MASKED = 0, 1, 2
+# Fully masked samples named on stderr per dataset (the totals are reported by the trainer).
+MAX_TRUNCATION_WARNINGS = 5
 # Words an image stands for when grouping samples by length (LLaVA's estimate).
 IMAGE_LENGTH_ESTIMATE = 128
 MAX_EXAMPLES = 3
@@ -64,8 +80,8 @@ class DataScan:
             lines.append(f"[data] {self.dropped_first_turns} record(s) start with a gpt turn: that turn is dropped (as LLaVA does)")
         if self.skipped_missing_images:
             lines.append(
-                f"[data] skipped {self.skipped_missing_images} record(s) whose image file is missing "
-                f"(--skip_missing_images), e.g. {', '.join(self.missing_image_examples)}"
+                f"[data] skipped {self.skipped_missing_images} record(s) whose image file is missing or unreadable "
+                f"(--skip_missing_images), e.g. {'; '.join(self.missing_image_examples)}"
             )
         return "\n".join(lines)
 
@@ -129,7 +145,7 @@ def scan_data(
     scan = DataScan(source=source, tasks=tasks, records=[], task_ids=[])
     records = _drop_leading_gpt_turns(records, scan)
     missing: list[str] = []
-    exists: dict[str, bool] = {}
+    exists: dict[str, str | None] = {}
     for index, record in enumerate(tqdm(records, desc="checking images", unit="rec", file=sys.stderr)):
         if "image" in record:
             label = _record_label(index, record)
@@ -141,9 +157,12 @@ def scan_data(
                 raise ValueError(f"{source}: {label} has an image but --image_folder is not set")
             path = os.path.join(image_folder, record["image"])
             if path not in exists:
-                exists[path] = os.path.isfile(path)
-            if not exists[path]:
-                missing.append(f"{path} ({label})")
+                try:
+                    exists[path] = _header_problem(path)
+                except ImageTooLargeError as e:  # never skipped: a bomb is not a missing image
+                    raise ImageTooLargeError(f"{source}: {label}: {e}") from e
+            if exists[path] is not None:
+                missing.append(f"{label}: {exists[path]}")
                 continue
         task = record.get("task")
         if single_task:
@@ -157,15 +176,27 @@ def scan_data(
         scan.task_ids.append(task_id)
 
     if missing and not skip_missing_images:
-        more = f" (and {len(missing) - 1} more record(s) with a missing image)" if len(missing) > 1 else ""
-        raise FileNotFoundError(
-            f"{source}: image file not found: {missing[0]}{more}; fix --image_folder or pass --skip_missing_images"
-        )
+        more = f" (and {len(missing) - 1} more record(s) with a missing or unreadable image)" if len(missing) > 1 else ""
+        error = FileNotFoundError if "image file not found" in missing[0] else ValueError
+        raise error(f"{source}: {missing[0]}{more}; fix --image_folder or the files, or pass --skip_missing_images")
     scan.skipped_missing_images = len(missing)
     scan.missing_image_examples = missing[:MAX_EXAMPLES]
     if not scan.records:
         raise ValueError(f"{source}: no records left: all {len(records)} were skipped for missing images")
     return scan
+
+
+def _header_problem(path: str) -> str | None:
+    """Why an image cannot be used, from its header only (fast; truncation shows when the sample is read)."""
+    try:
+        open_image_header(path)
+    except FileNotFoundError as e:
+        return str(e)
+    except ImageTooLargeError:
+        raise
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +327,7 @@ class LazySupervisedDataset(Dataset):
         super().__init__()
         self.records = scan.records
         self.task_ids = scan.task_ids
+        self.source = scan.source
         self.tokenizer = tokenizer
         self.conv = conv
         self.image_folder = data_args.image_folder
@@ -303,7 +335,10 @@ class LazySupervisedDataset(Dataset):
         self.image_aspect_ratio = data_args.image_aspect_ratio
         self.is_multimodal = bool(data_args.is_multimodal)
         self.mm_use_im_start_end = bool(getattr(data_args, "mm_use_im_start_end", False))
+        # Positions one image takes in the model's sequence (the tower's patches), for the truncation check.
+        self.image_token_count = int(getattr(data_args, "image_token_count", 1) or 1)
         self._word_counts: list[int] | None = None
+        self._truncation_warnings = 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -338,7 +373,10 @@ class LazySupervisedDataset(Dataset):
         has_image = "image" in record
         sources = [copy.deepcopy(record["conversations"])]
         if has_image:
-            image = self._image_tensor(record["image"])
+            try:
+                image = self._image_tensor(record["image"])
+            except (OSError, ValueError) as e:  # e.g. truncated: the start-up scan reads headers only
+                raise type(e)(f"{self.source}: {_record_label(index, record)}: {e}") from e
             sources = preprocess_multimodal(
                 sources, self.is_multimodal, self.mm_use_im_start_end, mmtag="mmtag" in self.conv.version
             )
@@ -351,11 +389,22 @@ class LazySupervisedDataset(Dataset):
                 file=sys.stderr,
                 flush=True,
             )
+        truncation = KEPT
+        if self.tokenizer is not None:
+            truncation = truncation_effect(
+                data["input_ids"][0], data["labels"][0], self.tokenizer.model_max_length, self.image_token_count
+            )
+        if truncation == FULLY_MASKED and mismatch is None and self._truncation_warnings < MAX_TRUNCATION_WARNINGS:
+            self._truncation_warnings += 1
+            print(f"WARNING: {_record_label(index, record)} of {self.source} is longer than model_max_length "
+                  f"({self.tokenizer.model_max_length}): none of its answer tokens is trained", file=sys.stderr,
+                  flush=True)  # fmt: skip
         sample: dict[str, Any] = {
             "input_ids": data["input_ids"][0],
             "labels": data["labels"][0],
             "task_ids": torch.tensor(self.task_ids[index], dtype=torch.long),
             "tokenization_mismatch": mismatch is not None,
+            "truncation": truncation,
         }
         if has_image:
             sample["image"] = image
@@ -363,6 +412,25 @@ class LazySupervisedDataset(Dataset):
             # A zero image keeps the vision tower in every step, so ZeRO-3 ranks gather the same parameters.
             sample["image"] = self._placeholder_image()
         return sample
+
+
+def truncation_effect(input_ids: torch.Tensor, labels: torch.Tensor, max_length: int, image_token_count: int) -> int:
+    """KEPT, CUT_SHORT or FULLY_MASKED: what cutting the model's sequence at `max_length` does to the targets.
+
+    Each image marker becomes `image_token_count` positions inside the model, so a sample whose token ids fit
+    can still lose its answer. A text-only sample the tokenizer already cut to `max_length` counts as cut.
+    """
+    is_image = input_ids == IMAGE_TOKEN_INDEX
+    images_before = torch.cumsum(is_image.long(), 0) - is_image.long()
+    positions = torch.arange(input_ids.numel()) + (image_token_count - 1) * images_before
+    length = input_ids.numel() + (image_token_count - 1) * int(is_image.sum())
+    tokenizer_cut = not bool(is_image.any()) and input_ids.numel() >= max_length
+    if length <= max_length and not tokenizer_cut:
+        return KEPT
+    targets = labels != IGNORE_INDEX
+    if not targets.any():
+        return FULLY_MASKED if tokenizer_cut else KEPT  # otherwise masked for another reason (a mismatch)
+    return CUT_SHORT if (targets & (positions < max_length)).any() else FULLY_MASKED
 
 
 @dataclass
@@ -389,6 +457,7 @@ class DataCollatorForSupervisedDataset:
             images = [x["image"] for x in instances]
             batch["images"] = torch.stack(images) if all(i.shape == images[0].shape for i in images) else images
         batch["tokenization_mismatches"] = torch.tensor(sum(bool(x.get("tokenization_mismatch")) for x in instances))
+        batch["truncated_samples"] = torch.tensor([int(x.get("truncation", KEPT)) for x in instances])
         return batch
 
 

@@ -33,6 +33,10 @@ from llava.train.zero_utils import get_peft_state_non_lora_maybe_zero_3, save_pr
 from llava.utils import atomic_write_json, load_json
 
 WEIGHTER_STATE_NAME = "weighter_state.json"
+# A task losing more than this share of its samples to truncation (fully masked) gets a warning.
+TRUNCATION_WARN_FRACTION = 0.02
+# ... once at least this many of its samples have been seen (mid-run; the end-of-run summary always warns).
+TRUNCATION_WARN_MIN_SAMPLES = 50
 NON_LORA_NAME = "non_lora_trainables.bin"
 
 
@@ -188,6 +192,24 @@ def optimizer_param_groups(
     return groups
 
 
+def truncation_summary(counts: torch.Tensor, task_names: Sequence[str], max_length: int) -> list[str]:
+    """Report lines from per-task [seen, cut short, fully masked] sample counts; WARNING lines above 2% masked."""
+    lines, warnings_ = [], []
+    for task, (seen, cut, masked) in zip(task_names, counts.tolist()):
+        if not (cut or masked):
+            continue
+        share = 100.0 * masked / max(seen, 1)
+        lines.append(f"[train]   {task}: {masked} of {seen} sample(s) ({share:.1f}%) fully masked"
+                     + (f", {cut} cut short" if cut else ""))  # fmt: skip
+        if masked > TRUNCATION_WARN_FRACTION * seen:
+            warnings_.append(f"WARNING: task {task} lost {share:.1f}% of its samples to truncation (model_max_length "
+                             f"{max_length}): raise --model_max_length or shorten those samples")  # fmt: skip
+    if not lines:
+        return []
+    header = f"[train] samples that truncation at model_max_length {max_length} cut short or masked (trained at loss 0):"
+    return [header, *lines, *warnings_]
+
+
 class LLaVATrainer(Trainer):
     """LLaVA's trainer plus VisATB's task weighter (`weighter`, optional)."""
 
@@ -195,6 +217,9 @@ class LLaVATrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.weighter = weighter
         self.tokenization_mismatches = 0
+        # Per task: samples seen, cut short and fully masked by truncation (see data.truncation_effect).
+        self.truncation_counts = torch.zeros(weighter.num_tasks if weighter is not None else 1, 3, dtype=torch.long)
+        self._truncation_warned: set[int] = set()
         if weighter is not None:
             attach_weighter(self.model, weighter)
             self.add_callback(WeighterStepCallback(weighter))
@@ -219,7 +244,49 @@ class LLaVATrainer(Trainer):
         mismatches = inputs.pop("tokenization_mismatches", None)
         if mismatches is not None and model.training:
             self.tokenization_mismatches += int(mismatches.sum())
+        truncated = inputs.pop("truncated_samples", None)
+        if truncated is not None and model.training and "task_ids" in inputs:
+            self._count_truncation(inputs["task_ids"].detach().cpu(), truncated.detach().cpu())
         return super().compute_loss(model, inputs, return_outputs=return_outputs)
+
+    def _count_truncation(self, task_ids: torch.Tensor, codes: torch.Tensor) -> None:
+        needed = int(task_ids.max()) + 1 if task_ids.numel() else 0
+        if needed > self.truncation_counts.shape[0]:
+            grown = torch.zeros(needed, 3, dtype=torch.long)
+            grown[: self.truncation_counts.shape[0]] = self.truncation_counts
+            self.truncation_counts = grown
+        for task, code in zip(task_ids.tolist(), codes.tolist()):
+            self.truncation_counts[task, 0] += 1
+            if code:
+                self.truncation_counts[task, code] += 1
+
+    def total_truncation_counts(self) -> torch.Tensor:
+        """Per-task [seen, cut short, fully masked] over all ranks (a collective: call it on every rank)."""
+        counts = self.truncation_counts.to(self.args.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(counts)
+        return counts.cpu()
+
+    def _task_names(self, n: int) -> list[str]:
+        names = list(self.weighter.task_names) if self.weighter is not None else []
+        return names[:n] + [f"task{k}" for k in range(len(names), n)]
+
+    def truncation_report(self) -> list[str]:
+        """The end-of-run summary of what truncation dropped, per task (a collective, like the counts)."""
+        counts = self.total_truncation_counts()
+        return truncation_summary(counts, self._task_names(counts.shape[0]), self.tokenizer.model_max_length
+                                  if self.tokenizer is not None else 0)  # fmt: skip
+
+    def _warn_truncation(self, counts: torch.Tensor) -> None:
+        names = self._task_names(counts.shape[0])
+        for task, (seen, _, masked) in enumerate(counts.tolist()):
+            if task in self._truncation_warned or seen < TRUNCATION_WARN_MIN_SAMPLES:
+                continue
+            if masked > TRUNCATION_WARN_FRACTION * seen:
+                self._truncation_warned.add(task)
+                if self.args.should_log:
+                    print(f"WARNING: so far {masked} of {seen} samples of task {names[task]} were fully masked by "
+                          "truncation (model_max_length); they train nothing", file=sys.stderr, flush=True)  # fmt: skip
 
     # -- optimisation -----------------------------------------------------------------------------
 
@@ -247,6 +314,11 @@ class LLaVATrainer(Trainer):
             mismatches = self._total_mismatches()
             if mismatches:
                 logs["tokenization_mismatches"] = mismatches
+            counts = self.total_truncation_counts()
+            if counts[:, 1:].any():
+                logs["truncated_samples"] = int(counts[:, 1].sum())
+                logs["masked_samples"] = int(counts[:, 2].sum())
+                self._warn_truncation(counts)
         super().log(logs)
 
     # -- saving and resuming ------------------------------------------------------------------------

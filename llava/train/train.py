@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 import torch
 import transformers
-from transformers.trainer_utils import get_last_checkpoint
 
 from llava.conversation import get_conv_template
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+from llava.train import resume
 from llava.train.arguments import DataArguments, ModelArguments, TaskSetup, TrainingArguments, validate_args
 from llava.train.data import DataScan, make_supervised_data_module, scan_data
 from llava.train.llava_trainer import LLaVATrainer
@@ -62,6 +62,14 @@ def prepare_run(
         multimodal=bool(model_args.vision_tower),
     )
     return model_args, data_args, training_args, setup, scan
+
+
+def planned_steps(training_args: TrainingArguments, scan: DataScan) -> int:
+    """The optimizer steps this run will train (to tell a finished run from one to continue)."""
+    return resume.planned_max_steps(
+        len(scan.records), training_args.per_device_train_batch_size, training_args.world_size,
+        training_args.gradient_accumulation_steps, training_args.num_train_epochs, training_args.max_steps,
+    )  # fmt: skip
 
 
 def find_all_linear_names(model: torch.nn.Module) -> list[str]:
@@ -161,6 +169,7 @@ def load_model_and_tokenizer(
         vision_tower.to(dtype=compute_dtype, device=training_args.device)
         data_args.image_processor = vision_tower.image_processor
         data_args.is_multimodal = True
+        data_args.image_token_count = vision_tower.num_patches + (vision_tower.select_feature == "cls_patch")
 
         config = model.config
         config.image_aspect_ratio = data_args.image_aspect_ratio
@@ -217,9 +226,20 @@ def train(attn_implementation: str | None = None, args: Sequence[str] | None = N
     try:
         _install_attention(attn_implementation)
         model_args, data_args, training_args, setup, scan = prepare_run(args)
+        plan = resume.plan_resume(
+            training_args.output_dir, training_args.overwrite_output_dir, planned_steps(training_args, scan),
+            setup.weighter,
+        )  # fmt: skip
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    if plan.finished:
+        rank0_print(plan.message)
+        shut_down_distributed()
+        return
+    for warning in plan.warnings:
+        if is_main_process():
+            print(warning, file=sys.stderr, flush=True)
 
     rank0_print(scan.summary())
     if setup.single_task:
@@ -238,13 +258,14 @@ def train(attn_implementation: str | None = None, args: Sequence[str] | None = N
         model=model, tokenizer=tokenizer, args=training_args, weighter=setup.weighter, **data_module
     )
 
-    checkpoint = None
-    if os.path.isdir(training_args.output_dir) and not training_args.overwrite_output_dir:
-        checkpoint = get_last_checkpoint(training_args.output_dir)
+    checkpoint = plan.checkpoint
     if checkpoint:
         rank0_print(f"[train] resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_state()
+    for line in trainer.truncation_report():
+        if is_main_process():
+            print(line, file=sys.stderr, flush=True)
 
     model.config.use_cache = True
     if training_args.lora_enable:

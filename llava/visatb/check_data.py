@@ -1,5 +1,8 @@
 """Check a LLaVA-format multi-task data file before a long run: tasks, conversations, <image>, image files.
 
+Every image is opened and decoded as training would (empty, truncated, non-image and over-large files are
+reported), which reads every image once.
+
     python -m llava.visatb.check_data --data Academic_train-475k.json --image-folder data/images --task-preset academic
 
 Every problem goes into one report (the first 20 of each kind are listed, all are counted);
@@ -18,25 +21,32 @@ from typing import Any
 from tqdm import tqdm
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
+from llava.mm_utils import ImageTooLargeError, load_image
 from llava.utils import load_json
 from llava.visatb.tasks import resolve_tasks
 
 MAX_LISTED = 20
 
 # Kinds of problems, in report order, with their headings.
+NO_RECORDS = "no_records"
 NOT_A_RECORD = "not_a_record"
 MISSING_TASK = "missing_task"
 UNKNOWN_TASK = "unknown_task"
 BAD_CONVERSATION = "bad_conversation"
 IMAGE_TOKEN = "image_token"
 MISSING_IMAGE = "missing_image"
+UNREADABLE_IMAGE = "unreadable_image"
+TOO_LARGE_IMAGE = "too_large_image"
 PROBLEM_TITLES = {
+    NO_RECORDS: "data files without records",
     NOT_A_RECORD: "records that are not JSON objects",
     MISSING_TASK: "records without a 'task' name",
     UNKNOWN_TASK: "records whose task is not in the task list",
     BAD_CONVERSATION: "conversations that do not alternate human/gpt from a human turn (a first gpt turn is dropped)",
     IMAGE_TOKEN: "<image> token and 'image' field disagree",
     MISSING_IMAGE: "image files that do not exist",
+    UNREADABLE_IMAGE: "image files that cannot be decoded (empty, truncated or not an image)",
+    TOO_LARGE_IMAGE: "images over Pillow's decompression-bomb limit",
 }
 
 
@@ -200,7 +210,7 @@ def check_records(
     source: str = "data",
     allow_reference_lists: bool = False,
 ) -> DataReport:
-    """Check every record; image files are looked up under `image_folder` (skipped when it is None)."""
+    """Check every record; image files under `image_folder` are opened and fully decoded (skipped when it is None)."""
     report = DataReport(
         source=source,
         total=len(records),
@@ -209,7 +219,10 @@ def check_records(
         images_checked=image_folder is not None,
     )
     problems = report.problems
+    if not records:
+        problems[NO_RECORDS].add(f"{source} holds no records (an empty list): nothing to train on or check")
     exists: dict[str, bool] = {}
+    image_errors: dict[str, tuple[str, str] | None] = {}
     for index, record in enumerate(tqdm(records, desc="checking records", unit="rec", file=sys.stderr)):
         label = _label(index, record)
         if not isinstance(record, dict):
@@ -245,7 +258,24 @@ def check_records(
                     exists[full] = os.path.isfile(full)
                 if not exists[full]:
                     problems[MISSING_IMAGE].add(f"{label}: {full}")
+                    continue
+                if full not in image_errors:
+                    image_errors[full] = image_problem(full)
+                if image_errors[full] is not None:
+                    kind, reason = image_errors[full]
+                    problems[kind].add(f"{label}: {reason}")
     return report
+
+
+def image_problem(path: str) -> tuple[str, str] | None:
+    """(problem kind, reason) when the image file cannot be fully decoded by the training loader, else None."""
+    try:
+        load_image(path, exif_orientation=False)
+    except ImageTooLargeError as e:
+        return TOO_LARGE_IMAGE, str(e)
+    except (OSError, ValueError) as e:
+        return UNREADABLE_IMAGE, str(e)
+    return None
 
 
 def check_file(

@@ -20,8 +20,11 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.generation import LlavaGenerator, PreparedBatch, open_image
-from llava.utils import atomic_write_json, chunk_bounds, load_json
+from llava.mm_utils import ImageTooLargeError
+from llava.utils import atomic_write_json, chunk_bounds, load_json, refuse_same_file
+from llava.visatb import provenance
 
 T = TypeVar("T")
 
@@ -80,6 +83,8 @@ def load_questions(question_file: str | os.PathLike) -> list[dict]:
     records = load_json(question_file)
     if not isinstance(records, list):
         raise ValueError(f"{question_file}: expected a JSON list of records, found {type(records).__name__}")
+    if not records:
+        raise ValueError(f"{question_file}: the question file is empty (no records): nothing to answer")
     for index, record in enumerate(records):
         where = f"{question_file}: {_describe(index, record)}"
         if not isinstance(record, dict):
@@ -92,6 +97,15 @@ def load_questions(question_file: str | os.PathLike) -> list[dict]:
         image = record.get("image")
         if image is not None and (not isinstance(image, str) or not image):
             raise ValueError(f"{where}: 'image' must be a non-empty relative path string when present")
+        markers = turns[0]["value"].count(DEFAULT_IMAGE_TOKEN)
+        if markers and image is None:
+            raise ValueError(
+                f"{where}: the question has an {DEFAULT_IMAGE_TOKEN} marker but the record has no 'image' "
+                "(missing or null): add the image, or drop the marker for a text-only question"
+            )
+        if markers > 1:
+            raise ValueError(f"{where}: the question has {markers} {DEFAULT_IMAGE_TOKEN} markers; one image per "
+                             "record is supported")  # fmt: skip
     return records
 
 
@@ -135,6 +149,10 @@ class InferenceJob:
     overwrite: bool = False
     skip_missing_images: bool = False
     progress: bool = True
+    # What identifies the model beyond its name (provenance.model_identity) and the generation settings
+    # (LlavaGenerator.settings); with settings None the generator is loaded to learn them.
+    model_identity: dict | None = None
+    settings: dict | None = None
 
     def __post_init__(self) -> None:
         chunk_bounds(0, self.num_chunks, self.chunk_idx)
@@ -199,12 +217,15 @@ def _missing_images(questions: list[dict], start: int, image_folder: str | None)
     return missing
 
 
-def _resume_point(state: Any, path: Path, job: InferenceJob, chunk: list[dict], start: int) -> int:
+def _resume_point(state: Any, path: Path, job: InferenceJob, chunk: list[dict], start: int, origin: dict) -> int:
     """Where a progress file stops; it is only continued for the same questions, chunk range and model."""
     hint = f"delete it or rerun with --overwrite to start over ({path})"
     end = start + len(chunk)
     if not isinstance(state, dict) or not {"answers", "skipped", "next", "settings"} <= set(state):
         raise ValueError(f"{path} is not a progress file of inference_visatb.py; {hint}")
+    changed = provenance.differences(state.get("provenance"), origin)
+    if changed:
+        raise ValueError(f"progress file {path} was written with other inputs: {'; '.join(changed)}; {hint}")
     for key, value in {"model_name": job.model_name, "range": [start, end]}.items():
         if state.get(key) != value:
             raise ValueError(f"{path} was written with {key} {state.get(key)!r}, this run has {value!r}; {hint}")
@@ -236,13 +257,14 @@ def _check_records(answers: Any, skipped: Any, questions: list[dict], start: int
 class _Progress:
     """Answers and skips so far, saved atomically so that a killed run can continue where it stopped."""
 
-    def __init__(self, path: Path, job: InferenceJob, settings: dict, start: int, end: int):
+    def __init__(self, path: Path, job: InferenceJob, settings: dict, start: int, end: int, origin: dict):
         self.path = path
         self.state = {
             "question_file": os.fspath(job.question_file),
             "model_name": job.model_name,
             "range": [start, end],
             "settings": settings,
+            "provenance": origin,
             "next": start,
             "answers": [],
             "skipped": [],
@@ -277,6 +299,8 @@ def _prepare_batch(
         if path is not None:
             try:
                 image = open_image(path)
+            except ImageTooLargeError as e:
+                raise ImageTooLargeError(f"{_describe(index, record)} of {job.question_file}: {e}") from e
             except (OSError, ValueError) as e:
                 if not job.skip_missing_images:
                     raise ValueError(f"{_describe(index, record)} of {job.question_file}: {e}") from e
@@ -334,26 +358,65 @@ def _all_chunks_done(job: InferenceJob) -> bool:
     )
 
 
+def _question_ids(questions: list[dict]) -> list[Any]:
+    return [q.get("id", q.get("question_id")) for q in questions]
+
+
+def expected_provenance(job: InferenceJob, questions: list[dict], start: int, end: int, settings: dict) -> dict:
+    """The provenance this run's answers for questions [start, end) would carry."""
+    identity = job.model_identity or {"name": job.model_name, "checkpoint": None, "base": None, "vision_tower": None}
+    return provenance.make_provenance(
+        provenance.question_identity(job.question_file, _question_ids(questions), start, end),
+        identity, settings, job.image_folder,
+    )  # fmt: skip
+
+
+def _refuse_stale(path: Path, origin: dict) -> None:
+    reasons = provenance.stale_reasons(path, origin)
+    if reasons:
+        raise ValueError(
+            f"{path} exists but was made from other inputs: {'; '.join(reasons)}. Pass --overwrite to recompute "
+            "it (the old file stays until the new one is complete), or use another --answers-folder"
+        )
+
+
+def _write_answers(path: Path, answers: list[dict], origin: dict) -> None:
+    """The answer file and then its provenance record (a kill in between leaves a record that no longer matches)."""
+    atomic_write_json(path, answers, indent=4)
+    provenance.write_provenance(path, origin)
+
+
 def run_inference(job: InferenceJob, load_generator: Callable[[], LlavaGenerator]) -> InferenceReport:
     """Answer the job's chunk of questions, continuing a killed run; `load_generator` is only called if needed.
 
-    When the last chunk of a chunked run finishes, the chunks are merged into the answer file.
+    A finished or half-finished answer file is only reused when its recorded questions, model and settings are
+    this run's; otherwise it is an error (or, with `overwrite`, recomputed: the old file is replaced only once
+    the new one is complete). When the last chunk of a chunked run finishes, the chunks are merged.
     """
+    folder = Path(job.answers_folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--answers-folder {folder} is a file, not a folder")
     questions = load_questions(job.question_file)
     start, end = chunk_bounds(len(questions), job.num_chunks, job.chunk_idx)
     chunk = questions[start:end]
     out = job.answers_file
+    refuse_same_file(out, {"--question-file": job.question_file}, "the answer file")
     partial, skipped_file = progress_path(job.answers_folder, out), skipped_path(job.answers_folder, out)
-    if job.overwrite:
-        for stale in (out, partial, skipped_file):
-            stale.unlink(missing_ok=True)
-    else:
-        for done in (out, job.final_file):
+    loaded: list[LlavaGenerator] = []
+    settings = job.settings
+    if settings is None:
+        loaded.append(load_generator())
+        settings = loaded[0].settings
+    origin = expected_provenance(job, questions, start, end, settings)
+    if not job.overwrite:
+        whole = expected_provenance(job, questions, 0, len(questions), settings)
+        for done, expected in ((out, origin), (job.final_file, whole)):
             if done.is_file():
+                _refuse_stale(done, expected)
                 return InferenceReport(done, "already complete", total=len(chunk))
 
-    state = load_json(partial) if partial.is_file() else None
-    resume_at = start if state is None else _resume_point(state, partial, job, chunk, start)
+    state = load_json(partial) if partial.is_file() and not job.overwrite else None
+    resume_at = start if state is None else _resume_point(state, partial, job, chunk, start, origin)
     missing = _missing_images(questions[resume_at:end], resume_at, job.image_folder)
     if missing and not job.skip_missing_images:
         first = min(missing)
@@ -369,8 +432,10 @@ def run_inference(job: InferenceJob, load_generator: Callable[[], LlavaGenerator
             file=sys.stderr,
         )
 
-    generator = load_generator()
-    progress = _Progress(partial, job, generator.settings, start, end)
+    generator = loaded[0] if loaded else load_generator()
+    if generator.settings != settings:
+        raise ValueError(f"the loaded generator's settings {generator.settings!r} are not the job's {settings!r}")
+    progress = _Progress(partial, job, generator.settings, start, end, origin)
     if state is not None:
         if state["settings"] != generator.settings:
             raise ValueError(
@@ -388,7 +453,7 @@ def run_inference(job: InferenceJob, load_generator: Callable[[], LlavaGenerator
         atomic_write_json(skipped_file, progress.state["skipped"])
     else:
         skipped_file.unlink(missing_ok=True)
-    atomic_write_json(out, progress.state["answers"], indent=4)
+    _write_answers(out, progress.state["answers"], origin)
     partial.unlink(missing_ok=True)
     skipped = progress.state["skipped"]
     report = InferenceReport(
@@ -401,21 +466,45 @@ def run_inference(job: InferenceJob, load_generator: Callable[[], LlavaGenerator
     return report
 
 
+def _chunk_origin(path: Path, name: str, questions: list[dict], question_file: str | os.PathLike,
+                  start: int, end: int) -> dict:  # fmt: skip
+    """A chunk's provenance record, checked against the chunk file and the current question file."""
+    record = provenance.read_provenance(path)
+    hint = f"rerun that chunk with --overwrite (--chunk-idx of {name})"
+    if record is None:
+        raise ValueError(f"{name} has no provenance record {provenance.provenance_path(path).name}; {hint}")
+    current = provenance.question_identity(question_file, _question_ids(questions), start, end)
+    reasons = provenance.differences(record, {**record, "questions": current})
+    if record.get("answers_sha256") != provenance.file_sha256(path):
+        reasons.insert(0, "the chunk file was changed after its provenance record was written")
+    if reasons:
+        raise ValueError(f"{name} does not match the current question file: {'; '.join(reasons)}; {hint}")
+    return record
+
+
 def merge_chunks(
     question_file: str | os.PathLike, answers_folder: str | os.PathLike, model_name: str, num_chunks: int,
     overwrite: bool = False,
 ) -> InferenceReport:  # fmt: skip
     """Join the `num_chunks` chunk files into the answer file, in question-file order.
 
-    A missing chunk, or one that does not account for every question of its range, is an error naming it.
+    A missing chunk, one that does not account for every question of its range, or chunks made from other
+    questions, another model or other settings than the rest are errors naming the chunk.
     """
     if num_chunks < 2:
         raise ValueError(f"merging needs --num-chunks of at least 2, got {num_chunks}")
     final = answers_path(answers_folder, question_file, model_name)
     questions = load_questions(question_file)
     if final.is_file() and not overwrite:
+        record = provenance.read_provenance(final)
+        current = provenance.question_identity(question_file, _question_ids(questions), 0, len(questions))
+        if record is not None:
+            _refuse_stale(final, {**record, "questions": current})
+        else:
+            _refuse_stale(final, {})
         return InferenceReport(final, "already complete", total=len(questions))
     merged, skipped = [], []
+    first_origin: dict | None = None
     for k in range(num_chunks):
         start, end = chunk_bounds(len(questions), num_chunks, k)
         path = answers_path(answers_folder, question_file, model_name, num_chunks, k)
@@ -435,6 +524,14 @@ def merge_chunks(
         chunk_skipped_file = skipped_path(answers_folder, path)
         chunk_skipped = load_json(chunk_skipped_file) if chunk_skipped_file.is_file() else []
         _check_records(answers, chunk_skipped, questions[start:end], start, name)
+        origin = _chunk_origin(path, name, questions, question_file, start, end)
+        if first_origin is None:
+            first_origin = origin
+        else:
+            reasons = provenance.differences(first_origin, {**origin, "questions": first_origin["questions"]})
+            if reasons:
+                raise ValueError(f"{name} was made from other inputs than chunk 0: {'; '.join(reasons)}; rerun it "
+                                 "with --overwrite")  # fmt: skip
         merged.extend(answers)
         skipped.extend(chunk_skipped)
     final_skipped = skipped_path(answers_folder, final)
@@ -442,7 +539,10 @@ def merge_chunks(
         atomic_write_json(final_skipped, skipped)
     else:
         final_skipped.unlink(missing_ok=True)
-    atomic_write_json(final, merged, indent=4)
+    whole = provenance.question_identity(question_file, _question_ids(questions), 0, len(questions))
+    origin = provenance.make_provenance(whole, first_origin["model"], first_origin["generation"],
+                                        first_origin["image_folder"])  # fmt: skip
+    _write_answers(final, merged, origin)
     return InferenceReport(
         final, "merged", total=len(questions), answered=len(merged), skipped=skipped,
         skipped_file=final_skipped if skipped else None,

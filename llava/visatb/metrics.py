@@ -190,6 +190,35 @@ def validate_answers(records: Any, metric_type: str | None = None, source: str =
     return records
 
 
+def check_one_generator(records: list[dict], source: str = "answers") -> str | None:
+    """The one `generator` of an answer list (None when no record names one); several are an error."""
+    names: dict[str, int] = {}
+    for index, record in enumerate(records):
+        name = record.get("generator")
+        if name is not None:
+            names.setdefault(str(name), index)
+    if len(names) > 1:
+        listed = ", ".join(repr(n) for n in names)
+        second = sorted(names.values())[1]
+        raise ValueError(
+            f"{source}: the answers were written by {len(names)} generators ({listed}), e.g. "
+            f"{_record_name(source, second, records[second])[len(source) + 2:]}: a file must hold one model's "
+            "answers; regenerate it"
+        )
+    return next(iter(names), None)
+
+
+def check_task(records: list[dict], task: str, source: str = "answers") -> None:
+    """Every record that names its `task` must name `task` (the one the score is recorded under)."""
+    for index, record in enumerate(records):
+        own = record.get("task")
+        if own is not None and own != task:
+            raise ValueError(
+                f"{_record_name(source, index, record)} belongs to task {own!r}, not --task {task!r}: "
+                "is this the right answer file?"
+            )
+
+
 def load_answers(path: str | os.PathLike, metric_type: str | None = None) -> list[dict]:
     """Load and validate an answer file; errors name the file and the offending record."""
     return validate_answers(load_json(path), metric_type, source=str(path))

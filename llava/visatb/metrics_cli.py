@@ -7,7 +7,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from llava.visatb.metrics import METRIC_NAMES, evaluate, load_answers
+from llava.utils import same_file
+from llava.visatb import provenance
+from llava.visatb.metrics import METRIC_NAMES, check_one_generator, check_task, evaluate, load_answers
 from llava.visatb.scores import record_score
 from llava.visatb.tasks import CAPTION, CAPTION_LIST, GROUNDING, QA
 
@@ -49,8 +51,16 @@ def main(metric_type: str, argv: Sequence[str] | None = None) -> int:
         missing = [flag for flag in recording if flag not in given]
         print(f"error: {', '.join(given)} also needs {', '.join(missing)}", file=sys.stderr)
         return 2
+    if args.scores is not None and same_file(args.scores, args.answers_file):
+        print(f"error: --scores {args.scores} is the answer file itself; give the scores table's path", file=sys.stderr)
+        return 2
     try:
         records = load_answers(args.answers_file, metric_type)
+        generator = check_one_generator(records, args.answers_file)
+        for warning in provenance.check_for_scoring(args.answers_file, generator):
+            print(f"warning: {warning}", file=sys.stderr)
+        if args.task is not None:
+            check_task(records, args.task, args.answers_file)
         result = evaluate(records, metric_type, progress=not args.json, source=args.answers_file)
         if args.scores is not None:
             record_score(args.scores, args.model_key, args.task, result.score)

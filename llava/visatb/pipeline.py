@@ -184,7 +184,8 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     tasks, preset = _resolve_tasks(args.tasks, args.task_preset)
     data = Path(args.data)
     if not data.is_file():
-        raise FileNotFoundError(f"--data {data}: no such file (the entire multi-task training file)")
+        where = "" if data.is_absolute() else f"; relative paths are taken from {Path.cwd()} (run_visatb.sh runs there)"
+        raise FileNotFoundError(f"--data {data}: no such file (the entire multi-task training file){where}")
 
     sources = [flag for flag, value in (("--val-files", args.val_files), ("--val-manifest", args.val_manifest),
                                         ("--val-dir", args.val_dir), ("--val-per-task", args.val_per_task)) if value]  # fmt: skip

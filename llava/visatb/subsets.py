@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from llava.utils import atomic_write_json, load_json
+from llava.utils import atomic_write_json, load_json, refuse_same_file
 from llava.visatb.tasks import resolve_tasks
 
 DEFAULT_MINI_FRACTION = 1 / 32
@@ -47,6 +47,15 @@ def dataset_name(path: str | os.PathLike) -> str:
 def _record_label(index: int, record: Any) -> str:
     rid = record.get("id") if isinstance(record, dict) else None
     return f"record {index}" + (f" (id {rid!r})" if rid is not None else "")
+
+
+def check_file_name_part(name: str, what: str, source: str) -> None:
+    """Refuse a name that would leave the output folder or hide a file when used inside a file name."""
+    if not name or "/" in name or "\\" in name or ".." in name or name.startswith(".") or "\0" in name:
+        raise ValueError(
+            f"{source}: {what} {name!r} cannot be used in a file name (no '/', '\\', '..', leading '.'); "
+            "rename it in the data"
+        )
 
 
 def group_by_task(
@@ -157,12 +166,21 @@ def write_subsets(
 ) -> dict[str, Any]:
     """Build and write every subset file and the manifest; returns the manifest."""
     _check_fraction(fraction)
+    if val_per_task is not None and val_per_task < 1:
+        raise ValueError(f"--val-per-task must be at least 1, got {val_per_task}")
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f"--output-dir {output_dir} is a file, not a folder")
     records = load_json(data_path)
     if not isinstance(records, list):
         raise ValueError(f"{data_path}: expected a JSON list of records, got {type(records).__name__}")
     source = str(data_path)
     task_order = list(group_by_task(records, tasks, source))
+    for task in task_order:
+        check_file_name_part(task, "task name", source)
     name = name or dataset_name(data_path)
+    check_file_name_part(name, "--name", source)
+    if manifest_path is not None:
+        refuse_same_file(manifest_path, {"the input data file --data": data_path}, "--manifest")
     output_dir = Path(output_dir)
     manifest: dict[str, Any] = {
         "source": str(Path(data_path).resolve()),
@@ -287,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             val_per_task=args.val_per_task,
             manifest_path=args.manifest,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_counts(manifest))
