@@ -34,6 +34,7 @@ def test_gains_std_and_ratio_by_hand(tmp_path):
     for k, (m, o) in enumerate(zip(minis, owns)):
         _write_run(tmp_path / f"seed{k}", m, o)
     _write_run(tmp_path / "threads1", 0.51, 0.62)
+    (tmp_path / "seed1.log").write_text("[demo] 1/3 toy benchmark\n[demo] finished in 512 s; in ...\n")
     runs = [load_run(tmp_path / f"seed{k}") for k in range(3)]
     data, markdown = summarize(runs, [load_run(tmp_path / "threads1")])
     qa = next(row for row in data["gains"] if row["task"] == "QA")
@@ -47,6 +48,7 @@ def test_gains_std_and_ratio_by_hand(tmp_path):
     assert "| QA (qa) | 40.00, 26.00, 34.00, 11.00 | 11.00 pts | 2.00 pts | 5.5 |" in markdown
     assert "| VisATB weight | 1.200 ± 0.000 | 0.800 ± 0.000 |" in markdown
     assert "| mini | 1.0000 ± 0.0000 | 52.00 ± 2.00 |" in markdown
+    assert [row["seconds"] for row in data["checks"]] == [None, 512.0, None, None]
 
 
 def test_a_gain_below_three_std_and_a_failed_check_are_reported(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,10 @@ def load_run(folder: str | os.PathLike, label: str | None = None, seconds: float
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name}: missing; did the demo in {folder} finish?")
     config = load_json(folder / "pipeline.json")
+    log = folder.with_name(folder.name + ".log")  # written beside the folder by run_demo
+    if seconds is None and log.is_file():
+        match = re.search(r"^\[demo\] finished in (\d+) s", log.read_text(encoding="utf-8", errors="replace"), re.M)
+        seconds = float(match[1]) if match else None
     return Run(label or folder.name, folder, load_json(folder / "scores.json"), load_json(folder / "weights.json"),
                dict(config["metrics"]), seconds)  # fmt: skip
 
