@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The whole VisATB method, for real, on the built-in toy benchmark, on a CPU, in one command:
 #   bash scripts_visatb/demo.sh                 # under 10 minutes on 2 CPU cores that are not otherwise busy
-# It sets up .venv if needed, generates the toy benchmark (6 tasks: detailed caption, region caption list,
-# a counting and a cell-number VQA task, grounding, text-only), builds the tiny starting checkpoint, then runs
-# scripts_visatb/run_visatb.sh: sub-datasets, the mini and 5 task-plus-mini models, inference, metrics,
+# It sets up .venv if needed, generates the toy benchmark (5 tasks: detailed caption, region caption list,
+# a cell-number VQA task, grounding, text-only), builds the tiny starting checkpoint, then runs
+# scripts_visatb/run_visatb.sh: sub-datasets, the mini and 4 task-plus-mini models, inference, metrics,
 # contribution heatmap and weights, the final VisATB model and an EW baseline. Everything lands in
 # OUTPUT_DIR: scores.json, weights.json, heatmap.png, answers/, report.md (printed at the end).
 # Rerunning reuses every finished stage. DEMO_REDUCED=1 leaves out the EW baseline (CI runs it).

@@ -91,28 +91,27 @@ def _shape_of(mask: np.ndarray) -> str:
 def test_manifest_lists_tasks_metrics_files_and_counts(bench):
     out, manifest = bench
     assert manifest == toy.load_toy_manifest(out)
-    assert manifest["tasks"] == ["ToyCaption", "ToyCaptionList", "ToyCountQA", "ToyCellQA", "ToyBBox", "ToyText"]
+    assert manifest["tasks"] == ["ToyCaption", "ToyCaptionList", "ToyCellQA", "ToyBBox", "ToyText"]
     assert manifest["metrics"] == {
         "ToyCaption": CAPTION,
         "ToyCaptionList": CAPTION_LIST,
-        "ToyCountQA": QA,
         "ToyCellQA": QA,
         "ToyBBox": GROUNDING,
     }
     assert manifest["unscored"] == ["ToyText"]
     assert (manifest["seed"], manifest["scale"], manifest["image_size"]) == (0, SCALE, IMAGE_SIZE)
-    # 0.05 x (1200, 1000, 2400, 1600, 3200, 800) and 0.05 x (60, 100, 200, 200, 200), at least 4.
+    # 0.05 x (1200, 1000, 1600, 3200, 800) and 0.05 x (150, 250, 200, 200), rounded half up, at least 4.
     assert manifest["train_counts"] == {
-        "ToyCaption": 60, "ToyCaptionList": 50, "ToyCountQA": 120, "ToyCellQA": 80, "ToyBBox": 160, "ToyText": 40,
+        "ToyCaption": 60, "ToyCaptionList": 50, "ToyCellQA": 80, "ToyBBox": 160, "ToyText": 40,
     }  # fmt: skip
-    assert manifest["val_counts"] == {"ToyCaption": 4, "ToyCaptionList": 5, "ToyCountQA": 10, "ToyCellQA": 10, "ToyBBox": 10}
-    assert manifest["train_count"] == 510 and manifest["train_file"] == "toy_train-510.json"
+    assert manifest["val_counts"] == {"ToyCaption": 8, "ToyCaptionList": 13, "ToyCellQA": 10, "ToyBBox": 10}
+    assert manifest["train_count"] == 390 and manifest["train_file"] == "toy_train-390.json"
     assert manifest["val_files"]["ToyBBox"] == "ToyBBox_val-10.json"
-    # Enough scenes for the largest task, and enough two-shape scenes for the QA tasks (120 train, 10 val).
+    # Enough scenes for the largest task of each split (160 train, 13 val).
     num = manifest["num_images"]
-    assert num["train"] >= 160 and num["val"] >= 10 and num["train"] + num["val"] == len(list((out / "images").iterdir()))
+    assert num["train"] >= 160 and num["val"] >= 13 and num["train"] + num["val"] == len(list((out / "images").iterdir()))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["images", toy.MANIFEST_NAME, "toy_train-510.json", *manifest["val_files"].values()]
+        ["images", toy.MANIFEST_NAME, "toy_train-390.json", *manifest["val_files"].values()]
     )
 
 
@@ -136,12 +135,12 @@ def test_file_names_follow_the_release_naming():
 def test_toy_preset_is_registered():
     preset = get_preset("toy")
     assert list(preset.tasks) == resolve_tasks(task_preset="toy")
-    assert preset.scored_tasks == ("ToyCaption", "ToyCaptionList", "ToyCountQA", "ToyCellQA", "ToyBBox")
+    assert preset.scored_tasks == ("ToyCaption", "ToyCaptionList", "ToyCellQA", "ToyBBox")
 
 
 def test_task_sizes_scale_and_have_a_floor():
     train, val = toy.toy_task_sizes(0.5)
-    assert train["ToyCountQA"] == 1200 and train["ToyCaption"] == 600 and val["ToyCellQA"] == 100
+    assert train["ToyBBox"] == 1600 and train["ToyCaption"] == 600 and val["ToyCellQA"] == 100 and val["ToyCaption"] == 75
     train, val = toy.toy_task_sizes(0.001)
     assert set(train.values()) == {4} and set(val.values()) == {4}
 
@@ -169,10 +168,7 @@ def test_every_record_is_llava_format_with_a_known_task(bench):
 def test_qa_prompts_ask_for_a_short_answer(bench):
     for record in _all_records(bench):
         question, answer = (turn["value"] for turn in record["conversations"])
-        if record["task"] == "ToyCountQA":
-            assert question.endswith("\nAnswer the question using a single word or phrase.")
-            assert answer in ("none", "one", "two")
-        elif record["task"] == "ToyCellQA":
+        if record["task"] == "ToyCellQA":
             assert question.endswith("Answer with a number from 1 to 9, counting cells in reading order.")
             assert re.fullmatch(r"[1-9]", answer)
 
@@ -244,21 +240,14 @@ def _cell_of(mask: np.ndarray, side: int) -> int:
 
 def test_qa_answers_match_the_image(bench):
     out, _ = bench
-    qa = [r for r in _all_records(bench) if r["task"] in ("ToyCountQA", "ToyCellQA")]
-    assert {r["task"] for r in qa} == {"ToyCountQA", "ToyCellQA"}
+    qa = [r for r in _all_records(bench) if r["task"] == "ToyCellQA"]
+    assert qa
     for record in qa:
         question, answer = (turn["value"] for turn in record["conversations"])
         pixels = _pixels(out, record)
         drawn = [c for c in toy.COLORS if _mask(pixels, c).any()]
-        if record["task"] == "ToyCountQA":
-            # Large shapes span 0.84 of a cell (16 px cells: 13 px), small ones 0.48 (8 px).
-            assert re.search(r"How many large shapes", question), record["id"]
-            widths = [np.nonzero(_mask(pixels, c))[1].ptp() + 1 for c in drawn]
-            count = sum(w > 0.66 * IMAGE_SIZE / 3 for w in widths)
-            assert answer == ("none", "one", "two")[count], record["id"]
-        else:
-            color = re.search(r"the (\w+) shape\?", question)[1]
-            assert color in drawn and str(_cell_of(_mask(pixels, color), IMAGE_SIZE)) == answer, record["id"]
+        color = re.search(r"the (\w+) shape\?", question)[1]
+        assert color in drawn and str(_cell_of(_mask(pixels, color), IMAGE_SIZE)) == answer, record["id"]
 
 
 def test_captions_name_exactly_the_colours_drawn_and_the_background(bench):
@@ -314,7 +303,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
     assert first == again
     # The same files apart from images, whose numbering follows the seed's scene pool.
     assert {k for k in first if not k.startswith("images/")} == {k for k in other if not k.startswith("images/")}
-    assert first["toy_train-204.json"] != other["toy_train-204.json"]
+    assert first["toy_train-156.json"] != other["toy_train-156.json"]
     differing = [k for k in first if k.startswith("images/") and first[k] != other.get(k)]
     assert len(differing) > len([k for k in first if k.startswith("images/")]) // 2
 
@@ -329,13 +318,13 @@ def test_existing_benchmark_is_reused_and_other_settings_need_overwrite(tmp_path
     toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)
     manifest_path = tmp_path / toy.MANIFEST_NAME
     stamp = manifest_path.stat().st_mtime_ns
-    assert toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)["train_count"] == 102
+    assert toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)["train_count"] == 78
     assert manifest_path.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match=r"toy_benchmark\.json: holds a toy benchmark with seed 0, scale 0\.01"):
         toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.02)
     manifest = toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.02, overwrite=True)
-    assert manifest["train_count"] == 204
-    assert not (tmp_path / "toy_train-102.json").exists()
+    assert manifest["train_count"] == 156
+    assert not (tmp_path / "toy_train-78.json").exists()
     assert len(list((tmp_path / "images").iterdir())) == sum(manifest["num_images"].values())
 
 
@@ -400,8 +389,8 @@ def test_corpus_from_directory_covers_train_and_val(bench):
 def test_cli_writes_prints_a_table_and_reports_errors(tmp_path, capsys):
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "2", "--scale", "0.01", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert re.search(r"^ToyCountQA\s+qa\s+24\s+4$", printed, re.M)
-    assert f"wrote {tmp_path / toy.MANIFEST_NAME} (102 train records" in printed
+    assert re.search(r"^ToyCellQA\s+qa\s+16\s+4$", printed, re.M)
+    assert f"wrote {tmp_path / toy.MANIFEST_NAME} (78 train records" in printed
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "2", "--scale", "0.01", "--quiet"]) == 0
     assert "reused" in capsys.readouterr().out
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "3", "--quiet"]) == 1

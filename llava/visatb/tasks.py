@@ -78,14 +78,13 @@ def resolve_tasks(task_names: str | None = None, task_preset: str | None = None)
 
 
 # The embedded toy benchmark (llava/visatb/toy_benchmark.py), its task types in the Academic preset's order:
-# detailed caption, caption list, two VQA tasks, grounding, and a text-only task that is trained but not scored.
+# detailed caption, caption list, a VQA task, grounding, and a text-only task that is trained but not scored.
 TOY = TaskPreset(
     name="toy",
-    tasks=("ToyCaption", "ToyCaptionList", "ToyCountQA", "ToyCellQA", "ToyBBox", "ToyText"),
+    tasks=("ToyCaption", "ToyCaptionList", "ToyCellQA", "ToyBBox", "ToyText"),
     metrics={
         "ToyCaption": CAPTION,
         "ToyCaptionList": CAPTION_LIST,
-        "ToyCountQA": QA,
         "ToyCellQA": QA,
         "ToyBBox": GROUNDING,
     },

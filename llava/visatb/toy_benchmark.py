@@ -1,23 +1,24 @@
 """The embedded toy benchmark: coloured shapes on a 3x3 grid, asked about in the Academic benchmark's task types.
 
 Images hold one or two shapes (circle, square, triangle; red, green, blue, yellow; small or large), each
-centred in a grid cell, on a plain or lightly noisy grey-level background. Six tasks, in the `toy` preset's
+centred in a grid cell, on a plain or lightly noisy grey-level background. Five tasks, in the `toy` preset's
 task-id order:
 
     ToyCaption      detailed templated description of the image          caption (CIDEr)
     ToyCaptionList  short description of a region given by its box      caption list (CIDEr vs references)
-    ToyCountQA      how many large shapes there are: none, one or two       qa (exact match)
     ToyCellQA       grid cell (1-9, reading order) of the shape of a colour qa (exact match)
     ToyBBox         box of the shape a phrase names, "[x1, y1, x2, y2]"   grounding (IoU > 0.5)
     ToyText         arithmetic and word reversal, no image                trained, not scored
 
 Everything follows from the seed. Train and validation images are disjoint files; tasks share images
-within a split, as the Academic tasks share COCO images. The two QA tasks ask for something the
-starting point's captions never say (a count, a cell number), so the tiny model learns them from task data
-only, and learns them gradually: part-way from a mini share, fully from the whole task. (Questions about
-the colour or kind of a named shape, the first design, are answered from the captions' words: either
-every model answered them, or, where choosing one shape of two was needed, none did, so those QA tasks
-had no own-data gain at all.)
+within a split, as the Academic tasks share COCO images. The QA task asks for something the starting
+point's captions never say (a cell number), so the tiny model learns it from task data only, and learns
+it gradually: part-way from a mini share, fully from the whole task. (Questions about the colour or kind
+of a named shape, the first design, are answered from the captions' words: either every model answered
+them, or, where choosing one shape of two was needed, none did, so those QA tasks had no own-data gain at
+all. A counting task, "how many large shapes are there", was learned by the mini model on some seeds and
+not on others: its score over seeds 0-4 was 64 +- 19 %, so its own-data gain was not above the seed
+spread; it was dropped.)
 
     python -m llava.visatb.toy_benchmark --output-dir data/toy --seed 0 [--scale 0.1] [--overwrite]
 """
@@ -47,7 +48,7 @@ from llava.visatb.tasks import CAPTION_LIST, TOY
 
 MANIFEST_NAME = "toy_benchmark.json"
 IMAGE_DIR = "images"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 50, 50),
@@ -69,8 +70,6 @@ POSITIONS = (
     ("bottom left", "bottom center", "bottom right"),
 )
 
-# LLaVA-1.5's response-format prompt for short-answer VQA (VQAv2, GQA, OCRVQA in its mixture).
-SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 # LLaVA-1.5's RefCOCO prompts (region description and referring-expression grounding).
 REGION_DESCRIPTION_PROMPT = "Please provide a short description for this region: "
 GROUNDING_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
@@ -86,15 +85,13 @@ DETAIL_PROMPTS = (
 TRAIN_SIZES: dict[str, int] = {
     "ToyCaption": 1200,
     "ToyCaptionList": 1000,
-    "ToyCountQA": 2400,
     "ToyCellQA": 1600,
     "ToyBBox": 3200,
     "ToyText": 800,
 }
 VAL_SIZES: dict[str, int] = {
-    "ToyCaption": 60,
-    "ToyCaptionList": 100,
-    "ToyCountQA": 200,
+    "ToyCaption": 150,
+    "ToyCaptionList": 250,
     "ToyCellQA": 200,
     "ToyBBox": 200,
 }
@@ -233,18 +230,6 @@ def _caption_list_task(scene: ToyScene, rng: random.Random, image_size: int) -> 
     return REGION_DESCRIPTION_PROMPT + format_box(normalized_box(shape, image_size)), region_descriptions(shape)
 
 
-COUNT_WORDS = ("none", "one", "two")
-
-
-def _count_qa_task(scene: ToyScene, rng: random.Random, image_size: int) -> tuple[str, list[str]]:
-    # Large shapes only: the tiny model learns this count abruptly, after some 800 examples, which the
-    # task's full data passes with room to spare and its mini share does not reach. (Asking for large or
-    # small shapes doubled what it has to see, and on one seed the full-data model never got there.)
-    count = sum(shape.size == "large" for shape in scene.shapes)
-    question = rng.choice(("How many large shapes are there?", "How many large shapes does the image show?"))
-    return f"{question}\n{SHORT_ANSWER_PROMPT}", [COUNT_WORDS[count]]
-
-
 def cell_number(shape: ToyShape) -> int:
     """The shape's grid cell as a number, 1 (top left) to 9 (bottom right), in reading order."""
     return shape.row * GRID + shape.col + 1
@@ -274,7 +259,6 @@ def text_task(rng: random.Random) -> tuple[str, str]:
 SCENE_TASKS: dict[str, SceneTaskBuilder] = {
     "ToyCaption": _caption_task,
     "ToyCaptionList": _caption_list_task,
-    "ToyCountQA": _count_qa_task,
     "ToyCellQA": _cell_qa_task,
     "ToyBBox": _bbox_task,
 }

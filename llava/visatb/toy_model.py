@@ -59,7 +59,7 @@ from llava.visatb.toy_benchmark import (
 )
 
 MANIFEST_NAME = "toy_model.json"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 START_NAME = "llava-toy-start"
 PRETRAIN_TASK = "ToyAlign"
 # A patch of half a grid cell sees part of a shape, which makes its kind and size easy to read off; with a
