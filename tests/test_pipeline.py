@@ -8,6 +8,7 @@ including a second run that must skip every finished stage.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -147,6 +148,71 @@ def test_weighting_options_reach_the_weights_command(chain_inputs):
     assert command[command.index("--max-contribution") + 1] == "4.0" and "--strict" in command
     default = pipeline.Pipeline(config(chain_args(chain_inputs)))._weights_items()[1][0].command
     assert "--strict" not in default
+
+
+def test_new_weighting_options_reach_the_weights_command(chain_inputs):
+    flags = ("--temperature", "auto", "--alpha", "1", "0", "0", "--form", "chat")
+    cfg = config(chain_args(chain_inputs, *flags))
+    assert cfg.temperature == "auto" and cfg.alpha == [1.0, 0.0, 0.0]
+    assert cfg.form == "chat" and cfg.difficulty_from == "precise"  # the chat form's own difficulty
+    chain = pipeline.Pipeline(cfg)
+    chain.work.mkdir(parents=True)
+    scores = {"start": {"A": 0.1, "B": 0.2}}
+    for task in ("A", "B"):
+        scores[f"alone:{task}"] = {"A": 0.5, "B": 0.5}
+        scores[f"mini-alone:{task}"] = {task: 0.3}
+    chain.scores_file.write_text(json.dumps(scores))
+    command = chain._weights_items()[1][0].command
+    assert command[command.index("--temperature") + 1] == "auto"
+    assert command[command.index("--alpha") + 1 : command.index("--alpha") + 4] == ["1.0", "0.0", "0.0"]
+    assert command[command.index("--form") + 1] == "chat"
+    assert command[command.index("--difficulty-from") + 1] == "precise"
+    default = pipeline.Pipeline(config(chain_args(chain_inputs)))._weights_items()[1][0].command
+    assert default[default.index("--alpha") + 1 : default.index("--alpha") + 4] == ["0.25", "0.25", "0.5"]
+    assert default[default.index("--temperature") + 1] == "0.5"
+    assert default[default.index("--difficulty-from") + 1] == "real" and "academic" in default
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--alpha", "0.5", "0.5", "0.5"], "--alpha: alpha must sum to 1"),
+     (["--alpha", "1.5", "-0.5", "0"], "--alpha: alpha must be non-negative"),
+     (["--temperature", "warm"], "--temperature: temperature must be a positive number or 'auto'")],
+)  # fmt: skip
+def test_bad_new_weighting_options_stop_the_chain_before_any_training(chain_inputs, capsys, flags, message):
+    assert pipeline.main(chain_args(chain_inputs, *flags)) == 2
+    assert message in capsys.readouterr().err
+    work = chain_inputs["work"]
+    assert not (work / "checkpoints").exists() and not (work / "subsets").exists()
+
+
+def test_precise_difficulty_without_its_models_stops_at_the_weights_stage(chain_inputs, capsys):
+    args = chain_args(chain_inputs, "--difficulty-from", "precise")
+    out = io.StringIO()
+    chain = pipeline.Pipeline(config(args), out=out)
+    work = chain_inputs["work"]
+    for stage in ("subsets", "train", "infer", "score"):  # as if the preparation had run
+        chain.marker(stage).parent.mkdir(parents=True, exist_ok=True)
+        chain.marker(stage).write_text("{}")
+    scores = {"mini": {"A": 0.2, "B": 0.3}, "A": {"A": 0.5, "B": 0.35}, "B": {"A": 0.25, "B": 0.6},
+              "alone:A": {"A": 0.55}}  # fmt: skip
+    chain.scores_file.write_text(json.dumps(scores))
+    with pytest.raises(pipeline.PipelineError, match="weights stage: --form academic with --difficulty-from"):
+        chain.run()
+    assert "[visatb] note (the weights stage stops without these scores): --form academic" in out.getvalue()
+    assert pipeline.main(args) == 1
+    err = capsys.readouterr().err
+    assert "error: weights stage: --form academic with --difficulty-from precise needs scores" in err
+    assert "mini-alone:A (on A); mini-alone:B (on B); alone:B (on B)" in err
+    assert "The chain does not train these models yet" in err
+    assert not (work / "weights.json").exists() and not chain.is_done("weights")
+
+
+def test_chat_form_names_every_missing_row(chain_inputs):
+    chain = pipeline.Pipeline(config(chain_args(chain_inputs, "--form", "chat")))
+    with pytest.raises(pipeline.PipelineError, match=r"start \(on A, B\); alone:A \(on A, B\); alone:B \(on A, B\); "
+                       r"mini-alone:A \(on A\); mini-alone:B \(on B\)\. The chain does not train"):  # fmt: skip
+        chain._weights_items()
 
 
 # ---------------------------------------------------------------------------------------------- running
