@@ -373,6 +373,54 @@ def test_report_cli_warns_and_strict_exits_1(tmp_path, capsys):
     assert "## Learning checks" in out.read_text()
 
 
+def test_report_has_no_stl_section_without_an_stl_baseline_for_every_task():
+    assert "Against STL" not in report.build_report(healthy_scores(), TASKS, METRICS).markdown
+    partial = {**healthy_scores(), "alone:T1": {"T1": 0.50}}  # no STL score for T2
+    assert "Against STL" not in report.build_report(partial, TASKS, METRICS).markdown
+
+
+@pytest.mark.parametrize("rows", [{"alone:T1": {"T1": 0.50, "T2": 0.10}, "alone:T2": {"T2": 0.86}},
+                                  {"STL": {"T1": 0.50, "T2": 0.86}}])  # fmt: skip
+def test_report_against_stl_by_hand(rows):
+    scores = {**healthy_scores(), **rows}
+    markdown = report.build_report(scores, TASKS, METRICS).markdown
+    section = markdown.split("## Against STL\n", 1)[1].split("\n## ", 1)[0]
+    # EW:     I = (0.62 - 0.50) / 0.50 = 0.24, (0.85 - 0.86) / 0.86 = -0.011628
+    #         dI = 100 * (0.24 - 0.011628) / 2 = 11.42, dE = 100 * 0.011628 / 2 = 0.58
+    # VisATB: I = (0.66 - 0.50) / 0.50 = 0.32, (0.84 - 0.86) / 0.86 = -0.023256
+    #         dI = 100 * (0.32 - 0.023256) / 2 = 14.84, dE = 100 * 0.023256 / 2 = 1.16
+    assert "| model | T1 | T2 | dI % | dE % |" in section
+    assert "| STL (baseline) | 50.00 | 0.8600 | - | - |" in section
+    assert "| EW | 62.00 | 0.8500 | +11.42 | 0.58 |" in section
+    assert "| VisATB | 66.00 | 0.8400 | +14.84 | 1.16 |" in section
+    # Only the final models are compared: no start, mini, task-plus-mini, alone: or STL rows.
+    assert len([line for line in section.splitlines() if line.startswith("| ")]) == 4
+    assert markdown.index("## Against STL") < markdown.index("## Learning checks")
+
+
+def test_report_cli_writes_the_stl_section(tmp_path, capsys):
+    path, out = tmp_path / "scores.json", tmp_path / "report.md"
+    path.write_text(json.dumps({**healthy_scores(), "alone:T1": {"T1": 0.50}, "alone:T2": {"T2": 0.86}}))
+    assert report.main(["--scores", str(path), "--tasks", "T1,T2", "--metrics", "T1=qa,T2=caption",
+                        "--output", str(out)]) == 0  # fmt: skip
+    assert "| EW | 62.00 | 0.8500 | +11.42 | 0.58 |" in out.read_text()
+
+
+def test_report_weights_section_states_the_non_default_choices():
+    weights = {"tasks": ["T1", "T2"], "scored_tasks": ["T1", "T2"], "temperature": 0.5,
+               "out_contribution": [0.1, 0.2], "in_contribution": [0.2, 0.1], "difficulty": [0.3, 0.4],
+               "weights": {"final": [0.9, 1.1]}, "visatb_weights": [0.9, 1.1]}  # fmt: skip
+    default = report.weights_section(weights, None)[2]
+    assert default == ("Temperature 0.5; C_out: what a task's data gives the others, C_in: what it receives, "
+                       "D: its difficulty (1 - V(mini) / V(task-plus-mini)).")  # fmt: skip
+    chosen = {**weights, "temperature_rule": "auto", "difficulty_from": "precise", "form": "chat",
+              "alpha": {"out": 1.0, "in": 0.0, "difficulty": 0.0}}  # fmt: skip
+    text = report.weights_section(chosen, None)[2]
+    assert text.startswith("Temperature 0.5 (auto: the smallest of 2, 1, 0.5, 0.25, 0.125")
+    assert "(1 - V(mini-alone:task) / V(alone:task))" in text and "Chat form: C[i->j]" in text
+    assert "Weight = 1 w_out + 0 w_in + 0 w_D (alpha of Eq. 8)." in text
+
+
 # ---------------------------------------------------------------------------------------------- toy model
 
 

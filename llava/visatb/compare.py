@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,18 +184,27 @@ def compare(
     }
 
 
-def comparison_markdown(comparison: Mapping[str, Any]) -> list[str]:
-    """The comparison as markdown table lines: the baseline's row first, then each model with dI % and dE %."""
+def _four_decimals(task: str, value: float) -> str:
+    return f"{value:.4f}"
+
+
+def comparison_markdown(
+    comparison: Mapping[str, Any], score_format: Callable[[str, float], str] = _four_decimals
+) -> list[str]:
+    """The comparison as markdown table lines: the baseline's row first, then each model with dI % and dE %.
+
+    `score_format(task, score)` writes a score (default: four decimals).
+    """
     tasks = comparison["tasks"]
     lower = set(comparison["lower_is_better"])
     models = comparison["models"]
     header = [f"{t} (lower is better)" if t in lower else t for t in tasks]
     lines = ["| model | " + " | ".join(header) + " | dI % | dE % |", "|---|" + "---:|" * (len(tasks) + 2)]
     first = next(iter(models.values()), None)
-    base = [f"{first['per_task'][t]['baseline']:.4f}" if first else "-" for t in tasks]
+    base = [score_format(t, first["per_task"][t]["baseline"]) if first else "-" for t in tasks]
     lines.append(f"| {comparison['baseline']} (baseline) | " + " | ".join(base) + " | - | - |")
     for name, entry in models.items():
-        cells = [f"{entry['per_task'][t]['score']:.4f}" for t in tasks]
+        cells = [score_format(t, entry["per_task"][t]["score"]) for t in tasks]
         lines.append(
             f"| {name} | " + " | ".join(cells) + f" | {entry['delta_I']:+.2f} | {entry['delta_E']:.2f} |"
         )
