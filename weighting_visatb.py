@@ -3,6 +3,7 @@
     python weighting_visatb.py                                   # the paper's settings
     python weighting_visatb.py --scores scores.json --task-preset academic --output weights.json --plot weights.png
     python weighting_visatb.py --out-contribution 0.16 0.19 0.20 --in-contribution ... --difficulty ...
+    python weighting_visatb.py --scores scores.json --task-preset chat --form chat --temperature auto
 
 The last line printed is VISATB_WEIGHTS="w1 w2 ...", in task-id order, for the finetune scripts.
 """
@@ -29,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without arguments, prints the weights of the paper's settings."
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--scores", help="scores table JSON {model key: {task: score}} ('mini', task names)")
+    source.add_argument("--scores", help="scores table JSON {model key: {task: score}} (see scores.py)")
     source.add_argument("--paper", help=f"one paper setting: {', '.join(weighting.PAPER_SETTINGS)}")
     parser.add_argument("--out-contribution", type=float, nargs="+", help="C_out per scored task, by hand")
     parser.add_argument("--in-contribution", type=float, nargs="+", help="C_in per scored task, by hand")
@@ -43,8 +44,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--unscored-tasks",
         help="tasks trained but not scored, weight 1.0 (default: the preset's, e.g. ShareGPT for academic)",
     )
-    parser.add_argument("--temperature", type=float, default=weighting.DEFAULT_TEMPERATURE,
-                        help="softmax temperature T (positive)")
+    parser.add_argument(
+        "--temperature",
+        default=weighting.DEFAULT_TEMPERATURE,
+        help="softmax temperature T (positive), or 'auto': the smallest of 2, 1, 0.5, 0.25, 0.125 keeping every "
+        "final weight in [0.5, 2.0]",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        nargs=3,
+        default=list(weighting.DEFAULT_ALPHA),
+        metavar=("A_OUT", "A_IN", "A_D"),
+        help="Eq. 8: final = A_OUT * w_out + A_IN * w_in + A_D * w_diff (each >= 0, summing to 1)",
+    )
+    parser.add_argument(
+        "--form",
+        choices=list(weighting.FORMS),
+        default="academic",
+        help="academic: C from the mini and task-plus-mini models; chat (App. C): from start and alone:<task>",
+    )
+    parser.add_argument(
+        "--difficulty-from",
+        choices=list(weighting.DIFFICULTY_SOURCES),
+        help="real: D = 1 - V_i(mini)/V_i(i+mini); precise (App. F): 1 - V_i(mini-alone:i)/V_i(alone:i) "
+        "(default: real for --form academic, precise for chat)",
+    )
     parser.add_argument(
         "--gain-tolerance", type=float, default=weighting.DEFAULT_GAIN_TOLERANCE,
         help="a task's own-data gain V_j(j+mini) - V_j(mini) at or below this fraction of its score counts as no "
@@ -68,10 +93,12 @@ def compute(args: argparse.Namespace) -> weighting.VisatbWeights:
         raise ValueError("give either --scores, --paper or the three measure vectors, not several")
     if by_hand and any(v is None for v in vectors):
         raise ValueError("by hand, give all three of --out-contribution, --in-contribution and --difficulty")
+    if not args.scores and (args.form != "academic" or args.difficulty_from):
+        raise ValueError("--form and --difficulty-from choose models of a scores table: give --scores")
     if args.paper:
         if args.tasks or args.task_preset or args.unscored_tasks:
             raise ValueError("--paper fixes its own tasks; drop --tasks/--task-preset/--unscored-tasks")
-        return weighting.get_paper_setting(args.paper).weights(args.temperature)
+        return weighting.get_paper_setting(args.paper).weights(args.temperature, args.alpha)
 
     tasks = resolve_tasks(args.tasks, args.task_preset) if (args.tasks or args.task_preset) else None
     if args.unscored_tasks is not None:
@@ -90,16 +117,16 @@ def compute(args: argparse.Namespace) -> weighting.VisatbWeights:
         order = "as the vectors were given"
     if args.scores:
         scores = weighting.load_scores_table(args.scores)
-        all_tasks, scored = weighting.plan_tasks(tasks, unscored, scores=scores, source=args.scores)
+        all_tasks, scored = weighting.plan_tasks(tasks, unscored, scores, source=args.scores, form=args.form)
         result = weighting.weights_from_scores(
             scores, scored, all_tasks, args.temperature, source=args.scores, gain_tolerance=args.gain_tolerance,
-            max_contribution=args.max_contribution, strict=args.strict,
-        )
+            max_contribution=args.max_contribution, strict=args.strict, alpha=args.alpha, form=args.form,
+            difficulty_from=args.difficulty_from,
+        )  # fmt: skip
     else:
         all_tasks, scored = weighting.plan_tasks(tasks, unscored, n_values=len(args.difficulty))
-        result = weighting.weights_from_measures(
-            args.out_contribution, args.in_contribution, args.difficulty, scored, all_tasks, args.temperature
-        )
+        measures = (args.out_contribution, args.in_contribution, args.difficulty, scored, all_tasks)
+        result = weighting.weights_from_measures(*measures, args.temperature, alpha=args.alpha)
     result.task_order = order
     return result
 
@@ -115,15 +142,20 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        args.temperature = weighting.temperature_option(args.temperature)
+        try:
+            args.alpha = weighting.check_alpha(args.alpha)
+        except ValueError as e:
+            raise ValueError(f"--alpha: {e}") from None
         by_hand = any(v is not None for v in (args.out_contribution, args.in_contribution, args.difficulty))
         if not (args.scores or args.paper or by_hand):
-            if args.tasks or args.task_preset or args.unscored_tasks or args.output or args.plot:
+            chosen = (args.tasks, args.task_preset, args.unscored_tasks, args.output, args.plot)
+            if any(chosen) or args.form != "academic" or args.difficulty_from:
                 raise ValueError("nothing to weight: give --scores, --paper or the three measure vectors")
-            print(weighting.format_paper_settings(args.temperature))
+            print(weighting.format_paper_settings(args.temperature, args.alpha))
             print()
             print(USAGE_HINT)
             return 0
-        weighting.check_temperature(args.temperature)
         weighting.check_gain_options(args.gain_tolerance, args.max_contribution)
         _check_outputs(args)
         result = compute(args)

@@ -51,7 +51,12 @@ FINAL_TRAIN_ARGS="${FINAL_TRAIN_ARGS:-}"             # ... for the final VisATB 
 INFER_ARGS="${INFER_ARGS:-}"                         # extra inference_visatb.py flags, e.g. "--batch-size 16"
 MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-}"                 # per metric type or task, e.g. "qa=16,caption=1024"
 CONV_MODE="${CONV_MODE:-vicuna_v1}"
-TEMPERATURE="${TEMPERATURE:-0.5}"
+TEMPERATURE="${TEMPERATURE:-0.5}"                    # or auto: the smallest of 2 1 0.5 0.25 0.125 keeping weights in [0.5, 2]
+ALPHA="${ALPHA:-0.25 0.25 0.5}"                      # a_out a_in a_D of the final weight (Eq. 8), summing to 1
+FORM="${FORM:-academic}"                             # chat: C from start and alone:<task> models (App. C)
+DIFFICULTY_FROM="${DIFFICULTY_FROM:-}"               # real | precise (App. F); empty: real for academic, precise for chat
+# FORM=chat and DIFFICULTY_FROM=precise read alone:<task> / mini-alone:<task> (and start) rows of
+# WORK_DIR/scores.json, which the chain does not train yet: add them before the weights stage.
 GAIN_TOLERANCE="${GAIN_TOLERANCE:-0.01}"             # own-data gain <= 1% of the score: "no gain" (neutral weight)
 MAX_CONTRIBUTION="${MAX_CONTRIBUTION:-10}"           # ... or so small that some |C[i->j]| > 10
 STRICT="${STRICT:-0}"                                # 1: a task without own-data gain stops the chain instead
@@ -62,12 +67,15 @@ TRAIN_JOBS="${TRAIN_JOBS:-1}"                        # training runs at the same
 
 args=(--work-dir "$WORK_DIR" --data "$DATA_PATH" --image-folder "$IMAGE_FOLDER"
       --finetune-script "$FINETUNE_SCRIPT" --run-name "$RUN_NAME" --mini-fraction "$MINI_FRACTION" --seed "$SEED"
-      --conv-mode "$CONV_MODE" --temperature "$TEMPERATURE" --gain-tolerance "$GAIN_TOLERANCE"
+      --conv-mode "$CONV_MODE" --temperature "$TEMPERATURE" --form "$FORM" --gain-tolerance "$GAIN_TOLERANCE"
       --max-contribution "$MAX_CONTRIBUTION" --strict "$STRICT" --ew-baseline "$EW_BASELINE" --eval-final "$EVAL_FINAL"
       --jobs "$JOBS" --train-jobs "$TRAIN_JOBS")
 if [ -n "$TASK_NAMES" ]; then args+=(--tasks "$TASK_NAMES"); else args+=(--task-preset "$TASK_PRESET"); fi
 [ -z "$TASK_METRICS" ] || args+=(--task-metrics "$TASK_METRICS")
 [ -z "$UNSCORED_TASKS" ] || args+=(--unscored-tasks "$UNSCORED_TASKS")
+read -r -a alpha <<< "$ALPHA"
+[ "${#alpha[@]}" -eq 0 ] || args+=(--alpha "${alpha[@]}")
+[ -z "$DIFFICULTY_FROM" ] || args+=(--difficulty-from "$DIFFICULTY_FROM")
 [ -z "$VAL_FILES" ] || args+=(--val-files "$VAL_FILES")
 [ -z "$VAL_DIR" ] || args+=(--val-dir "$VAL_DIR")
 [ -z "$VAL_MANIFEST" ] || args+=(--val-manifest "$VAL_MANIFEST")

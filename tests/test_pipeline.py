@@ -8,6 +8,7 @@ including a second run that must skip every finished stage.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -147,6 +148,71 @@ def test_weighting_options_reach_the_weights_command(chain_inputs):
     assert command[command.index("--max-contribution") + 1] == "4.0" and "--strict" in command
     default = pipeline.Pipeline(config(chain_args(chain_inputs)))._weights_items()[1][0].command
     assert "--strict" not in default
+
+
+def test_new_weighting_options_reach_the_weights_command(chain_inputs):
+    flags = ("--temperature", "auto", "--alpha", "1", "0", "0", "--form", "chat")
+    cfg = config(chain_args(chain_inputs, *flags))
+    assert cfg.temperature == "auto" and cfg.alpha == [1.0, 0.0, 0.0]
+    assert cfg.form == "chat" and cfg.difficulty_from == "precise"  # the chat form's own difficulty
+    chain = pipeline.Pipeline(cfg)
+    chain.work.mkdir(parents=True)
+    scores = {"start": {"A": 0.1, "B": 0.2}}
+    for task in ("A", "B"):
+        scores[f"alone:{task}"] = {"A": 0.5, "B": 0.5}
+        scores[f"mini-alone:{task}"] = {task: 0.3}
+    chain.scores_file.write_text(json.dumps(scores))
+    command = chain._weights_items()[1][0].command
+    assert command[command.index("--temperature") + 1] == "auto"
+    assert command[command.index("--alpha") + 1 : command.index("--alpha") + 4] == ["1.0", "0.0", "0.0"]
+    assert command[command.index("--form") + 1] == "chat"
+    assert command[command.index("--difficulty-from") + 1] == "precise"
+    default = pipeline.Pipeline(config(chain_args(chain_inputs)))._weights_items()[1][0].command
+    assert default[default.index("--alpha") + 1 : default.index("--alpha") + 4] == ["0.25", "0.25", "0.5"]
+    assert default[default.index("--temperature") + 1] == "0.5"
+    assert default[default.index("--difficulty-from") + 1] == "real" and "academic" in default
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--alpha", "0.5", "0.5", "0.5"], "--alpha: alpha must sum to 1"),
+     (["--alpha", "1.5", "-0.5", "0"], "--alpha: alpha must be non-negative"),
+     (["--temperature", "warm"], "--temperature: temperature must be a positive number or 'auto'")],
+)  # fmt: skip
+def test_bad_new_weighting_options_stop_the_chain_before_any_training(chain_inputs, capsys, flags, message):
+    assert pipeline.main(chain_args(chain_inputs, *flags)) == 2
+    assert message in capsys.readouterr().err
+    work = chain_inputs["work"]
+    assert not (work / "checkpoints").exists() and not (work / "subsets").exists()
+
+
+def test_precise_difficulty_without_its_models_stops_at_the_weights_stage(chain_inputs, capsys):
+    args = chain_args(chain_inputs, "--difficulty-from", "precise")
+    out = io.StringIO()
+    chain = pipeline.Pipeline(config(args), out=out)
+    work = chain_inputs["work"]
+    for stage in ("subsets", "train", "infer", "score"):  # as if the preparation had run
+        chain.marker(stage).parent.mkdir(parents=True, exist_ok=True)
+        chain.marker(stage).write_text("{}")
+    scores = {"mini": {"A": 0.2, "B": 0.3}, "A": {"A": 0.5, "B": 0.35}, "B": {"A": 0.25, "B": 0.6},
+              "alone:A": {"A": 0.55}}  # fmt: skip
+    chain.scores_file.write_text(json.dumps(scores))
+    with pytest.raises(pipeline.PipelineError, match="weights stage: --form academic with --difficulty-from"):
+        chain.run()
+    assert "[visatb] note (the weights stage stops without these scores): --form academic" in out.getvalue()
+    assert pipeline.main(args) == 1
+    err = capsys.readouterr().err
+    assert "error: weights stage: --form academic with --difficulty-from precise needs scores" in err
+    assert "mini-alone:A (on A); mini-alone:B (on B); alone:B (on B)" in err
+    assert "The chain does not train these models yet" in err
+    assert not (work / "weights.json").exists() and not chain.is_done("weights")
+
+
+def test_chat_form_names_every_missing_row(chain_inputs):
+    chain = pipeline.Pipeline(config(chain_args(chain_inputs, "--form", "chat")))
+    with pytest.raises(pipeline.PipelineError, match=r"start \(on A, B\); alone:A \(on A, B\); alone:B \(on A, B\); "
+                       r"mini-alone:A \(on A\); mini-alone:B \(on B\)\. The chain does not train"):  # fmt: skip
+        chain._weights_items()
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -305,6 +371,54 @@ def test_report_cli_warns_and_strict_exits_1(tmp_path, capsys):
     assert "WARNING: learning check failed: trained models beat the starting point" in capsys.readouterr().err
     assert report.main([*args, "--strict"]) == 1
     assert "## Learning checks" in out.read_text()
+
+
+def test_report_has_no_stl_section_without_an_stl_baseline_for_every_task():
+    assert "Against STL" not in report.build_report(healthy_scores(), TASKS, METRICS).markdown
+    partial = {**healthy_scores(), "alone:T1": {"T1": 0.50}}  # no STL score for T2
+    assert "Against STL" not in report.build_report(partial, TASKS, METRICS).markdown
+
+
+@pytest.mark.parametrize("rows", [{"alone:T1": {"T1": 0.50, "T2": 0.10}, "alone:T2": {"T2": 0.86}},
+                                  {"STL": {"T1": 0.50, "T2": 0.86}}])  # fmt: skip
+def test_report_against_stl_by_hand(rows):
+    scores = {**healthy_scores(), **rows}
+    markdown = report.build_report(scores, TASKS, METRICS).markdown
+    section = markdown.split("## Against STL\n", 1)[1].split("\n## ", 1)[0]
+    # EW:     I = (0.62 - 0.50) / 0.50 = 0.24, (0.85 - 0.86) / 0.86 = -0.011628
+    #         dI = 100 * (0.24 - 0.011628) / 2 = 11.42, dE = 100 * 0.011628 / 2 = 0.58
+    # VisATB: I = (0.66 - 0.50) / 0.50 = 0.32, (0.84 - 0.86) / 0.86 = -0.023256
+    #         dI = 100 * (0.32 - 0.023256) / 2 = 14.84, dE = 100 * 0.023256 / 2 = 1.16
+    assert "| model | T1 | T2 | dI % | dE % |" in section
+    assert "| STL (baseline) | 50.00 | 0.8600 | - | - |" in section
+    assert "| EW | 62.00 | 0.8500 | +11.42 | 0.58 |" in section
+    assert "| VisATB | 66.00 | 0.8400 | +14.84 | 1.16 |" in section
+    # Only the final models are compared: no start, mini, task-plus-mini, alone: or STL rows.
+    assert len([line for line in section.splitlines() if line.startswith("| ")]) == 4
+    assert markdown.index("## Against STL") < markdown.index("## Learning checks")
+
+
+def test_report_cli_writes_the_stl_section(tmp_path, capsys):
+    path, out = tmp_path / "scores.json", tmp_path / "report.md"
+    path.write_text(json.dumps({**healthy_scores(), "alone:T1": {"T1": 0.50}, "alone:T2": {"T2": 0.86}}))
+    assert report.main(["--scores", str(path), "--tasks", "T1,T2", "--metrics", "T1=qa,T2=caption",
+                        "--output", str(out)]) == 0  # fmt: skip
+    assert "| EW | 62.00 | 0.8500 | +11.42 | 0.58 |" in out.read_text()
+
+
+def test_report_weights_section_states_the_non_default_choices():
+    weights = {"tasks": ["T1", "T2"], "scored_tasks": ["T1", "T2"], "temperature": 0.5,
+               "out_contribution": [0.1, 0.2], "in_contribution": [0.2, 0.1], "difficulty": [0.3, 0.4],
+               "weights": {"final": [0.9, 1.1]}, "visatb_weights": [0.9, 1.1]}  # fmt: skip
+    default = report.weights_section(weights, None)[2]
+    assert default == ("Temperature 0.5; C_out: what a task's data gives the others, C_in: what it receives, "
+                       "D: its difficulty (1 - V(mini) / V(task-plus-mini)).")  # fmt: skip
+    chosen = {**weights, "temperature_rule": "auto", "difficulty_from": "precise", "form": "chat",
+              "alpha": {"out": 1.0, "in": 0.0, "difficulty": 0.0}}  # fmt: skip
+    text = report.weights_section(chosen, None)[2]
+    assert text.startswith("Temperature 0.5 (auto: the smallest of 2, 1, 0.5, 0.25, 0.125")
+    assert "(1 - V(mini-alone:task) / V(alone:task))" in text and "Chat form: C[i->j]" in text
+    assert "Weight = 1 w_out + 0 w_in + 0 w_D (alpha of Eq. 8)." in text
 
 
 # ---------------------------------------------------------------------------------------------- toy model

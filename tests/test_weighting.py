@@ -196,8 +196,17 @@ def test_weights_file_round_trip(tmp_path):
         "gain_tolerance",
         "max_contribution",
         "no_gain_tasks",
+        "alpha",
+        "temperature_rule",
+        "temperature_candidates",
+        "temperature_weight_range",
+        "form",
+        "difficulty_from",
     }
     assert data["no_gain_tasks"] == [] and data["gain_tolerance"] == 0.01 and data["max_contribution"] == 10.0
+    assert data["alpha"] == {"out": 0.25, "in": 0.25, "difficulty": 0.5}
+    assert data["temperature_rule"] == "given" and data["temperature_candidates"] is None
+    assert data["form"] == "academic" and data["difficulty_from"] == "real"
     assert set(data["weights"]) == {"out", "in", "inter", "difficulty", "final"}
     assert [data["contribution_matrix"][k][k] for k in range(3)] == [None, None, None]
     assert data["contribution_matrix"][2][0] == pytest.approx(0.5)
@@ -484,3 +493,322 @@ def test_cli_refuses_bad_weighting_options(tmp_path, bad):
     scores.write_text(json.dumps(SCORES))
     proc = run_cli("--scores", str(scores), "--tasks", "A,B,C", *bad)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and bad[0].lstrip("-").split("-")[0] in proc.stderr
+
+
+
+# --- Eq. 8: the mix alpha of the three families ----------------------------------------------
+
+# SCORES at T = 0.5 (see test_weights_from_scores_by_hand): the three families written out by hand.
+HAND_OUT = _softmax_scaled([0.175, 0.225, 0.25], 0.5)
+HAND_IN = _softmax_scaled([-0.375, -0.125, -0.15], 0.5)
+HAND_DIFF = _softmax_scaled([0.5, 2 / 3, 0.5], 0.5)
+
+
+def test_alpha_one_zero_zero_gives_exactly_the_out_family():
+    result = weights_from_scores(SCORES, ["A", "B", "C"], alpha=(1, 0, 0))
+    assert result.weights["final"] == result.weights["out"]
+    assert result.visatb_weights == pytest.approx(HAND_OUT, rel=1e-12)
+    assert weights_from_scores(SCORES, ["A", "B", "C"], alpha=(0, 1, 0)).weights["final"] == pytest.approx(
+        HAND_IN
+    )
+    assert weights_from_scores(SCORES, ["A", "B", "C"], alpha=(0, 0, 1)).weights["final"] == pytest.approx(
+        HAND_DIFF
+    )
+
+
+def test_alpha_mixes_the_families_linearly():
+    result = weights_from_scores(SCORES, ["A", "B", "C"], alpha=(0.2, 0.3, 0.5))
+    expected = [0.2 * o + 0.3 * i + 0.5 * d for o, i, d in zip(HAND_OUT, HAND_IN, HAND_DIFF)]
+    assert result.weights["final"] == pytest.approx(expected, rel=1e-12)
+    assert sum(result.weights["final"]) == pytest.approx(3.0)
+    # The paper's inter family stays (w_out + w_in) / 2 whatever alpha is.
+    assert result.weights["inter"] == pytest.approx([(o + i) / 2 for o, i in zip(HAND_OUT, HAND_IN)])
+    assert result.to_json()["alpha"] == {"out": 0.2, "in": 0.3, "difficulty": 0.5}
+
+
+def test_the_default_alpha_is_the_papers_quarter_quarter_half():
+    default = weights_from_scores(SCORES, ["A", "B", "C"]).weights["final"]
+    assert default == weights_from_scores(SCORES, ["A", "B", "C"], alpha=(0.25, 0.25, 0.5)).weights["final"]
+    assert default == pytest.approx(
+        [0.25 * o + 0.25 * i + 0.5 * d for o, i, d in zip(HAND_OUT, HAND_IN, HAND_DIFF)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("alpha", "message"),
+    [((0.5, 0.5, 0.5), "alpha must sum to 1"), ((1.5, -0.5, 0.0), "alpha must be non-negative"),
+     ((0.5, 0.5), "alpha must be three numbers"), ((float("nan"), 0.5, 0.5), "alpha must be three numbers")],
+)  # fmt: skip
+def test_bad_alpha_is_refused(alpha, message):
+    with pytest.raises(ValueError, match=message):
+        weights_from_scores(SCORES, ["A", "B", "C"], alpha=alpha)
+
+
+def test_alpha_within_a_millionth_of_one_is_accepted():
+    assert weighting.check_alpha((0.3333333, 0.3333333, 0.3333334)) == pytest.approx(
+        (1 / 3, 1 / 3, 1 / 3), abs=1e-6
+    )
+    with pytest.raises(ValueError, match="sum to 1"):
+        weighting.check_alpha((0.333, 0.333, 0.333))
+
+
+# --- temperature auto ------------------------------------------------------------------------
+
+# Two tasks. Own gains A 0.6 - 0.2 = 0.4, B 0.6 - 0.5 = 0.1. C[A->B] = (0.55 - 0.5) / 0.1 = 0.5,
+# C[B->A] = (0.2 - 0.2) / 0.4 = 0; with two tasks C_out(A) = C_in(B) = 0.5 and C_out(B) = C_in(A) = 0.
+# D_A = 1 - 0.2/0.6 = 2/3, D_B = 1 - 0.5/0.6 = 1/6. Each family is 2 softmax over a gap of 0.5 / T (C_in with
+# a minus sign), i.e. w_A = 1 + tanh(0.5 / (2T)) in all three, so final_A = 1 + tanh(0.25 / T), final_B = 2 - final_A:
+# T = 0.125: final_B = 1 - tanh(2) = 0.036, T = 0.25: 1 - tanh(1) = 0.238 (out); T = 0.5: 1 - tanh(0.5) = 0.538 (in).
+AUTO_SCORES = {
+    "mini": {"A": 0.2, "B": 0.5},
+    "A": {"A": 0.6, "B": 0.55},
+    "B": {"A": 0.2, "B": 0.6},
+}
+
+
+def test_auto_temperature_is_the_smallest_keeping_weights_in_half_to_two():
+    result = weights_from_scores(AUTO_SCORES, ["A", "B"], temperature="auto")
+    assert result.temperature == 0.5 and result.temperature_rule == "auto"
+    e = math.e
+    w_out = [2 * e / (e + 1), 2 / (e + 1)]  # exponents 0.5/0.5 = 1 and 0
+    w_in = [2 / (1 + e**-1), 2 * e**-1 / (1 + e**-1)]  # exponents 0 and -0.5/0.5 = -1
+    e_d = [math.exp((2 / 3) / 0.5), math.exp((1 / 6) / 0.5)]
+    w_d = [2 * x / sum(e_d) for x in e_d]
+    final = [0.25 * o + 0.25 * i + 0.5 * d for o, i, d in zip(w_out, w_in, w_d)]
+    assert result.weights["final"] == pytest.approx(final, rel=1e-12)
+    assert final == pytest.approx([1 + math.tanh(0.5), 1 - math.tanh(0.5)])
+    candidates = result.to_json()["temperature_candidates"]
+    assert list(candidates) == ["2", "1", "0.5", "0.25", "0.125"]
+    assert [candidates[t]["in_range"] for t in candidates] == [True, True, True, False, False]
+    for t in (2.0, 1.0, 0.5, 0.25, 0.125):
+        assert candidates[f"{t:g}"]["min_weight"] == pytest.approx(1 - math.tanh(0.25 / t))
+        assert candidates[f"{t:g}"]["max_weight"] == pytest.approx(1 + math.tanh(0.25 / t))
+    assert result.temperature_note() == "temperature auto: chose T=0.5 (all weights in [0.5, 2.0])"
+    assert result.warnings() == []
+
+
+def test_auto_temperature_without_a_fitting_candidate_falls_back_to_two_with_a_warning():
+    # Gaps of 10: final_A = 1 + tanh(5 / T); at T = 2, final_B = 1 - tanh(2.5) = 0.013.
+    result = weights_from_measures([10.0, 0.0], [0.0, 10.0], [10.0, 0.0], ["A", "B"], temperature="auto")
+    assert result.temperature == 2.0
+    assert result.weights["final"] == pytest.approx([1 + math.tanh(2.5), 1 - math.tanh(2.5)])
+    assert not any(c["in_range"] for c in result.temperature_choice.candidates.values())
+    (warning,) = result.warnings()
+    assert warning.startswith(
+        "WARNING: temperature auto: no T of 2, 1, 0.5, 0.25, 0.125 keeps every final weight"
+    )
+    assert "using T=2" in warning
+
+
+@pytest.mark.parametrize("name", ["academic-7b", "academic-13b", "chat"])
+def test_auto_temperature_picks_the_papers_half_for_the_paper_settings(name):
+    # Method doc, section 8: the rule chose T = 0.5 for Academic 7B, 13B and Chat.
+    assert get_paper_setting(name).weights("auto").temperature == 0.5
+
+
+def test_temperature_option_reads_numbers_and_auto():
+    assert weighting.temperature_option("auto") == "auto" and weighting.temperature_option(" AUTO ") == "auto"
+    assert weighting.temperature_option("0.25") == 0.25 and weighting.temperature_option(1) == 1.0
+    with pytest.raises(ValueError, match="positive number or 'auto', got 'hot'"):
+        weighting.temperature_option("hot")
+    with pytest.raises(ValueError, match="temperature must be a positive number"):
+        weighting.temperature_option("-1")
+
+
+# --- precise difficulty (App. F) -------------------------------------------------------------
+
+PRECISE_SCORES = {
+    **SCORES,
+    "alone:A": {"A": 0.70}, "mini-alone:A": {"A": 0.35},  # D_A = 1 - 0.35/0.70 = 0.5
+    "alone:B": {"B": 0.50}, "mini-alone:B": {"B": 0.10},  # D_B = 1 - 0.10/0.50 = 0.8
+    "alone:C": {"C": 0.80}, "mini-alone:C": {"C": 0.60},  # D_C = 1 - 0.60/0.80 = 0.25
+}  # fmt: skip
+
+
+def test_precise_difficulty_uses_the_alone_and_mini_alone_models():
+    assert difficulty(PRECISE_SCORES, ["A", "B", "C"], difficulty_from="precise") == pytest.approx(
+        [0.5, 0.8, 0.25]
+    )
+    assert difficulty(PRECISE_SCORES, ["A", "B", "C"]) == pytest.approx([0.5, 2 / 3, 0.5])  # real: unchanged
+    result = weights_from_scores(PRECISE_SCORES, ["A", "B", "C"], difficulty_from="precise")
+    assert result.difficulty == pytest.approx([0.5, 0.8, 0.25])
+    assert result.out_contribution == pytest.approx([0.175, 0.225, 0.25])  # C is still the academic form's
+    w_d = _softmax_scaled([0.5, 0.8, 0.25], 0.5)  # exponents 1.0, 1.6, 0.5
+    final = [0.25 * o + 0.25 * i + 0.5 * d for o, i, d in zip(HAND_OUT, HAND_IN, w_d)]
+    assert result.weights["difficulty"] == pytest.approx(w_d) and result.weights["final"] == pytest.approx(
+        final
+    )
+    assert result.to_json()["difficulty_from"] == "precise" and result.to_json()["form"] == "academic"
+
+
+def test_precise_difficulty_names_a_missing_model():
+    table = {k: v for k, v in PRECISE_SCORES.items() if k != "mini-alone:B"}
+    with pytest.raises(
+        ValueError, match=r"no scores for model key 'mini-alone:B' \(the model trained on B's mini"
+    ):
+        weights_from_scores(table, ["A", "B", "C"], difficulty_from="precise")
+    table = {k: v for k, v in PRECISE_SCORES.items() if k != "alone:C"}
+    with pytest.raises(
+        ValueError, match=r"no scores for model key 'alone:C' \(the model trained on C alone\)"
+    ):
+        weights_from_scores(table, ["A", "B", "C"], difficulty_from="precise")
+    with pytest.raises(ValueError, match="unknown difficulty source 'exact'"):
+        weights_from_scores(PRECISE_SCORES, ["A", "B", "C"], difficulty_from="exact")
+
+
+# --- the Chat form (App. C) ------------------------------------------------------------------
+
+# Models trained on one task alone against the untrained start. The mini and X-plus-mini rows hold other
+# numbers: the chat form must not read them.
+CHAT_SCORES = {
+    "start": {"X": 0.10, "Y": 0.20, "Z": 0.30},
+    "alone:X": {"X": 0.50, "Y": 0.30, "Z": 0.40},
+    "alone:Y": {"X": 0.20, "Y": 0.60, "Z": 0.35},
+    "alone:Z": {"X": 0.30, "Y": 0.25, "Z": 0.80},
+    "mini-alone:X": {"X": 0.40},
+    "mini-alone:Y": {"Y": 0.30},
+    "mini-alone:Z": {"Z": 0.60},
+    "mini": {"X": 0.9, "Y": 0.9, "Z": 0.9},
+    "X": {"X": 0.1, "Y": 0.1, "Z": 0.1},
+}
+# Own gains V_j(alone:j) - V_j(start): X 0.4, Y 0.4, Z 0.5.
+CHAT_MATRIX = [
+    [None, (0.30 - 0.20) / 0.4, (0.40 - 0.30) / 0.5],  # X->Y 0.25, X->Z 0.2
+    [(0.20 - 0.10) / 0.4, None, (0.35 - 0.30) / 0.5],  # Y->X 0.25, Y->Z 0.1
+    [(0.30 - 0.10) / 0.4, (0.25 - 0.20) / 0.4, None],  # Z->X 0.5,  Z->Y 0.125
+]
+CHAT_OUT = [(0.25 + 0.2) / 2, (0.25 + 0.1) / 2, (0.5 + 0.125) / 2]  # 0.225, 0.175, 0.3125
+CHAT_IN = [(0.25 + 0.5) / 2, (0.25 + 0.125) / 2, (0.2 + 0.1) / 2]  # 0.375, 0.1875, 0.15
+CHAT_D = [1 - 0.40 / 0.50, 1 - 0.30 / 0.60, 1 - 0.60 / 0.80]  # 0.2, 0.5, 0.25
+
+
+def chat_hand_weights(t, alpha=(0.25, 0.25, 0.5)):
+    w_out = _softmax_scaled(CHAT_OUT, t)
+    w_in = _softmax_scaled([-c for c in CHAT_IN], t)
+    w_d = _softmax_scaled(CHAT_D, t)
+    return [alpha[0] * o + alpha[1] * i + alpha[2] * d for o, i, d in zip(w_out, w_in, w_d)]
+
+
+def test_chat_form_by_hand():
+    result = weights_from_scores(CHAT_SCORES, ["X", "Y", "Z"], form="chat")
+    for row, expected_row in zip(result.contribution_matrix, CHAT_MATRIX):
+        assert row == pytest.approx(expected_row)
+    assert result.out_contribution == pytest.approx([0.225, 0.175, 0.3125])
+    assert result.in_contribution == pytest.approx([0.375, 0.1875, 0.15])
+    assert result.difficulty == pytest.approx([0.2, 0.5, 0.25])  # the chat form's default: precise
+    # T = 0.5: exponents C_out/T = 0.45, 0.35, 0.625; -C_in/T = -0.75, -0.375, -0.3; D/T = 0.4, 1.0, 0.5.
+    e_out = [math.exp(0.45), math.exp(0.35), math.exp(0.625)]
+    e_in = [math.exp(-0.75), math.exp(-0.375), math.exp(-0.3)]
+    e_d = [math.exp(0.4), math.exp(1.0), math.exp(0.5)]
+    final = [
+        (3 * o / sum(e_out) + 3 * i / sum(e_in)) / 4 + 3 * d / sum(e_d) / 2
+        for o, i, d in zip(e_out, e_in, e_d)
+    ]
+    assert result.weights["final"] == pytest.approx(final, rel=1e-12)
+    assert final == pytest.approx(chat_hand_weights(0.5))
+    data = result.to_json()
+    assert data["form"] == "chat" and data["difficulty_from"] == "precise"
+
+
+def test_chat_form_keeps_the_no_gain_rule_with_the_own_gain_over_start():
+    table = {k: dict(v) for k, v in CHAT_SCORES.items()}
+    table["alone:Y"]["Y"] = 0.20  # V_Y(alone:Y) = V_Y(start): no gain
+    result = weights_from_scores(table, ["X", "Y", "Z"], form="chat")
+    (entry,) = result.no_gain_tasks
+    assert entry.task == "Y" and entry.gain == 0.0
+    assert "V_Y(alone:Y) - V_Y(start) = 0.2 - 0.2 = 0" in entry.reason
+    assert [row[1] for row in result.contribution_matrix] == [None, None, None]
+    # C_out without column Y: X -> Z 0.2; Y -> X 0.25, Y -> Z (0.35 - 0.30) / 0.5 = 0.1; Z -> X 0.5.
+    assert result.out_contribution == pytest.approx([0.2, (0.25 + 0.1) / 2, 0.5])
+    assert result.in_contribution[1] is None and result.weights["in"][1] == 1.0
+    assert result.difficulty[1] == pytest.approx(
+        1 - 0.30 / 0.20
+    )  # D_Y = 1 - V_Y(mini-alone:Y) / V_Y(alone:Y)
+    with pytest.raises(ValueError, match=r"task 'Y'.*no gain.*strict"):
+        weights_from_scores(table, ["X", "Y", "Z"], form="chat", strict=True)
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [("start", r"no scores for model key 'start' \(the untrained starting model\)"),
+     ("alone:Z", r"no scores for model key 'alone:Z' \(the model trained on Z alone\)"),
+     ("mini-alone:X", r"no scores for model key 'mini-alone:X'")],
+)  # fmt: skip
+def test_chat_form_names_a_missing_model(drop, message):
+    table = {k: v for k, v in CHAT_SCORES.items() if k != drop}
+    with pytest.raises(ValueError, match=message):
+        weights_from_scores(table, ["X", "Y", "Z"], form="chat")
+
+
+def test_missing_scores_lists_every_model_a_form_needs():
+    table = {k: v for k, v in CHAT_SCORES.items() if k not in ("alone:Y", "mini-alone:X")}
+    assert weighting.missing_scores(table, ["X", "Y", "Z"], form="chat") == {
+        "alone:Y": ["X", "Y", "Z"], "mini-alone:X": ["X"]}  # fmt: skip
+    assert weighting.missing_scores(CHAT_SCORES, ["X", "Y", "Z"], form="chat") == {}
+    assert weighting.missing_scores(SCORES, ["A", "B"], difficulty_from="precise") == {
+        "mini-alone:A": ["A"], "alone:A": ["A"], "mini-alone:B": ["B"], "alone:B": ["B"]}  # fmt: skip
+
+
+def test_chat_form_finds_its_tasks_in_the_table():
+    assert plan_tasks(None, None, scores=CHAT_SCORES, form="chat") == (["X", "Y", "Z"], ["X", "Y", "Z"])
+    with pytest.raises(
+        ValueError, match=r"fewer than two tasks have both a 'start' score and a model trained"
+    ):
+        plan_tasks(None, None, scores=SCORES, form="chat")
+
+
+# --- the new CLI flags -----------------------------------------------------------------------
+
+
+def test_cli_chat_form_alpha_and_temperature_are_recorded(tmp_path):
+    scores, out = tmp_path / "scores.json", tmp_path / "weights.json"
+    scores.write_text(json.dumps(CHAT_SCORES))
+    proc = run_cli("--scores", str(scores), "--tasks", "X,Y,Z", "--form", "chat", "--alpha", "0.5", "0.25", "0.25",
+                   "--temperature", "1", "--output", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["visatb_weights"] == pytest.approx(chat_hand_weights(1.0, (0.5, 0.25, 0.25)), rel=1e-12)
+    assert data["alpha"] == {"out": 0.5, "in": 0.25, "difficulty": 0.25}
+    assert (data["form"], data["difficulty_from"], data["temperature"], data["temperature_rule"]) == (
+        "chat", "precise", 1.0, "given")  # fmt: skip
+    assert "Form chat: C[i->j] = (V_j(alone:i) - V_j(start)) / (V_j(alone:j) - V_j(start))" in proc.stdout
+    assert "alpha 0.5/0.25/0.25" in proc.stdout
+
+
+def test_cli_temperature_auto_prints_and_records_the_choice(tmp_path):
+    scores, out = tmp_path / "scores.json", tmp_path / "weights.json"
+    scores.write_text(json.dumps(AUTO_SCORES))
+    proc = run_cli("--scores", str(scores), "--tasks", "A,B", "--temperature", "auto", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "temperature auto: chose T=0.5 (all weights in [0.5, 2.0])" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["temperature"] == 0.5 and data["temperature_rule"] == "auto"
+    assert data["temperature_weight_range"] == [0.5, 2.0]
+    assert data["temperature_candidates"]["0.25"]["in_range"] is False
+    assert data["visatb_weights"] == pytest.approx([1 + math.tanh(0.5), 1 - math.tanh(0.5)])
+
+
+def test_cli_precise_difficulty(tmp_path):
+    scores, out = tmp_path / "scores.json", tmp_path / "weights.json"
+    scores.write_text(json.dumps(PRECISE_SCORES))
+    proc = run_cli(
+        "--scores", str(scores), "--tasks", "A,B,C", "--difficulty-from", "precise", "--output", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["difficulty"] == pytest.approx([0.5, 0.8, 0.25]) and data["difficulty_from"] == "precise"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--alpha", "0.5", "0.5", "0.5"], "--alpha: alpha must sum to 1"),
+     (["--alpha", "1", "-0.5", "0.5"], "--alpha: alpha must be non-negative"),
+     (["--temperature", "hot"], "positive number or 'auto'"),
+     (["--form", "chat"], "no scores for model key 'start'")],
+)  # fmt: skip
+def test_cli_refuses_bad_new_flags(tmp_path, flags, message):
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps(SCORES))
+    proc = run_cli("--scores", str(scores), "--tasks", "A,B,C", *flags)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -83,7 +83,10 @@ class PipelineConfig:
     start_model_base: str | None = None
     ew_baseline: bool = True
     eval_final: bool = True
-    temperature: float = 0.5
+    temperature: float | str = 0.5  # or "auto"
+    alpha: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.5])
+    form: str = "academic"
+    difficulty_from: str = "real"
     gain_tolerance: float = 0.01
     max_contribution: float = 10.0
     strict: bool = False
@@ -255,12 +258,22 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_name):
         raise ValueError(f"--run-name {args.run_name!r}: use letters, digits, '.', '_' and '-'")
     # The weighting step's options, checked now rather than after every training has run.
-    from llava.visatb.weighting import check_gain_options, check_temperature
+    from llava.visatb.weighting import (
+        check_alpha,
+        check_gain_options,
+        get_difficulty_source,
+        temperature_option,
+    )
 
     try:
-        check_temperature(args.temperature)
+        temperature = temperature_option(args.temperature)
     except ValueError as e:
         raise ValueError(f"--temperature: {e}") from None
+    try:
+        alpha = list(check_alpha(args.alpha))
+    except ValueError as e:
+        raise ValueError(f"--alpha: {e}") from None
+    difficulty_from = get_difficulty_source(args.difficulty_from, args.form).name
     try:
         check_gain_options(args.gain_tolerance, args.max_contribution)
     except ValueError as e:
@@ -291,7 +304,10 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
         start_model_base=args.start_model_base or None,
         ew_baseline=args.ew_baseline,
         eval_final=args.eval_final,
-        temperature=args.temperature,
+        temperature=temperature,
+        alpha=alpha,
+        form=args.form,
+        difficulty_from=difficulty_from,
         gain_tolerance=args.gain_tolerance,
         max_contribution=args.max_contribution,
         strict=args.strict,
@@ -437,6 +453,10 @@ class Pipeline:
         """Run every stage in order; finished stages and items are skipped."""
         self.work.mkdir(parents=True, exist_ok=True)
         self._record_config()
+        missing = self._missing_extra_scores()
+        if missing and not self.is_done("weights"):
+            message = self._extra_models_message(missing)
+            self.say(f"[visatb] note (the weights stage stops without these scores): {message}")
         stages = self.cfg.stages
         builders: dict[str, Callable[[], tuple[str, list[Item], int]]] = {
             "subsets": self._subsets_items,
@@ -642,10 +662,34 @@ class Pipeline:
                                   outputs=[self.scores_file], collect=_collect_score))  # fmt: skip
         return f"metrics of {len(keys)} model(s) into {self.scores_file.name}", items, cfg.jobs
 
+    def _missing_extra_scores(self) -> dict[str, list[str]]:
+        """Scores the weighting needs from models the chain does not train (chat form, precise difficulty)."""
+        cfg = self.cfg
+        if cfg.form == "academic" and cfg.difficulty_from == "real":
+            return {}
+        from llava.visatb.weighting import missing_scores
+
+        scores = load_json(self.scores_file) if self.scores_file.is_file() else {}
+        return missing_scores(scores, cfg.scored_tasks, cfg.form, cfg.difficulty_from)
+
+    def _extra_models_message(self, missing: dict[str, list[str]]) -> str:
+        rows = "; ".join(f"{model} (on {', '.join(tasks)})" for model, tasks in missing.items())
+        return (f"--form {self.cfg.form} with --difficulty-from {self.cfg.difficulty_from} needs scores that "
+                f"{self.scores_file} lacks: {rows}. The chain does not train these models yet (alone:<task>: "
+                "trained on that task alone; mini-alone:<task>: on its mini subset alone; start: the starting "
+                "model, scored with --start-model): train them, record their scores in that file (the eval "
+                "scripts' --scores FILE --model-key KEY --task NAME) and rerun; finished stages are skipped")  # fmt: skip
+
     def _weights_items(self) -> tuple[str, list[Item], int]:
         cfg = self.cfg
+        missing = self._missing_extra_scores()
+        if missing:
+            raise PipelineError(f"weights stage: {self._extra_models_message(missing)}")
+        temperature = cfg.temperature if cfg.temperature == "auto" else repr(cfg.temperature)
         command = [self.python, str(REPO_ROOT / "weighting_visatb.py"), "--scores", str(self.scores_file),
-                   "--tasks", ",".join(cfg.tasks), "--temperature", repr(cfg.temperature),
+                   "--tasks", ",".join(cfg.tasks), "--temperature", temperature,
+                   "--alpha", *(repr(a) for a in cfg.alpha), "--form", cfg.form,
+                   "--difficulty-from", cfg.difficulty_from,
                    "--gain-tolerance", repr(cfg.gain_tolerance), "--max-contribution", repr(cfg.max_contribution),
                    "--output", str(self.weights_file), "--plot", str(self.plot_file)]  # fmt: skip
         if cfg.strict:
@@ -734,7 +778,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--infer-args", help="extra flags for inference_visatb.py (e.g. '--batch-size 16')")
     run.add_argument("--max-new-tokens", help="per metric type or task, e.g. qa=16,caption=512 (default: the CLI's)")
     run.add_argument("--conv-mode", default="vicuna_v1")
-    run.add_argument("--temperature", type=float, default=0.5, help="softmax temperature of the weights")
+    run.add_argument("--temperature", default=0.5,
+                     help="softmax temperature of the weights, or 'auto': the smallest of 2, 1, 0.5, 0.25, 0.125 "
+                     "keeping every final weight in [0.5, 2.0]")
+    run.add_argument("--alpha", type=float, nargs=3, default=[0.25, 0.25, 0.5], metavar=("A_OUT", "A_IN", "A_D"),
+                     help="Eq. 8: final weight = A_OUT * w_out + A_IN * w_in + A_D * w_diff (>= 0, summing to 1)")
+    run.add_argument("--form", choices=("academic", "chat"), default="academic",
+                     help="contributions from the mini and task-plus-mini models (academic) or from start and "
+                     "alone:<task> models (chat, App. C; the chain does not train those yet)")
+    run.add_argument("--difficulty-from", choices=("real", "precise"),
+                     help="D from mini and task-plus-mini (real) or from mini-alone:<task> and alone:<task> (precise, "
+                     "App. F; not trained by the chain yet); default: real for the academic form, precise for chat")
     run.add_argument("--gain-tolerance", type=float, default=0.01,
                      help="relative own-data gain at or below which a task counts as without gain (weighting_visatb.py)")
     run.add_argument("--max-contribution", type=float, default=10.0,

@@ -8,7 +8,9 @@ task-plus-mini model, then the final EW and VisATB models. The learning checks s
 can carry the method at all: every trained model must beat the starting point on every task, models
 trained on full task data must beat the mini model on most comparisons, and no task may sit at zero (or at
 its maximum, or at one value) for every model, or its contributions are meaningless. A failed check
-prints a WARNING; `--strict` also makes the exit code 1.
+prints a WARNING; `--strict` also makes the exit code 1. When the table holds an STL baseline for every
+scored task (an `STL` row, or `alone:<task>` rows), "Against STL" gives each final model's dI % and dE %
+(llava/visatb/compare.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from llava.utils import atomic_write_text, load_json
-from llava.visatb.scores import load_scores
+from llava.visatb import compare
+from llava.visatb.scores import STL, load_scores
 from llava.visatb.tasks import (
     CAPTION,
     CAPTION_LIST,
@@ -215,13 +218,55 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def against_stl_section(
+    scores: Mapping[str, Any], tasks: Sequence[str], metrics: Mapping[str, str]
+) -> list[str]:
+    """dI % and dE % of every final model against STL; empty without an STL score for every task."""
+    try:
+        baseline = compare.resolve_baseline(scores, STL, tasks)
+    except ValueError:
+        return []
+    models, incomplete = compare.split_complete(scores, compare.default_models(scores, STL), tasks)
+    if not models:
+        return []
+    where = "each task's score from its own alone:<task> model" if baseline.composed else "the STL row"
+    lines = ["## Against STL", "",
+             f"STL: one model per task, trained on that task alone ({where}). I = (M - M_STL) / M_STL per task; "
+             "dI %: its mean, dE %: the mean of the drops max(0, -I) (Eq. 9).", ""]  # fmt: skip
+    try:
+        comparison = compare.compare(scores, baseline, models)
+    except ValueError as e:
+        return [*lines, f"Not computed: {e}.", ""]
+    lines += compare.comparison_markdown(comparison, lambda task, value: format_score(value, metrics[task]))
+    if incomplete:
+        lines += ["", "Not compared (a task without a score): " + ", ".join(incomplete) + "."]
+    return [*lines, ""]
+
+
+def _weights_intro(weights: Mapping[str, Any]) -> str:
+    """What the weights were computed with; the words of the paper's default set-up stay as they were."""
+    temperature = f"Temperature {weights['temperature']:g}"
+    if weights.get("temperature_rule") == "auto":
+        temperature += " (auto: the smallest of 2, 1, 0.5, 0.25, 0.125 keeping every weight in [0.5, 2.0])"
+    if weights.get("difficulty_from") == "precise":
+        d = "1 - V(mini-alone:task) / V(alone:task)"
+    else:
+        d = "1 - V(mini) / V(task-plus-mini)"
+    text = f"{temperature}; C_out: what a task's data gives the others, C_in: what it receives, D: its difficulty ({d})."
+    if weights.get("form") == "chat":
+        text += " Chat form: C[i->j] = (V_j(alone:i) - V_j(start)) / (V_j(alone:j) - V_j(start))."
+    alpha = weights.get("alpha")
+    if alpha and [alpha["out"], alpha["in"], alpha["difficulty"]] != [0.25, 0.25, 0.5]:
+        text += (f" Weight = {alpha['out']:g} w_out + {alpha['in']:g} w_in + {alpha['difficulty']:g} w_D "
+                 "(alpha of Eq. 8).")  # fmt: skip
+    return text
+
+
 def weights_section(weights: Mapping[str, Any], plot: str | None) -> list[str]:
     """Measures and weights of weights.json, the VISATB_WEIGHTS line and the heatmap."""
     scored = weights["scored_tasks"]
     final = weights["weights"]["final"]
-    lines = ["## Task weights", "",
-             f"Temperature {weights['temperature']:g}; C_out: what a task's data gives the others, C_in: what it "
-             "receives, D: its difficulty (1 - V(mini) / V(task-plus-mini)).", "",
+    lines = ["## Task weights", "", _weights_intro(weights), "",
              "| task | C_out | C_in | D | weight |", "|---|---:|---:|---:|---:|"]  # fmt: skip
     for k, task in enumerate(scored):
         measures = [weights[key][k] for key in ("out_contribution", "in_contribution", "difficulty")]
@@ -273,6 +318,7 @@ def build_report(
                   "Against each task's own task-plus-mini model (the single-task reference here) and VisATB "
                   "against EW, per task.", "", relative_table(rows, tasks), ""]  # fmt: skip
         lines += [f"- {s}" for s in summary] + [""]
+    lines += against_stl_section(scores, tasks, metrics)
     if weights is not None:
         lines += weights_section(weights, plot) + [""]
     lines += ["## Learning checks", ""]

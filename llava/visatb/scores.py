@@ -1,7 +1,14 @@
 """The scores table: validation scores V_j(m) as a JSON object {model key: {task name: score}}.
 
-Key `mini` is the mini model, a task name is that task's task-plus-mini model; other keys
-(final models, baselines) may appear too. The metric CLIs add entries with `record_score`.
+Model keys (the metric CLIs add entries with `record_score`):
+
+    start              the untrained starting model
+    mini               the mini model (the mini subsets of every task)
+    <task>             that task's task-plus-mini model (the whole task plus the minis of the others)
+    alone:<task>       trained on that task's data alone (the STL models)
+    mini-alone:<task>  trained on that task's mini subset alone
+    EW, TLA, RLW, DWA, IGB, VisATB, ...   final models, by the name of their weighting method
+    STL                optional: the single-task baseline as one row (else composed from alone:<task>)
 """
 
 from __future__ import annotations
@@ -17,6 +24,22 @@ from typing import Any
 from llava.utils import atomic_write_json, load_json
 
 ScoresTable = dict[str, dict[str, float]]
+
+START = "start"
+MINI = "mini"
+STL = "STL"
+ALONE_PREFIX = "alone:"
+MINI_ALONE_PREFIX = "mini-alone:"
+
+
+def alone_key(task: str) -> str:
+    """Model key of the model trained on `task`'s data alone."""
+    return ALONE_PREFIX + task
+
+
+def mini_alone_key(task: str) -> str:
+    """Model key of the model trained on `task`'s mini subset alone."""
+    return MINI_ALONE_PREFIX + task
 
 
 def _is_score(value: Any) -> bool:

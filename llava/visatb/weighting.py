@@ -1,14 +1,26 @@
 """VisATB task weights: inter-task contribution and intra-task difficulty from validation scores.
 
-V_j(m) is model m's score on task j's validation set; models are the mini model (key `mini`) and
-each task's task-plus-mini model (key = task name). See the method doc, section 1.
+V_j(m) is model m's score on task j's validation set; the model keys are those of llava/visatb/scores.py.
+See the method doc, sections 1 and 8.
 
-A task without own-data gain. C[i->j] divides by task j's own gain g_j = V_j(j+mini) - V_j(mini). When
+Forms of the contribution (`form`): C[i->j] = (V_j(model_i) - V_j(ref)) / (V_j(model_j) - V_j(ref)), with
+- academic (default): model_i = the task-plus-mini model (key `i`), ref = the mini model (`mini`);
+- chat (App. C): model_i = the model trained on i alone (`alone:i`), ref = the starting model (`start`).
+Difficulty (`difficulty_from`): D_i = 1 - V_i(small_i) / V_i(full_i), with
+- real (the academic form's default): small_i = `mini`, full_i = the task-plus-mini model `i`;
+- precise (App. F; the chat form's default): small_i = `mini-alone:i`, full_i = `alone:i`.
+Final weight (Eq. 8): a_out * w_out + a_in * w_in + a_D * w_diff, `alpha` = (a_out, a_in, a_D), by default
+the paper's (0.25, 0.25, 0.5); w_inter = (w_out + w_in) / 2 is reported as the paper's inter-task weight.
+Temperature "auto": the smallest T of 2, 1, 0.5, 0.25, 0.125 whose final weights all lie in [0.5, 2.0]
+(the paper's rule); when none does, T = 2 with a WARNING.
+
+A task without own-data gain. C[i->j] divides by task j's own gain g_j = V_j(model_j) - V_j(ref). When
 g_j is zero, negative, at most `gain_tolerance` (default 1%) of the larger of the two scores, or so small
 that some source's difference would give |C[i->j]| > `max_contribution` (default 10), the column of j is
 noise over noise: it is left undefined (None), out of every C_out mean, C_in(j) is undefined and task j
 gets the neutral in-contribution weight 1.0 (the softmax runs over the other tasks and is scaled to their
-number, so the family still sums to N). D_j and C_out(j) stay as defined. A WARNING names the task, and
+number, so the family still sums to N). D_j and C_out(j) stay as defined (D_j is neutral too when its
+denominator V_j(full_j) is 0). A WARNING names the task, and
 weights.json records it (`no_gain_tasks`); `strict=True` makes it an error instead.
 """
 
@@ -26,13 +38,112 @@ from typing import Any
 import numpy as np
 
 from llava.utils import atomic_write_json, load_json
+from llava.visatb.scores import ALONE_PREFIX, MINI, MINI_ALONE_PREFIX, START
 from llava.visatb.tasks import ACADEMIC, CHAT, PRESETS
 
-MINI = "mini"
 DEFAULT_TEMPERATURE = 0.5
 DEFAULT_GAIN_TOLERANCE = 0.01
 DEFAULT_MAX_CONTRIBUTION = 10.0
+DEFAULT_ALPHA = (0.25, 0.25, 0.5)
+AUTO = "auto"
+AUTO_TEMPERATURES = (2.0, 1.0, 0.5, 0.25, 0.125)
+AUTO_WEIGHT_RANGE = (0.5, 2.0)
+AUTO_FALLBACK_TEMPERATURE = 2.0
 WEIGHT_FAMILIES = ("out", "in", "inter", "difficulty", "final")
+
+
+# ---------------------------------------------------------------------------------------------
+# Which models the measures compare
+
+
+@dataclass(frozen=True)
+class ContributionForm:
+    """C[i->j] compares each task's model (`prefix` + task) with one reference model, on every task."""
+
+    name: str
+    reference: str
+    prefix: str
+    default_difficulty: str
+    model_description: str
+
+    def model(self, task: str) -> str:
+        return self.prefix + task
+
+
+@dataclass(frozen=True)
+class DifficultySource:
+    """D_i = 1 - V_i(small model of i) / V_i(full model of i)."""
+
+    name: str
+    small_prefix: str | None  # None: the one mini model for every task
+    full_prefix: str
+
+    def small_model(self, task: str) -> str:
+        return MINI if self.small_prefix is None else self.small_prefix + task
+
+    def full_model(self, task: str) -> str:
+        return self.full_prefix + task
+
+
+FORMS = {
+    "academic": ContributionForm("academic", MINI, "", "real", "a task-plus-mini model (key: the task)"),
+    "chat": ContributionForm("chat", START, ALONE_PREFIX, "precise", "a model trained alone (alone:<task>)"),
+}
+DIFFICULTY_SOURCES = {
+    "real": DifficultySource("real", None, ""),
+    "precise": DifficultySource("precise", MINI_ALONE_PREFIX, ALONE_PREFIX),
+}
+
+
+def get_form(name: str) -> ContributionForm:
+    """A contribution form by name (academic, chat); an unknown name lists the known ones."""
+    if name not in FORMS:
+        raise ValueError(f"unknown contribution form {name!r}; known forms: {', '.join(FORMS)}")
+    return FORMS[name]
+
+
+def get_difficulty_source(name: str | None, form: str = "academic") -> DifficultySource:
+    """A difficulty source by name (real, precise); None: the form's default."""
+    name = get_form(form).default_difficulty if name is None else name
+    if name not in DIFFICULTY_SOURCES:
+        raise ValueError(f"unknown difficulty source {name!r}; known: {', '.join(DIFFICULTY_SOURCES)}")
+    return DIFFICULTY_SOURCES[name]
+
+
+def required_models(
+    tasks: Sequence[str], form: str = "academic", difficulty_from: str | None = None
+) -> dict[str, list[str]]:
+    """{model key: the tasks it must be scored on} for a form and difficulty source."""
+    contribution, source = get_form(form), get_difficulty_source(difficulty_from, form)
+    needed: dict[str, list[str]] = {}
+
+    def need(model: str, task: str) -> None:
+        if task not in needed.setdefault(model, []):
+            needed[model].append(task)
+
+    for model in (contribution.reference, *(contribution.model(i) for i in tasks)):
+        for task in tasks:
+            need(model, task)
+    for task in tasks:
+        need(source.small_model(task), task)
+        need(source.full_model(task), task)
+    return needed
+
+
+def missing_scores(
+    scores: Mapping[str, Any],
+    tasks: Sequence[str],
+    form: str = "academic",
+    difficulty_from: str | None = None,
+) -> dict[str, list[str]]:
+    """{model key: tasks without a score} over what `required_models` needs; empty when nothing is missing."""
+    missing = {}
+    for model, needed in required_models(tasks, form, difficulty_from).items():
+        row = scores.get(model)
+        absent = [t for t in needed if not isinstance(row, Mapping) or t not in row]
+        if absent:
+            missing[model] = absent
+    return missing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,7 +151,22 @@ WEIGHT_FAMILIES = ("out", "in", "inter", "difficulty", "final")
 
 
 def _model_label(model: str) -> str:
-    return "the mini model" if model == MINI else f"the {model}-plus-mini model"
+    if model == MINI:
+        return "the mini model"
+    if model == START:
+        return "the untrained starting model"
+    if model.startswith(MINI_ALONE_PREFIX):
+        return f"the model trained on {model[len(MINI_ALONE_PREFIX):]}'s mini subset alone"
+    if model.startswith(ALONE_PREFIX):
+        return f"the model trained on {model[len(ALONE_PREFIX):]} alone"
+    return f"the {model}-plus-mini model"
+
+
+def _notation(model: str) -> str:
+    """How a model appears in V_j(...): `i+mini` for a task-plus-mini model, its key otherwise."""
+    if model in (MINI, START) or model.startswith((ALONE_PREFIX, MINI_ALONE_PREFIX)):
+        return model
+    return f"{model}+mini"
 
 
 def _score(scores: Mapping[str, Any], model: str, task: str, source: str) -> float:
@@ -90,7 +216,7 @@ def _check_scored_tasks(tasks: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class NoGainTask:
-    """A scored task whose own data brought no usable gain: V_j(j+mini) - V_j(mini) at or below the tolerance."""
+    """A scored task whose own data brought no usable gain: V_j(model_j) - V_j(ref) at or below the tolerance."""
 
     task: str
     gain: float
@@ -108,11 +234,18 @@ class NoGainTask:
 
 
 def own_gains(
-    scores: Mapping[str, Mapping[str, float]], tasks: Sequence[str], source: str = "scores"
+    scores: Mapping[str, Mapping[str, float]],
+    tasks: Sequence[str],
+    source: str = "scores",
+    form: str = "academic",
 ) -> dict[str, float]:
-    """g_j = V_j(j+mini) - V_j(mini): what task j's own data adds to the mini model on task j."""
+    """g_j = V_j(model_j) - V_j(ref): what task j's own data adds on task j (academic: V_j(j+mini) - V_j(mini))."""
     _check_scores_table(scores, source)
-    return {j: _score(scores, j, j, source) - _score(scores, MINI, j, source) for j in _check_scored_tasks(tasks)}
+    f = get_form(form)
+    return {
+        j: _score(scores, f.model(j), j, source) - _score(scores, f.reference, j, source)
+        for j in _check_scored_tasks(tasks)
+    }
 
 
 def check_gain_options(gain_tolerance: float, max_contribution: float) -> None:
@@ -133,30 +266,32 @@ def find_no_gain_tasks(
     source: str = "scores",
     gain_tolerance: float = DEFAULT_GAIN_TOLERANCE,
     max_contribution: float = DEFAULT_MAX_CONTRIBUTION,
+    form: str = "academic",
 ) -> list[NoGainTask]:
     """Scored tasks whose own-data gain cannot carry contributions (the rule is in the module docstring)."""
     check_gain_options(gain_tolerance, max_contribution)
     tasks = _check_scored_tasks(tasks)
-    gains = own_gains(scores, tasks, source)
+    f = get_form(form)
+    gains = own_gains(scores, tasks, source, form)
     found = []
     for j in tasks:
-        full, mini = _score(scores, j, j, source), _score(scores, MINI, j, source)
-        tolerance = gain_tolerance * max(abs(full), abs(mini))
+        full, ref = _score(scores, f.model(j), j, source), _score(scores, f.reference, j, source)
+        tolerance = gain_tolerance * max(abs(full), abs(ref))
         gain = gains[j]
         if gain <= 0 or gain <= tolerance:
             what = "no gain" if gain == 0 else ("a negative gain" if gain < 0 else "a gain within the tolerance")
             reason = (
-                f"its own data brought {what} (V_{j}({j}+mini) - V_{j}(mini) = {full:.6g} - {mini:.6g} = "
-                f"{gain:.3g}, tolerance {tolerance:.3g} = {gain_tolerance:g} x the larger score)"
+                f"its own data brought {what} (V_{j}({_notation(f.model(j))}) - V_{j}({_notation(f.reference)}) = "
+                f"{full:.6g} - {ref:.6g} = {gain:.3g}, tolerance {tolerance:.3g} = {gain_tolerance:g} x the larger score)"
             )
             found.append(NoGainTask(j, gain, tolerance, reason))
             continue
-        deltas = [(i, _score(scores, i, j, source) - mini) for i in tasks if i != j]
+        deltas = [(i, _score(scores, f.model(i), j, source) - ref) for i in tasks if i != j]
         source_task, delta = max(deltas, key=lambda pair: abs(pair[1]))
         if abs(delta) > max_contribution * gain:
             reason = (
-                f"its own-data gain {gain:.3g} is too small to divide by: the {source_task}-plus-mini model moves it "
-                f"by {delta:.3g}, a contribution of {delta / gain:.3g} (limit {max_contribution:g})"
+                f"its own-data gain {gain:.3g} is too small to divide by: {_model_label(f.model(source_task))} moves "
+                f"it by {delta:.3g}, a contribution of {delta / gain:.3g} (limit {max_contribution:g})"
             )
             found.append(NoGainTask(j, gain, tolerance, reason))
     return found
@@ -167,20 +302,24 @@ def contribution_matrix(
     tasks: Sequence[str],
     source: str = "scores",
     undefined_targets: Sequence[str] = (),
+    form: str = "academic",
 ) -> list[list[float | None]]:
-    """C[i][j] = (V_j(i+mini) - V_j(mini)) / (V_j(j+mini) - V_j(mini)); rows are sources.
+    """C[i][j] = (V_j(model_i) - V_j(ref)) / (V_j(model_j) - V_j(ref)); rows are sources.
 
-    The diagonal, and the columns of `undefined_targets` (tasks without own-data gain), are None.
+    Academic form: (V_j(i+mini) - V_j(mini)) / (V_j(j+mini) - V_j(mini)); chat form (App. C):
+    (V_j(alone:i) - V_j(start)) / (V_j(alone:j) - V_j(start)). The diagonal, and the columns of
+    `undefined_targets` (tasks without own-data gain), are None.
     """
     _check_scores_table(scores, source)
     tasks = _check_scored_tasks(tasks)
-    gains = own_gains(scores, tasks, source)
+    f = get_form(form)
+    gains = own_gains(scores, tasks, source, form)
     for j in tasks:
         if j not in undefined_targets and gains[j] == 0:
             raise ValueError(
-                f"{source}: task {j!r}'s own data brought no gain (V_{j}({j}+mini) == V_{j}(mini) = "
-                f"{_score(scores, MINI, j, source)!r}), so contributions to it are undefined; "
-                f"check the {j}-plus-mini model and its evaluation"
+                f"{source}: task {j!r}'s own data brought no gain (V_{j}({_notation(f.model(j))}) == "
+                f"V_{j}({_notation(f.reference)}) = {_score(scores, f.reference, j, source)!r}), so contributions to "
+                f"it are undefined; check {_model_label(f.model(j))} and its evaluation"
             )
     matrix: list[list[float | None]] = []
     for i in tasks:
@@ -189,7 +328,8 @@ def contribution_matrix(
             if i == j or j in undefined_targets:
                 row.append(None)
             else:
-                row.append((_score(scores, i, j, source) - _score(scores, MINI, j, source)) / gains[j])
+                delta = _score(scores, f.model(i), j, source) - _score(scores, f.reference, j, source)
+                row.append(delta / gains[j])
         matrix.append(row)
     return matrix
 
@@ -215,19 +355,26 @@ def out_in_contributions(
 
 
 def difficulty(
-    scores: Mapping[str, Mapping[str, float]], tasks: Sequence[str], source: str = "scores"
+    scores: Mapping[str, Mapping[str, float]],
+    tasks: Sequence[str],
+    source: str = "scores",
+    difficulty_from: str = "real",
 ) -> list[float]:
-    """D_i = 1 - V_i(mini) / V_i(i+mini): how much of task i's full-data score the mini data misses."""
+    """D_i = 1 - V_i(small_i) / V_i(full_i): how much of task i's full-data score the small data misses.
+
+    real: 1 - V_i(mini) / V_i(i+mini); precise (App. F): 1 - V_i(mini-alone:i) / V_i(alone:i).
+    """
     _check_scores_table(scores, source)
+    d = get_difficulty_source(difficulty_from)
     values = []
     for i in tasks:
-        full = _score(scores, i, i, source)
+        full = _score(scores, d.full_model(i), i, source)
         if full == 0:
             raise ValueError(
-                f"{source}: V_{i}({i}+mini) is 0 (model key {i!r} on task {i!r}), so the difficulty of "
-                f"{i!r} is undefined"
+                f"{source}: V_{i}({_notation(d.full_model(i))}) is 0 (model key {d.full_model(i)!r} on task {i!r}), "
+                f"so the difficulty of {i!r} is undefined"
             )
-        values.append(1.0 - _score(scores, MINI, i, source) / full)
+        values.append(1.0 - _score(scores, d.small_model(i), i, source) / full)
     return values
 
 
@@ -262,6 +409,33 @@ def check_temperature(temperature: float) -> float:
     return float(temperature)
 
 
+def temperature_option(value: float | str) -> float | str:
+    """A temperature as the command lines take it: a positive number, or "auto" (the paper's rule)."""
+    if isinstance(value, str):
+        if value.strip().lower() == AUTO:
+            return AUTO
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"temperature must be a positive number or {AUTO!r}, got {value!r}") from None
+    return check_temperature(value)
+
+
+def check_alpha(alpha: Sequence[float]) -> tuple[float, float, float]:
+    """(a_out, a_in, a_D) of Eq. 8: three non-negative numbers summing to 1 (within 1e-6), rescaled to sum 1."""
+    values = list(alpha)
+    if len(values) != 3 or any(
+        isinstance(a, bool) or not isinstance(a, int | float) or not math.isfinite(a) for a in values
+    ):
+        raise ValueError(f"alpha must be three numbers a_out a_in a_D, got {alpha!r}")
+    if any(a < 0 for a in values):
+        raise ValueError(f"alpha must be non-negative, got {' '.join(f'{a:g}' for a in values)}")
+    total = sum(values)
+    if abs(total - 1) > 1e-6:
+        raise ValueError(f"alpha must sum to 1, got {' + '.join(f'{a:g}' for a in values)} = {total:g}")
+    return (values[0] / total, values[1] / total, values[2] / total)
+
+
 def _family(values: Sequence[float | None], sign: float, temperature: float) -> np.ndarray:
     """n_defined * softmax(sign * v / T) over the defined entries; an undefined entry gets the neutral 1.0."""
     weights = np.ones(len(values))
@@ -277,8 +451,12 @@ def weight_families(
     in_contribution: Sequence[float | None],
     difficulty: Sequence[float | None],
     temperature: float = DEFAULT_TEMPERATURE,
+    alpha: Sequence[float] = DEFAULT_ALPHA,
 ) -> dict[str, list[float]]:
-    """The five weight families over the scored tasks; each sums to N (None entries: neutral 1.0)."""
+    """The five weight families over the scored tasks; each sums to N (None entries: neutral 1.0).
+
+    final = a_out * w_out + a_in * w_in + a_D * w_diff (Eq. 8); inter = (w_out + w_in) / 2, the paper's.
+    """
     vectors = {
         "out contribution": _check_vector("out contribution", out_contribution, allow_undefined=True),
         "in contribution": _check_vector("in contribution", in_contribution, allow_undefined=True),
@@ -294,14 +472,45 @@ def weight_families(
     if n < 2:
         raise ValueError(f"VisATB needs at least two scored tasks, got {n} value(s) per vector")
     t = check_temperature(temperature)
+    a_out, a_in, a_diff = check_alpha(alpha)
     w_out = _family(vectors["out contribution"], 1.0, t)
     # Tasks that receive little from the others get more weight: note the minus sign.
     w_in = _family(vectors["in contribution"], -1.0, t)
     w_diff = _family(vectors["difficulty"], 1.0, t)
     w_inter = (w_out + w_in) / 2
-    w_final = (w_inter + w_diff) / 2
+    w_final = (a_out * w_out + a_in * w_in) + a_diff * w_diff
     families = {"out": w_out, "in": w_in, "inter": w_inter, "difficulty": w_diff, "final": w_final}
     return {name: [float(x) for x in w] for name, w in families.items()}
+
+
+@dataclass(frozen=True)
+class TemperatureChoice:
+    """The auto rule's pick and, per candidate T, the range of the final weights."""
+
+    temperature: float
+    candidates: dict[str, dict[str, Any]]
+    in_range: bool
+
+
+def choose_temperature(
+    out_contribution: Sequence[float | None],
+    in_contribution: Sequence[float | None],
+    difficulty: Sequence[float | None],
+    alpha: Sequence[float] = DEFAULT_ALPHA,
+) -> TemperatureChoice:
+    """The smallest T of AUTO_TEMPERATURES whose final weights all lie in AUTO_WEIGHT_RANGE, else T = 2."""
+    low, high = AUTO_WEIGHT_RANGE
+    candidates: dict[str, dict[str, Any]] = {}
+    fitting = []
+    for t in AUTO_TEMPERATURES:
+        final = weight_families(out_contribution, in_contribution, difficulty, t, alpha)["final"]
+        in_range = low <= min(final) and max(final) <= high
+        candidates[f"{t:g}"] = {"min_weight": min(final), "max_weight": max(final), "in_range": in_range}
+        if in_range:
+            fitting.append(t)
+    if fitting:
+        return TemperatureChoice(min(fitting), candidates, True)
+    return TemperatureChoice(AUTO_FALLBACK_TEMPERATURE, candidates, False)
 
 
 @dataclass
@@ -321,6 +530,11 @@ class VisatbWeights:
     gain_tolerance: float = DEFAULT_GAIN_TOLERANCE
     max_contribution: float = DEFAULT_MAX_CONTRIBUTION
     task_order: str = "given"
+    alpha: tuple[float, float, float] = DEFAULT_ALPHA
+    temperature_rule: str = "given"
+    temperature_choice: TemperatureChoice | None = None
+    form: str | None = None  # None: measures given by hand
+    difficulty_from: str | None = None
 
     @property
     def unscored_tasks(self) -> list[str]:
@@ -341,11 +555,36 @@ class VisatbWeights:
             "gain_tolerance": self.gain_tolerance,
             "max_contribution": self.max_contribution,
             "no_gain_tasks": [t.to_json() for t in self.no_gain_tasks],
+            "alpha": dict(zip(("out", "in", "difficulty"), self.alpha)),
+            "temperature_rule": self.temperature_rule,
+            "temperature_candidates": self.temperature_choice.candidates if self.temperature_choice else None,
+            "temperature_weight_range": list(AUTO_WEIGHT_RANGE) if self.temperature_choice else None,
+            "form": self.form,
+            "difficulty_from": self.difficulty_from,
         }
 
+    def temperature_note(self) -> str | None:
+        """What the auto temperature rule chose, or None for a given temperature."""
+        choice = self.temperature_choice
+        if choice is None:
+            return None
+        low, high = AUTO_WEIGHT_RANGE
+        if choice.in_range:
+            return f"temperature auto: chose T={choice.temperature:g} (all weights in [{low}, {high}])"
+        return f"temperature auto: chose T={choice.temperature:g} (no candidate keeps all weights in [{low}, {high}])"
+
     def warnings(self) -> list[str]:
-        """One WARNING line per task without own-data gain."""
-        return [f"WARNING: {t.message()}" for t in self.no_gain_tasks]
+        """One WARNING line per task without own-data gain, and one when no auto temperature fits."""
+        lines = [f"WARNING: {t.message()}" for t in self.no_gain_tasks]
+        choice = self.temperature_choice
+        if choice is not None and not choice.in_range:
+            low, high = AUTO_WEIGHT_RANGE
+            lines.append(
+                f"WARNING: temperature auto: no T of {', '.join(choice.candidates)} keeps every final weight in "
+                f"[{low}, {high}]; using T={choice.temperature:g}, whose weights range from "
+                f"{min(self.weights['final']):.4f} to {max(self.weights['final']):.4f}"
+            )
+        return lines
 
     def weights_string(self, decimals: int = 4) -> str:
         """The weights as the finetune scripts take them: space-separated, in task-id order."""
@@ -368,12 +607,22 @@ def weights_from_measures(
     difficulty: Sequence[float | None],
     scored_tasks: Sequence[str],
     tasks: Sequence[str] | None = None,
-    temperature: float = DEFAULT_TEMPERATURE,
+    temperature: float | str = DEFAULT_TEMPERATURE,
     contribution_matrix: list[list[float | None]] | None = None,
+    alpha: Sequence[float] = DEFAULT_ALPHA,
 ) -> VisatbWeights:
-    """Weights from C_out, C_in and D given by hand (D as the paper defines it, not 1 - D)."""
+    """Weights from C_out, C_in and D given by hand (D as the paper defines it, not 1 - D).
+
+    `temperature` "auto" picks T by the paper's rule (see `choose_temperature`).
+    """
     scored_tasks = list(scored_tasks)
-    families = weight_families(out_contribution, in_contribution, difficulty, temperature)
+    temperature = temperature_option(temperature)
+    alpha = check_alpha(alpha)
+    choice = None
+    if temperature == AUTO:
+        choice = choose_temperature(out_contribution, in_contribution, difficulty, alpha)
+        temperature = choice.temperature
+    families = weight_families(out_contribution, in_contribution, difficulty, temperature, alpha)
     if len(scored_tasks) != len(families["final"]):
         raise ValueError(
             f"{len(families['final'])} values per vector but {len(scored_tasks)} scored tasks "
@@ -392,6 +641,9 @@ def weights_from_measures(
         difficulty=[None if x is None else float(x) for x in difficulty],
         weights=families,
         visatb_weights=[final.get(t, 1.0) for t in all_tasks],
+        alpha=alpha,
+        temperature_rule="given" if choice is None else AUTO,
+        temperature_choice=choice,
     )
 
 
@@ -399,34 +651,52 @@ def weights_from_scores(
     scores: Mapping[str, Mapping[str, float]],
     scored_tasks: Sequence[str],
     tasks: Sequence[str] | None = None,
-    temperature: float = DEFAULT_TEMPERATURE,
+    temperature: float | str = DEFAULT_TEMPERATURE,
     source: str = "scores",
     gain_tolerance: float = DEFAULT_GAIN_TOLERANCE,
     max_contribution: float = DEFAULT_MAX_CONTRIBUTION,
     strict: bool = False,
+    alpha: Sequence[float] = DEFAULT_ALPHA,
+    form: str = "academic",
+    difficulty_from: str | None = None,
 ) -> VisatbWeights:
     """The whole computation from a scores table; tasks in `tasks` but not scored get weight 1.0.
 
-    Tasks without own-data gain get the neutral treatment of the module docstring, or, with `strict`,
-    a ValueError naming them.
+    `form` (academic, chat) chooses the models of C, `difficulty_from` (real, precise; None: the form's
+    default) those of D, `alpha` the mix of Eq. 8; see the module docstring. Tasks without own-data gain
+    get the neutral treatment of the module docstring, or, with `strict`, a ValueError naming them.
     """
     scored_tasks = _check_scored_tasks(scored_tasks)
     _all_tasks(scored_tasks, tasks)
-    check_temperature(temperature)
-    no_gain = find_no_gain_tasks(scores, scored_tasks, source, gain_tolerance, max_contribution)
+    temperature = temperature_option(temperature)
+    alpha = check_alpha(alpha)
+    contribution_form = get_form(form)
+    source_of_d = get_difficulty_source(difficulty_from, form)
+    _check_scores_table(scores, source)
+    absent = [m for m in required_models(scored_tasks, form, source_of_d.name) if m not in scores]
+    if absent:
+        what = "; ".join(f"no scores for model key {m!r} ({_model_label(m)})" for m in absent)
+        raise ValueError(
+            f"{source}: {what} (the {contribution_form.name} form with {source_of_d.name} difficulty needs them)"
+        )
+    no_gain = find_no_gain_tasks(scores, scored_tasks, source, gain_tolerance, max_contribution, form)
     if strict and no_gain:
         problems = "; ".join(f"task {t.task!r}: {t.reason}" for t in no_gain)
         raise ValueError(f"{source}: {problems} (strict mode; without it such a task gets a neutral weight)")
     undefined = [t.task for t in no_gain]
-    matrix = contribution_matrix(scores, scored_tasks, source, undefined_targets=undefined)
+    matrix = contribution_matrix(scores, scored_tasks, source, undefined_targets=undefined, form=form)
     c_out, c_in = out_in_contributions(matrix)
     d: list[float | None] = []
     for task in scored_tasks:
-        if task in undefined and _score(scores, task, task, source) == 0:
+        if task in undefined and _score(scores, source_of_d.full_model(task), task, source) == 0:
             d.append(None)  # 0 on its own full data: the ratio is undefined, so neutral as well
         else:
-            d.extend(difficulty(scores, [task], source))
-    result = weights_from_measures(c_out, c_in, d, scored_tasks, tasks, temperature, contribution_matrix=matrix)
+            d.extend(difficulty(scores, [task], source, source_of_d.name))
+    result = weights_from_measures(
+        c_out, c_in, d, scored_tasks, tasks, temperature, contribution_matrix=matrix, alpha=alpha
+    )
+    result.form = contribution_form.name
+    result.difficulty_from = source_of_d.name
     result.no_gain_tasks = no_gain
     result.gain_tolerance = float(gain_tolerance)
     result.max_contribution = float(max_contribution)
@@ -440,13 +710,23 @@ def load_scores_table(path: str | os.PathLike) -> dict[str, Any]:
     return scores
 
 
-def scored_tasks_in_table(scores: Mapping[str, Any]) -> list[str]:
-    """Tasks with both a mini score and a task-plus-mini model in the table, sorted by name."""
-    mini = scores.get(MINI)
-    if not isinstance(mini, Mapping):
+def scored_tasks_in_table(scores: Mapping[str, Any], form: str = "academic") -> list[str]:
+    """Tasks with both a score of the form's reference model and a model of their own, sorted by name.
+
+    Academic: a `mini` score and a task-plus-mini model; chat: a `start` score and an `alone:<task>` model.
+    """
+    f = get_form(form)
+    reference = scores.get(f.reference)
+    if not isinstance(reference, Mapping):
         return []
     return sorted(
-        k for k, row in scores.items() if k != MINI and k in mini and isinstance(row, Mapping) and row
+        k[len(f.prefix) :]
+        for k, row in scores.items()
+        if k.startswith(f.prefix)
+        and k != f.reference
+        and k[len(f.prefix) :] in reference
+        and isinstance(row, Mapping)
+        and row
     )
 
 
@@ -472,6 +752,7 @@ def plan_tasks(
     scores: Mapping[str, Any] | None = None,
     n_values: int | None = None,
     source: str = "scores",
+    form: str = "academic",
 ) -> tuple[list[str], list[str]]:
     """(all tasks in weight order, scored tasks) from a task list or, without one, the table or vector length.
 
@@ -483,10 +764,11 @@ def plan_tasks(
         return tasks, split_scored(tasks, unscored)
     unscored = list(unscored or [])
     if scores is not None:
-        scored = scored_tasks_in_table(scores)
+        scored = scored_tasks_in_table(scores, form)
         if len(scored) < 2:
+            f = get_form(form)
             raise ValueError(
-                f"{source}: fewer than two tasks have both a 'mini' score and a task-plus-mini model "
+                f"{source}: fewer than two tasks have both a {f.reference!r} score and {f.model_description} "
                 f"(found: {', '.join(scored) or 'none'}); pass --tasks or --task-preset to name them"
             )
     elif n_values is not None:
@@ -553,11 +835,12 @@ class PaperSetting:
     def difficulty(self) -> list[float]:
         return [1.0 - r for r in self.mini_ratio]
 
-    def weights(self, temperature: float = DEFAULT_TEMPERATURE) -> VisatbWeights:
+    def weights(
+        self, temperature: float | str = DEFAULT_TEMPERATURE, alpha: Sequence[float] = DEFAULT_ALPHA
+    ) -> VisatbWeights:
         scored = [t for t in self.tasks if t not in self.unscored]
-        result = weights_from_measures(
-            self.out_contribution, self.in_contribution, self.difficulty, scored, self.tasks, temperature
-        )
+        measures = (self.out_contribution, self.in_contribution, self.difficulty)
+        result = weights_from_measures(*measures, scored, self.tasks, temperature, alpha=alpha)
         result.task_order = f"the paper's {self.name} order"
         return result
 
@@ -614,6 +897,16 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def _measures_line(result: VisatbWeights) -> str:
+    """The formulas of C and D the result was computed with, in terms of the scores table's keys."""
+    f, d = get_form(result.form), get_difficulty_source(result.difficulty_from, result.form)
+    model_i, model_j, ref = _notation(f.model("i")), _notation(f.model("j")), _notation(f.reference)
+    return (
+        f"Form {f.name}: C[i->j] = (V_j({model_i}) - V_j({ref})) / (V_j({model_j}) - V_j({ref})); "
+        f"difficulty {d.name}: D_i = 1 - V_i({_notation(d.small_model('i'))}) / V_i({_notation(d.full_model('i'))})"
+    )
+
+
 def format_report(result: VisatbWeights) -> str:
     """A readable report: C matrix (when known), measures, the five weight families, the weights line."""
     lines = []
@@ -627,8 +920,20 @@ def format_report(result: VisatbWeights) -> str:
             label = f"[{i + 1}] {names[i]}"
             lines.append(f"{label:<{width}}" + "".join(f"{_fmt(x):>9}" for x in row))
         lines.append("")
+    if result.form is not None:
+        lines.append(_measures_line(result))
+    note = result.temperature_note()
+    if note:
+        ranges = "; ".join(
+            f"T={t}: {c['min_weight']:.4f} to {c['max_weight']:.4f}{'' if c['in_range'] else ' (outside)'}"
+            for t, c in result.temperature_choice.candidates.items()
+        )
+        lines += [note, f"  final weights per candidate: {ranges}"]
     columns = ("C_out", "C_in", "D", "w_out", "w_in", "w_inter", "w_diff", "w_final")
-    lines.append(f"Measures and weights (temperature {result.temperature:g}, N = {len(names)} scored tasks):")
+    alpha = "/".join(f"{a:g}" for a in result.alpha)
+    lines.append(
+        f"Measures and weights (temperature {result.temperature:g}, alpha {alpha}, N = {len(names)} scored tasks):"
+    )
     lines.append(f"{'task':<{width}}" + "".join(f"{c:>9}" for c in columns))
     w = result.weights
     for k, task in enumerate(names):
@@ -715,10 +1020,12 @@ def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def format_paper_settings(temperature: float = DEFAULT_TEMPERATURE) -> str:
+def format_paper_settings(
+    temperature: float | str = DEFAULT_TEMPERATURE, alpha: Sequence[float] = DEFAULT_ALPHA
+) -> str:
     """The weights of every paper setting, as the reference release's script prints them, one block each."""
     blocks = []
     for setting in PAPER_SETTINGS.values():
         title = f"== {setting.title} (paper setting {setting.name!r}) =="
-        blocks.append(title + "\n" + format_report(setting.weights(temperature)))
+        blocks.append(title + "\n" + format_report(setting.weights(temperature, alpha)))
     return "\n\n".join(blocks)
