@@ -61,6 +61,9 @@ GAIN_TOLERANCE="${GAIN_TOLERANCE:-0.01}"             # own-data gain <= 1% of th
 MAX_CONTRIBUTION="${MAX_CONTRIBUTION:-10}"           # ... or so small that some |C[i->j]| > 10
 STRICT="${STRICT:-0}"                                # 1: a task without own-data gain stops the chain instead
 EW_BASELINE="${EW_BASELINE:-1}"                      # 1: also train plain LLaVA (equal weights) for comparison
+METHODS="${METHODS:-}"                               # final models, e.g. VisATB,EW,TLA,RLW,DWA,IGB (default: VisATB,EW)
+STL="${STL:-0}"                                      # 1: also train each task alone (STL) -> comparison.json (dI, dE)
+ABLATIONS="${ABLATIONS:-}"                           # Table 8's rows: any of "alpha temperature difficulty"
 EVAL_FINAL="${EVAL_FINAL:-1}"                        # 1: score the final model(s) on every validation set
 JOBS="${JOBS:-1}"                                    # inference / metric commands at the same time
 TRAIN_JOBS="${TRAIN_JOBS:-1}"                        # training runs at the same time (CPU only)
@@ -69,7 +72,9 @@ args=(--work-dir "$WORK_DIR" --data "$DATA_PATH" --image-folder "$IMAGE_FOLDER"
       --finetune-script "$FINETUNE_SCRIPT" --run-name "$RUN_NAME" --mini-fraction "$MINI_FRACTION" --seed "$SEED"
       --conv-mode "$CONV_MODE" --temperature "$TEMPERATURE" --form "$FORM" --gain-tolerance "$GAIN_TOLERANCE"
       --max-contribution "$MAX_CONTRIBUTION" --strict "$STRICT" --ew-baseline "$EW_BASELINE" --eval-final "$EVAL_FINAL"
-      --jobs "$JOBS" --train-jobs "$TRAIN_JOBS")
+      --stl "$STL" --jobs "$JOBS" --train-jobs "$TRAIN_JOBS")
+[ -z "$METHODS" ] || args+=(--methods "$METHODS")
+[ -z "$ABLATIONS" ] || args+=(--ablations "$ABLATIONS")
 if [ -n "$TASK_NAMES" ]; then args+=(--tasks "$TASK_NAMES"); else args+=(--task-preset "$TASK_PRESET"); fi
 [ -z "$TASK_METRICS" ] || args+=(--task-metrics "$TASK_METRICS")
 [ -z "$UNSCORED_TASKS" ] || args+=(--unscored-tasks "$UNSCORED_TASKS")

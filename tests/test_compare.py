@@ -201,3 +201,71 @@ def test_module_runs_from_the_command_line(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["models"]["EW"]["delta_I"] == pytest.approx(25 / 3, abs=1e-9)
     assert "each task's score from its own alone:<task> model" in proc.stdout
+
+
+def _comparison(di_visatb: float, di_ew: float, de: float = 1.0) -> dict:
+    models = {"VisATB": {"delta_I": di_visatb, "delta_E": de, "per_task": {}},
+              "EW": {"delta_I": di_ew, "delta_E": 2 * de, "per_task": {}}}  # fmt: skip
+    return {"baseline": "STL", "tasks": ["a", "b"], "lower_is_better": [], "models": models}
+
+
+def test_summary_over_seeds_by_hand():
+    runs = {
+        "seed0": _comparison(4.0, 2.0),
+        "seed1": _comparison(1.0, 3.0),
+        "seed2": _comparison(7.0, 1.0, de=4.0),
+    }
+    runs["seed1"]["models"]["TLA"] = {"delta_I": 0.0, "delta_E": 0.0, "per_task": {}}  # not in every run
+    summary = compare.summarize(runs)
+    visatb = summary["models"]["VisATB"]
+    # dI 4, 1, 7: mean 4, sample variance ((0)^2 + 3^2 + 3^2) / 2 = 9 -> std 3.
+    assert visatb["delta_I"]["mean"] == pytest.approx(4.0) and visatb["delta_I"]["std"] == pytest.approx(3.0)
+    # dE 1, 1, 4: mean 2, variance (1 + 1 + 4) / 2 = 3.
+    assert visatb["delta_E"]["mean"] == pytest.approx(2.0) and visatb["delta_E"]["std"] == pytest.approx(
+        3**0.5
+    )
+    assert summary["models"]["EW"]["delta_I"]["values"] == [2.0, 3.0, 1.0]
+    assert summary["visatb_beats_ew"] == {"runs": ["seed0", "seed2"], "count": 2, "of": 3}
+    assert summary["not_in_every_run"] == ["TLA"] and "TLA" not in summary["models"]
+    lines = compare.summary_markdown(summary)
+    assert "| VisATB | +4.00 +- 3.00 | 2.00 +- 1.73 | +4.00, +1.00, +7.00 |" in lines
+    assert "VisATB's dI is above EW's on 2 of 3 run(s) (seed0, seed2)." in lines
+
+
+def test_summary_refuses_runs_of_other_tasks():
+    other = _comparison(1.0, 1.0)
+    other["tasks"] = ["a", "c"]
+    with pytest.raises(ValueError, match="seed1: tasks"):
+        compare.summarize({"seed0": _comparison(1.0, 1.0), "seed1": other})
+
+
+def test_cli_summarize_and_plot(tmp_path, capsys):
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps(SCORES))
+    paths = []
+    for seed, factor in (("seed0", 1.0), ("seed1", 1.1)):
+        folder = tmp_path / seed
+        folder.mkdir()
+        table = {k: dict(v) for k, v in SCORES.items()}
+        table["VisATB"] = {t: s * factor for t, s in SCORES["VisATB"].items()}
+        (folder / "scores.json").write_text(json.dumps(table))
+        out = folder / "comparison.json"
+        argv = ["--scores", str(folder / "scores.json"), "--output", str(out), "--lower-is-better", "err",
+                "--plot", str(folder / "comparison.png")]  # fmt: skip
+        assert compare.main(argv) == 0
+        assert (folder / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        paths.append(str(out))
+    capsys.readouterr()
+    summary_file = tmp_path / "comparison_seeds.json"
+    assert compare.main(["--summarize", *paths, "--output", str(summary_file)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(summary_file.read_text())
+    assert summary["runs"] == ["seed0", "seed1"]
+    # seed1's VisATB: 0.66, 0.484, 0.275 against 0.50, 0.40, 0.20: I = 0.32, 0.21, -0.375.
+    assert summary["models"]["VisATB"]["delta_I"]["values"] == pytest.approx(
+        [5 / 3, 100 * (0.32 + 0.21 - 0.375) / 3]
+    )
+    assert summary["models"]["EW"]["delta_I"]["std"] == pytest.approx(0.0)
+    assert summary["visatb_beats_ew"]["count"] == 0 and "on 0 of 2 run(s)." in printed
+    assert compare.main(["--summarize", *paths, "--scores", str(scores), "--output", str(summary_file)]) == 2
+    assert "not both" in capsys.readouterr().err

@@ -186,33 +186,138 @@ def test_bad_new_weighting_options_stop_the_chain_before_any_training(chain_inpu
     assert not (work / "checkpoints").exists() and not (work / "subsets").exists()
 
 
-def test_precise_difficulty_without_its_models_stops_at_the_weights_stage(chain_inputs, capsys):
+def mark_done(chain: pipeline.Pipeline, stages) -> None:
+    """Mark stages done with every item they would run, as a finished run leaves them."""
+    builders = {"subsets": chain._subsets_items, "train": lambda: chain._train_items(chain.cfg.prep_keys, False),
+                "infer": lambda: chain._infer_items(chain._prep_eval_keys()),
+                "score": lambda: chain._score_items(chain._prep_eval_keys())}  # fmt: skip
+    for stage in stages:
+        if stage == "subsets":  # real subsets (fast): later stages read their manifest
+            chain.work.mkdir(parents=True, exist_ok=True)
+            chain._run_items("subsets", "[test]", chain._subsets_items()[1], 1)
+        items = [] if stage == "train" else builders[stage]()[1]
+        keys = chain.cfg.prep_keys if stage == "train" else [i.key for i in items]
+        chain.marker(stage).parent.mkdir(parents=True, exist_ok=True)
+        chain.marker(stage).write_text(json.dumps({"stage": stage, "items": keys}))
+
+
+def test_precise_difficulty_without_its_scores_stops_at_the_weights_stage(chain_inputs, capsys):
     args = chain_args(chain_inputs, "--difficulty-from", "precise")
     out = io.StringIO()
     chain = pipeline.Pipeline(config(args), out=out)
     work = chain_inputs["work"]
-    for stage in ("subsets", "train", "infer", "score"):  # as if the preparation had run
-        chain.marker(stage).parent.mkdir(parents=True, exist_ok=True)
-        chain.marker(stage).write_text("{}")
+    mark_done(chain, ("subsets", "train", "infer", "score"))  # as if the preparation had run
     scores = {"mini": {"A": 0.2, "B": 0.3}, "A": {"A": 0.5, "B": 0.35}, "B": {"A": 0.25, "B": 0.6},
               "alone:A": {"A": 0.55}}  # fmt: skip
     chain.scores_file.write_text(json.dumps(scores))
     with pytest.raises(pipeline.PipelineError, match="weights stage: --form academic with --difficulty-from"):
         chain.run()
-    assert "[visatb] note (the weights stage stops without these scores): --form academic" in out.getvalue()
     assert pipeline.main(args) == 1
     err = capsys.readouterr().err
     assert "error: weights stage: --form academic with --difficulty-from precise needs scores" in err
     assert "mini-alone:A (on A); mini-alone:B (on B); alone:B (on B)" in err
-    assert "The chain does not train these models yet" in err
     assert not (work / "weights.json").exists() and not chain.is_done("weights")
 
 
 def test_chat_form_names_every_missing_row(chain_inputs):
     chain = pipeline.Pipeline(config(chain_args(chain_inputs, "--form", "chat")))
     with pytest.raises(pipeline.PipelineError, match=r"start \(on A, B\); alone:A \(on A, B\); alone:B \(on A, B\); "
-                       r"mini-alone:A \(on A\); mini-alone:B \(on B\)\. The chain does not train"):  # fmt: skip
+                       r"mini-alone:A \(on A\); mini-alone:B \(on B\) \(alone:<task>"):  # fmt: skip
         chain._weights_items()
+
+
+def test_forms_and_difficulty_decide_which_preparation_models_train(chain_inputs):
+    assert config(chain_args(chain_inputs)).prep_keys == ["mini", "A", "B"]
+    assert config(chain_args(chain_inputs, "--stl", "1")).prep_keys == ["mini", "A", "B", "alone:A", "alone:B"]
+    precise = config(chain_args(chain_inputs, "--difficulty-from", "precise")).prep_keys
+    assert precise == ["mini", "A", "B", "alone:A", "alone:B", "mini-alone:A", "mini-alone:B"]
+    # App. C: contributions from start and alone:<task>, difficulty from mini-alone:<task>; no mini sets.
+    chat = config(chain_args(chain_inputs, "--form", "chat"))
+    assert chat.prep_keys == ["alone:A", "alone:B", "mini-alone:A", "mini-alone:B"]
+    chat_real = config(chain_args(chain_inputs, "--form", "chat", "--difficulty-from", "real")).prep_keys
+    assert chat_real == ["mini", "A", "B", "alone:A", "alone:B"]
+
+
+def test_methods_stl_and_ablations_train_the_right_models(chain_inputs):
+    args = chain_args(chain_inputs, "--stl", "1", "--methods", "EW,TLA,RLW,DWA,IGB",
+                      "--ablations", "alpha temperature difficulty")  # fmt: skip
+    cfg = config(args)
+    ablations = ["VisATB[alpha=1:0:0]", "VisATB[alpha=0:1:0]", "VisATB[alpha=0:0:1]", "VisATB[alpha=0.5:0.5:0]",
+                 "VisATB[alpha=1/3:1/3:1/3]", "VisATB[T=2]", "VisATB[T=1]", "VisATB[D=precise]"]  # fmt: skip
+    assert cfg.final_keys == ["VisATB", "EW", "TLA", "RLW", "DWA", "IGB", *ablations]
+    assert cfg.prep_keys[-4:] == ["alone:A", "alone:B", "mini-alone:A", "mini-alone:B"]  # D=precise needs both
+    chain = pipeline.Pipeline(cfg)
+    chain.work.mkdir(parents=True)
+    _, items, _ = chain._subsets_items()
+    assert items[0].key == "subsets+alone" and "--alone" in items[0].command
+    chain._run_items("subsets", "[test]", items, 1)
+    manifest = chain.subsets_manifest()
+    _, prep, _ = chain._train_items(cfg.prep_keys, final=False)
+    _, final, _ = chain._train_items(cfg.final_keys, final=True)
+    envs = {item.key: item.env for item in prep + final}
+    assert envs["alone:A"]["DATA_PATH"] == manifest["alone"]["A"]["path"]
+    assert envs["mini-alone:B"]["DATA_PATH"] == manifest["mini_alone"]["B"]["path"]
+    assert json.loads(Path(manifest["alone"]["A"]["path"]).read_text()) == [
+        r for r in json.loads(chain_inputs["data"].read_text()) if r["task"] == "A"]  # fmt: skip
+    mini_b = [r for r in json.loads(Path(manifest["mini"]["path"]).read_text()) if r["task"] == "B"]
+    assert json.loads(Path(manifest["mini_alone"]["B"]["path"]).read_text()) == mini_b and len(mini_b) == 2
+    methods = {k: envs[k]["WEIGHT_METHOD"] for k in ("EW", "TLA", "RLW", "DWA", "IGB")}
+    assert methods == {"EW": "EW", "TLA": "EWTB", "RLW": "RLW", "DWA": "DWA", "IGB": "IGB"}
+    assert all(envs[k]["VISATB_WEIGHTS_FILE"] == "" for k in methods)
+    assert envs["VisATB[T=2]"]["VISATB_WEIGHTS_FILE"] == str(chain.work / "weights" / "visatb-T_2.json")
+    folders = [i.outputs[0].parent.name for i in prep + final]
+    assert len(set(folders)) == len(folders)
+    assert "llava-visatb-A-alone" in folders and "llava-visatb-B-mini-alone" in folders
+    assert "llava-visatb-visatb-alpha_1_3_1_3_1_3" in folders and "llava-visatb-tla" in folders
+    # One weights file per ablation row, with its own option and the main run's others.
+    rows = ["mini", "A", "B", "alone:A", "alone:B", "mini-alone:A", "mini-alone:B"]
+    chain.scores_file.write_text(json.dumps({k: {"A": 0.5, "B": 0.5} for k in rows}))
+    _, weights, _ = chain._weights_items()
+    assert [i.key for i in weights] == ["weights", *(f"weights:{k}" for k in ablations)]
+
+    def option(item, flag, n=1):
+        at = item.command.index(flag) + 1
+        return item.command[at : at + n]
+
+    by_key = {i.key: i for i in weights}
+    assert option(by_key["weights:VisATB[alpha=1/3:1/3:1/3]"], "--alpha", 3) == [repr(1 / 3)] * 3
+    assert option(by_key["weights:VisATB[alpha=1/3:1/3:1/3]"], "--temperature") == ["0.5"]
+    assert option(by_key["weights:VisATB[T=1]"], "--temperature") == ["1.0"]
+    assert option(by_key["weights:VisATB[T=1]"], "--alpha", 3) == ["0.25", "0.25", "0.5"]
+    assert option(by_key["weights:VisATB[D=precise]"], "--difficulty-from") == ["precise"]
+    assert option(by_key["weights"], "--difficulty-from") == ["real"]
+    assert option(by_key["weights:VisATB[T=2]"], "--output") == [str(chain.work / "weights" / "visatb-T_2.json")]
+    assert "--plot" in by_key["weights"].command and "--plot" not in by_key["weights:VisATB[T=2]"].command
+
+
+def test_bad_methods_and_ablations_stop_before_any_training(chain_inputs, capsys):
+    assert pipeline.main(chain_args(chain_inputs, "--methods", "EW,XYZ")) == 2
+    assert "--methods 'EW,XYZ': give distinct names from VisATB, EW, TLA, RLW, DWA, IGB" in capsys.readouterr().err
+    assert pipeline.main(chain_args(chain_inputs, "--ablations", "alpha,depth")) == 2
+    assert "--ablations: unknown depth" in capsys.readouterr().err
+    assert not (chain_inputs["work"] / "subsets").exists()
+
+
+def test_a_finished_stage_runs_again_for_new_items_only(chain_inputs):
+    # A stage marked done for the mini and task-plus-mini models is not skipped when STL models are added;
+    # the finished items inside it are.
+    plain = pipeline.Pipeline(config(chain_args(chain_inputs)))
+    plain.work.mkdir(parents=True)
+    mark_done(plain, ("train",))
+    for key in ("mini", "A", "B"):
+        plain.marker("train", key).parent.mkdir(parents=True, exist_ok=True)
+        plain.marker("train", key).write_text("{}")
+    cfg = config(chain_args(chain_inputs, "--stl", "1"))
+    chain = pipeline.Pipeline(cfg, out=io.StringIO())
+    _, items, _ = chain._subsets_items()
+    chain._run_items("subsets", "[test]", items, 1)
+    assert chain.stage_needs_run("train", [pipeline.Item(k, k, []) for k in cfg.prep_keys])
+    assert not plain.stage_needs_run("train", [pipeline.Item(k, k, []) for k in plain.cfg.prep_keys])
+    _, train, _ = chain._train_items(cfg.prep_keys, final=False)
+    chain._run_items("train", "[test]", train, 1)
+    trained = sorted(p.name for p in (chain.work / "checkpoints").iterdir())
+    assert trained == ["llava-visatb-A-alone", "llava-visatb-B-alone"]  # mini, A, B were done: not retrained
+
 
 
 # ---------------------------------------------------------------------------------------------- running

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from llava.visatb.subsets import build_subsets, carve_validation, dataset_name, human_size, main, mini_size
+from llava.visatb.subsets import (
+    build_alone_subsets,
+    build_subsets,
+    carve_validation,
+    dataset_name,
+    human_size,
+    main,
+    mini_size,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {"A": 64, "B": 33, "C": 5}
@@ -82,6 +90,17 @@ def test_mini_is_stratified_and_plus_mini_adds_the_other_minis():
     for subset in [mini, *plus_mini.values()]:
         order = [position[r["id"]] for r in subset]
         assert order == sorted(order)
+
+
+def test_alone_sets_are_each_task_and_its_share_of_the_mini_set():
+    records = make_records()
+    mini, _ = build_subsets(records, fraction=0.25, seed=3)
+    alone, mini_alone = build_alone_subsets(records, fraction=0.25, seed=3)
+    for task, size in SIZES.items():
+        assert [r["id"] for r in alone[task]] == [f"{task}-{k}" for k in range(size)]
+        assert mini_alone[task] == [r for r in mini if r["task"] == task]
+    # round(0.25 * 64) = 16, round(0.25 * 33) = 8 (8.25), round(0.25 * 5) = 1 (1.25)
+    assert [len(mini_alone[t]) for t in SIZES] == [16, 8, 1]
 
 
 def test_default_fraction_keeps_one_record_of_small_tasks():

@@ -2,7 +2,9 @@
 
     python -m llava.visatb.compare --scores scores.json --baseline STL --output comparison.json \
         [--lower-is-better TASK,...] [--tasks A,B,... | --task-preset NAME] [--models EW,VisATB] \
-        [--markdown comparison.md]
+        [--markdown comparison.md] [--plot comparison.png]
+    python -m llava.visatb.compare --summarize seed0/comparison.json seed1/comparison.json ... \
+        --output comparison_seeds.json [--markdown comparison_seeds.md]
 
 Model keys of the scores table ({model key: {task: score}}, see llava/visatb/scores.py):
 
@@ -22,17 +24,21 @@ For model e, baseline b and task i (one metric per task, K_i = 1; delta_i = 1 fo
     I_i  = (-1)^delta_i * (M_e,i - M_b,i) / M_b,i
     dI % = 100 * mean_i I_i              (mean relative improvement)
     dE % = 100 * mean_i max(0, -I_i)     (mean relative drop)
+
+--summarize reads several comparisons (one per seed) of the same models and tasks and gives each model's
+dI and dE as mean +- sample std over them, and on how many of them VisATB's dI is above EW's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from llava.utils import atomic_write_json, atomic_write_text, refuse_same_file
+from llava.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, load_json, refuse_same_file
 from llava.visatb.scores import (
     ALONE_PREFIX,
     MINI,
@@ -211,6 +217,88 @@ def comparison_markdown(
     return lines
 
 
+def plot_comparison(comparison: Mapping[str, Any], path: str) -> None:
+    """dI % against dE % per model: up and to the left is better (more improvement, less drop)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = comparison["models"]
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    for name, entry in models.items():
+        ax.scatter(entry["delta_E"], entry["delta_I"], s=36)
+        ax.annotate(name, (entry["delta_E"], entry["delta_I"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)  # fmt: skip
+    ax.axhline(0.0, color="gray", linewidth=0.8)
+    ax.set_xlabel(f"dE % (mean relative drop vs {comparison['baseline']})")
+    ax.set_ylabel(f"dI % (mean relative improvement vs {comparison['baseline']})")
+    ax.set_title(f"final models against {comparison['baseline']}")
+    fig.tight_layout()
+    from io import BytesIO
+
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def summarize(comparisons: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and sample std of every model's dI and dE over runs {label: comparison}; VisATB vs EW per run."""
+    if not comparisons:
+        raise ValueError("no comparisons to summarize")
+    labels = list(comparisons)
+    first = comparisons[labels[0]]
+    for label, comparison in comparisons.items():
+        for field_name in ("baseline", "tasks"):
+            if comparison[field_name] != first[field_name]:
+                raise ValueError(f"{label}: {field_name} {comparison[field_name]!r} differs from {labels[0]}'s "
+                                 f"{first[field_name]!r}")  # fmt: skip
+    models = [m for m in first["models"] if all(m in c["models"] for c in comparisons.values())]
+    skipped = sorted({m for c in comparisons.values() for m in c["models"]} - set(models))
+    result: dict[str, Any] = {"baseline": first["baseline"], "tasks": first["tasks"], "runs": labels, "models": {},
+                              "not_in_every_run": skipped}  # fmt: skip
+    for model in models:
+        entry: dict[str, Any] = {}
+        for measure in ("delta_I", "delta_E"):
+            values = [float(comparisons[label]["models"][model][measure]) for label in labels]
+            mean, std = _mean_std(values)
+            entry[measure] = {"mean": mean, "std": std, "values": values}
+        result["models"][model] = entry
+    if "VisATB" in result["models"] and "EW" in result["models"]:
+        wins = [label for label in labels
+                if comparisons[label]["models"]["VisATB"]["delta_I"] > comparisons[label]["models"]["EW"]["delta_I"]]  # fmt: skip
+        result["visatb_beats_ew"] = {"runs": wins, "count": len(wins), "of": len(labels)}
+    return result
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> list[str]:
+    """Per model: dI % and dE % as mean +- std over the runs, then the per-run dI values."""
+    runs = summary["runs"]
+    lines = [f"Against {summary['baseline']}, over {len(runs)} run(s) ({', '.join(runs)}); mean +- sample std:", "",
+             "| model | dI % | dE % | dI % per run |", "|---|---:|---:|---|"]  # fmt: skip
+    for model, entry in summary["models"].items():
+        di, de = entry["delta_I"], entry["delta_E"]
+        per_run = ", ".join(f"{v:+.2f}" for v in di["values"])
+        lines.append(
+            f"| {model} | {di['mean']:+.2f} +- {di['std']:.2f} | {de['mean']:.2f} +- {de['std']:.2f} | {per_run} |"
+        )
+    beats = summary.get("visatb_beats_ew")
+    if beats:
+        lines += ["", f"VisATB's dI is above EW's on {beats['count']} of {beats['of']} run(s)"
+                  + (f" ({', '.join(beats['runs'])})." if beats["runs"] else ".")]  # fmt: skip
+    if summary.get("not_in_every_run"):
+        lines += ["", f"Left out (not in every run): {', '.join(summary['not_in_every_run'])}."]
+    return lines
+
+
 def _task_list(args: argparse.Namespace) -> list[str] | None:
     if args.tasks and args.task_preset:
         raise ValueError("give either --tasks or --task-preset, not both")
@@ -225,7 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Compare final models with a baseline (STL): per-task relative change, dI % and dE % (Eq. 9)."
     )
-    parser.add_argument("--scores", required=True, help="scores table {model key: {task: score}}")
+    parser.add_argument("--scores", help="scores table {model key: {task: score}}")
+    parser.add_argument(
+        "--summarize",
+        nargs="+",
+        metavar="COMPARISON",
+        help="instead: mean +- std of dI/dE over these comparison.json files (one per seed)",
+    )
     parser.add_argument(
         "--baseline", default=STL, help="baseline row; STL without a row: the alone:<task> rows"
     )
@@ -237,11 +331,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task-preset", help="compare the scored tasks of a preset, in its order")
     parser.add_argument("--models", help="rows to compare, A,B,... (default: every final-method row)")
     parser.add_argument("--markdown", help="also write the markdown table here")
+    parser.add_argument("--plot", help="also plot dI against dE per model into this PNG")
     return parser
+
+
+def _summarize_main(args: argparse.Namespace) -> int:
+    try:
+        for path in args.summarize:
+            refuse_same_file(args.output, {"--summarize": path}, "--output")
+        comparisons = {}
+        for path in args.summarize:
+            data = load_json(path)
+            if not isinstance(data, dict) or not all(k in data for k in ("baseline", "tasks", "models")):
+                raise ValueError(f"{path}: not a comparison.json (needs baseline, tasks, models)")
+            label = os.path.basename(os.path.dirname(os.path.abspath(path))) or path
+            if label in comparisons:
+                label = path
+            comparisons[label] = data
+        summary = summarize(comparisons)
+        lines = summary_markdown(summary)
+        atomic_write_json(args.output, summary)
+        if args.markdown:
+            atomic_write_text(args.markdown, "\n".join(lines) + "\n")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    print(f"wrote {args.output}" + (f" and {args.markdown}" if args.markdown else ""))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.summarize:
+        if args.scores:
+            print("error: give --scores or --summarize, not both", file=sys.stderr)
+            return 2
+        return _summarize_main(args)
+    if not args.scores:
+        print("error: --scores is required (or --summarize COMPARISON ...)", file=sys.stderr)
+        return 2
     try:
         refuse_same_file(args.output, {"--scores": args.scores}, "--output")
         if args.markdown:
@@ -261,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         atomic_write_json(args.output, comparison)
         if args.markdown:
             atomic_write_text(args.markdown, "\n".join(lines) + "\n")
+        if args.plot:
+            plot_comparison(comparison, args.plot)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

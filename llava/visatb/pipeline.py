@@ -43,6 +43,17 @@ START = "start"
 VISATB = "VisATB"
 EW = "EW"
 STAGES = ("subsets", "train", "infer", "score", "weights", "final-train", "final-infer", "final-score", "report")
+ALONE_PREFIX = "alone:"
+MINI_ALONE_PREFIX = "mini-alone:"
+# Final models by method name, and the finetune script's WEIGHT_METHOD for each (VisATB: EW plus its weights).
+METHODS = {"VisATB": "EW", "EW": "EW", "TLA": "EWTB", "RLW": "RLW", "DWA": "DWA", "IGB": "IGB"}
+# Table 8's rows besides the default VisATB (alpha 0.25 0.25 0.5, T 0.5, real difficulty).
+# Row keys name them without commas (a key list is comma-separated): VisATB[alpha=1:0:0], VisATB[T=2], ...
+ABLATION_ALPHAS = {"1:0:0": (1.0, 0.0, 0.0), "0:1:0": (0.0, 1.0, 0.0), "0:0:1": (0.0, 0.0, 1.0),
+                   "0.5:0.5:0": (0.5, 0.5, 0.0), "1/3:1/3:1/3": (1 / 3, 1 / 3, 1 / 3),
+                   "0.25:0.25:0.5": (0.25, 0.25, 0.5)}  # fmt: skip
+ABLATION_TEMPERATURES = (2.0, 1.0, 0.5)
+ABLATIONS = ("alpha", "temperature", "difficulty")
 LOG_TAIL_LINES = 15
 # llava.visatb.inference.DEFAULT_MAX_NEW_TOKENS, without importing torch into the orchestrator (a test checks).
 DEFAULT_MAX_NEW_TOKENS = 2048
@@ -90,6 +101,9 @@ class PipelineConfig:
     gain_tolerance: float = 0.01
     max_contribution: float = 10.0
     strict: bool = False
+    methods: list[str] = field(default_factory=lambda: [VISATB, EW])
+    stl: bool = False
+    ablations: list[str] = field(default_factory=list)
     jobs: int = 1
     train_jobs: int = 1
     run_name: str = "visatb"
@@ -103,12 +117,49 @@ class PipelineConfig:
         return [t for t in self.tasks if t not in self.metrics]
 
     @property
+    def ablation_settings(self) -> dict[str, dict[str, Any]]:
+        """{final model key: weighting options} of the ablation rows (Table 8), each unlike the main VisATB run."""
+        rows: dict[str, dict[str, Any]] = {}
+        if "alpha" in self.ablations:
+            for label, alpha in ABLATION_ALPHAS.items():
+                if any(abs(a - b) > 1e-9 for a, b in zip(alpha, self.alpha)):
+                    rows[f"{VISATB}[alpha={label}]"] = {"alpha": list(alpha)}
+        if "temperature" in self.ablations:
+            for temperature in ABLATION_TEMPERATURES:
+                if temperature != self.temperature:
+                    rows[f"{VISATB}[T={temperature:g}]"] = {"temperature": temperature}
+        if "difficulty" in self.ablations:
+            other = "precise" if self.difficulty_from == "real" else "real"
+            rows[f"{VISATB}[D={other}]"] = {"difficulty_from": other}
+        return rows
+
+    @property
     def final_keys(self) -> list[str]:
-        return [VISATB, EW] if self.ew_baseline else [VISATB]
+        return [*self.methods, *self.ablation_settings]
+
+    @property
+    def _difficulty_sources(self) -> set[str]:
+        return {self.difficulty_from, *(o["difficulty_from"] for o in self.ablation_settings.values()
+                                        if "difficulty_from" in o)}  # fmt: skip
+
+    @property
+    def needs_alone(self) -> bool:
+        """alone:<task> models: STL, the Chat form's contributions, the precise difficulty."""
+        return self.stl or self.form == "chat" or "precise" in self._difficulty_sources
+
+    @property
+    def needs_mini_alone(self) -> bool:
+        return "precise" in self._difficulty_sources
 
     @property
     def prep_keys(self) -> list[str]:
-        return [MINI, *self.scored_tasks]
+        """The models the weights need (by form and difficulty source), then the STL models."""
+        keys = [] if self.form == "chat" and self._difficulty_sources == {"precise"} else [MINI, *self.scored_tasks]
+        if self.needs_alone:
+            keys += [ALONE_PREFIX + t for t in self.scored_tasks]
+        if self.needs_mini_alone:
+            keys += [MINI_ALONE_PREFIX + t for t in self.scored_tasks]
+        return keys
 
     @property
     def stages(self) -> list[str]:
@@ -274,6 +325,19 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     except ValueError as e:
         raise ValueError(f"--alpha: {e}") from None
     difficulty_from = get_difficulty_source(args.difficulty_from, args.form).name
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods or len(set(methods)) != len(methods):
+            raise ValueError(f"--methods {args.methods!r}: give distinct names from {', '.join(METHODS)}")
+        if VISATB not in methods:
+            methods.insert(0, VISATB)
+    else:
+        methods = [VISATB, EW] if args.ew_baseline else [VISATB]
+    ablations = [a.strip() for a in (args.ablations or "").replace(",", " ").split() if a.strip()]
+    unknown = [a for a in ablations if a not in ABLATIONS]
+    if unknown:
+        raise ValueError(f"--ablations: unknown {', '.join(unknown)}; use any of {', '.join(ABLATIONS)}")
     try:
         check_gain_options(args.gain_tolerance, args.max_contribution)
     except ValueError as e:
@@ -311,6 +375,9 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
         gain_tolerance=args.gain_tolerance,
         max_contribution=args.max_contribution,
         strict=args.strict,
+        methods=methods,
+        stl=args.stl,
+        ablations=ablations,
         jobs=_positive_int(args.jobs, "--jobs"),
         train_jobs=_positive_int(args.train_jobs, "--train-jobs"),
         run_name=args.run_name,
@@ -337,11 +404,18 @@ def _safe(name: str) -> str:
 
 
 def model_slug(key: str) -> str:
-    """Folder-name part of a model key: `mini`, `<task>-plus-mini`, `visatb`, `ew`."""
+    """Folder-name part of a model key: `mini`, `<task>-plus-mini`, `<task>-alone`, `<task>-mini-alone`, `visatb`,
+    `ew`, `tla`, ..., and `visatb-alpha_1_0_0` for an ablation row `VisATB[alpha=1:0:0]`."""
     if key == MINI:
         return MINI
-    if key in (VISATB, EW):
+    if key in METHODS:
         return key.lower()
+    if key.startswith(VISATB + "["):
+        return "visatb-" + _safe(key[len(VISATB) + 1 : -1]).strip("_")
+    if key.startswith(MINI_ALONE_PREFIX):
+        return f"{_safe(key[len(MINI_ALONE_PREFIX):])}-mini-alone"
+    if key.startswith(ALONE_PREFIX):
+        return f"{_safe(key[len(ALONE_PREFIX):])}-alone"
     return f"{_safe(key)}-plus-mini"
 
 
@@ -411,6 +485,14 @@ class Pipeline:
     def is_done(self, stage: str, item: str | None = None) -> bool:
         return self.marker(stage, item).is_file()
 
+    def stage_needs_run(self, stage: str, items: Sequence[Item]) -> bool:
+        """Whether a stage must run: not marked done, or done for fewer items than this configuration has
+        (STL models, more methods or ablation rows added to a finished chain). Done items inside it are skipped."""
+        if not self.is_done(stage):
+            return True
+        done = load_json(self.marker(stage)).get("items")
+        return not isinstance(done, list) or not {i.key for i in items} <= set(done)
+
     def redo_from(self, stage: str) -> None:
         """Forget `stage` and every later one: remove their markers and the outputs they made."""
         stages = self.cfg.stages
@@ -434,9 +516,9 @@ class Pipeline:
         if stage == "final-infer":
             return [self.answers_dir(k) for k in self.cfg.final_keys]
         if stage == "weights":
-            return [self.weights_file, self.plot_file, self.weights_report]
+            return [self.weights_file, self.plot_file, self.weights_report, self.work / "weights"]
         if stage == "report":
-            return [self.report_file]
+            return [self.report_file, *(self.comparison_file.with_suffix(x) for x in (".json", ".md", ".png"))]
         if stage == "subsets":
             return [self.subsets_dir]
         return []
@@ -472,11 +554,18 @@ class Pipeline:
         start = time.monotonic()
         for index, stage in enumerate(stages, 1):
             prefix = f"[stage {index}/{len(stages)}] {stage}"
+            if stage == "report" and self.ran_items:
+                self.marker(stage).unlink(missing_ok=True)  # something it reads changed in this run
+                shutil.rmtree(self.done_dir / stage, ignore_errors=True)
             if self.is_done(stage):
-                self.say(f"{prefix}: done earlier, skipped")
-                self.skipped_items += 1
-                continue
-            title, items, jobs = builders[stage]()
+                title, items, jobs = builders[stage]()
+                if not self.stage_needs_run(stage, items):
+                    self.say(f"{prefix}: done earlier, skipped")
+                    self.skipped_items += 1
+                    continue
+                self.say(f"{prefix}: done earlier; new item(s) for this configuration")
+            else:
+                title, items, jobs = builders[stage]()
             self.say(f"{prefix}: {title}")
             stage_start = time.monotonic()
             self._run_items(stage, prefix, items, jobs)
@@ -584,8 +673,13 @@ class Pipeline:
                    "--seed", str(cfg.seed)]  # fmt: skip
         if cfg.val_per_task:
             command += ["--val-per-task", str(cfg.val_per_task)]
-        item = Item("subsets", f"mini set (fraction {cfg.mini_fraction:g}) and {len(cfg.scored_tasks)} task-plus-mini "
-                    f"sets of {cfg.data.name}", command, outputs=[self.subsets_dir / "subsets.json"])  # fmt: skip
+        what = f"mini set (fraction {cfg.mini_fraction:g}) and {len(cfg.scored_tasks)} task-plus-mini sets"
+        key = "subsets"
+        if cfg.needs_alone or cfg.needs_mini_alone:
+            command.append("--alone")
+            what += ", each task alone and its mini share alone"
+            key = "subsets+alone"  # a chain that adds STL models rewrites the (identical) subsets with them
+        item = Item(key, f"{what} of {cfg.data.name}", command, outputs=[self.subsets_dir / "subsets.json"])
         return f"sub-datasets of {cfg.data}", [item], 1
 
     def _task_env(self) -> dict[str, str]:
@@ -608,11 +702,24 @@ class Pipeline:
                 env["DATA_PATH"] = self.entire_data()
                 if key == VISATB:
                     env["VISATB_WEIGHTS_FILE"] = str(self.weights_file)
-                what = "VisATB weights from weights.json" if key == VISATB else "equal weights (EW baseline)"
+                    what = "VisATB weights from weights.json"
+                elif key in cfg.ablation_settings:
+                    env["VISATB_WEIGHTS_FILE"] = str(self.ablation_weights_file(key))
+                    what = f"VisATB weights from {self.ablation_weights_file(key).name}"
+                else:
+                    env["WEIGHT_METHOD"] = METHODS[key]
+                    what = "equal weights (EW baseline)" if key == EW else f"{key} (WEIGHT_METHOD={METHODS[key]})"
                 extra = cfg.final_train_args
             else:
                 manifest = self.subsets_manifest()
-                entry = manifest["mini"] if key == MINI else manifest["plus_mini"][key]
+                if key.startswith((ALONE_PREFIX, MINI_ALONE_PREFIX)):
+                    part = "mini_alone" if key.startswith(MINI_ALONE_PREFIX) else "alone"
+                    if part not in manifest:
+                        raise PipelineError(f"{self.subsets_dir / 'subsets.json'} has no {part!r} sets; "
+                                            "rerun the chain with --redo subsets")  # fmt: skip
+                    entry = manifest[part][key.split(":", 1)[1]]
+                else:
+                    entry = manifest["mini"] if key == MINI else manifest["plus_mini"][key]
                 env["DATA_PATH"] = entry["path"]
                 what = f"{entry['file']} ({entry['count']} records)"
                 extra = cfg.prep_train_args
@@ -622,8 +729,15 @@ class Pipeline:
         if final:
             title = f"final training on the entire data: {', '.join(keys)} through {Path(cfg.finetune_script).name}"
         else:
-            title = (f"train the mini model and {len(keys) - 1} task-plus-mini models through "
-                     f"{Path(cfg.finetune_script).name}")  # fmt: skip
+            kinds = [(MINI, "the mini model"), ("", "task-plus-mini"), (ALONE_PREFIX, "single-task (alone)"),
+                     (MINI_ALONE_PREFIX, "mini-alone")]  # fmt: skip
+            counts = {name: 0 for _, name in kinds}
+            for key in keys:
+                kind = next((n for p, n in kinds[2:][::-1] if key.startswith(p)), None)
+                counts[kind or ("the mini model" if key == MINI else "task-plus-mini")] += 1
+            parts = ["the mini model" if n == "the mini model" else f"{c} {n} model(s)"
+                     for n, c in counts.items() if c]  # fmt: skip
+            title = f"train {', '.join(parts)} through {Path(cfg.finetune_script).name}"
         return title, items, cfg.train_jobs
 
     def _infer_items(self, keys: list[str]) -> tuple[str, list[Item], int]:
@@ -675,30 +789,48 @@ class Pipeline:
     def _extra_models_message(self, missing: dict[str, list[str]]) -> str:
         rows = "; ".join(f"{model} (on {', '.join(tasks)})" for model, tasks in missing.items())
         return (f"--form {self.cfg.form} with --difficulty-from {self.cfg.difficulty_from} needs scores that "
-                f"{self.scores_file} lacks: {rows}. The chain does not train these models yet (alone:<task>: "
-                "trained on that task alone; mini-alone:<task>: on its mini subset alone; start: the starting "
-                "model, scored with --start-model): train them, record their scores in that file (the eval "
-                "scripts' --scores FILE --model-key KEY --task NAME) and rerun; finished stages are skipped")  # fmt: skip
+                f"{self.scores_file} lacks: {rows} (alone:<task>: trained on that task alone; mini-alone:<task>: "
+                "on its mini subset alone, both trained by the chain for this form; start: the starting model, "
+                "scored only with --start-model). Record missing scores in that file (the eval scripts' --scores "
+                "FILE --model-key KEY --task NAME) and rerun; finished stages are skipped")  # fmt: skip
 
     def _weights_items(self) -> tuple[str, list[Item], int]:
         cfg = self.cfg
         missing = self._missing_extra_scores()
         if missing:
             raise PipelineError(f"weights stage: {self._extra_models_message(missing)}")
-        temperature = cfg.temperature if cfg.temperature == "auto" else repr(cfg.temperature)
+        command = [*self._weights_command(self.weights_file), "--plot", str(self.plot_file)]
+        item = Item("weights", "contributions, difficulties and weights from scores.json", command,
+                    outputs=[self.weights_file, self.plot_file], collect=self._collect_weights)  # fmt: skip
+        items = [item]
+        for key, options in cfg.ablation_settings.items():
+            ablated = self._weights_command(self.ablation_weights_file(key), **options)
+            items.append(Item(f"weights:{key}", f"{key}: ablation weights", ablated,
+                              outputs=[self.ablation_weights_file(key)], collect=_collect_weights_line))  # fmt: skip
+        title = "VisATB weights (weights.json, heatmap.png, VISATB_WEIGHTS)"
+        if len(items) > 1:
+            title += f" and {len(items) - 1} ablation weight file(s)"
+        return title, items, 1
+
+    def ablation_weights_file(self, key: str) -> Path:
+        return self.work / "weights" / f"{model_slug(key)}.json"
+
+    def _weights_command(self, output: Path, alpha: list[float] | None = None, temperature: float | str | None = None,
+                         difficulty_from: str | None = None) -> list[str]:  # fmt: skip
+        cfg = self.cfg
+        temperature = cfg.temperature if temperature is None else temperature
         command = [self.python, str(REPO_ROOT / "weighting_visatb.py"), "--scores", str(self.scores_file),
-                   "--tasks", ",".join(cfg.tasks), "--temperature", temperature,
-                   "--alpha", *(repr(a) for a in cfg.alpha), "--form", cfg.form,
-                   "--difficulty-from", cfg.difficulty_from,
+                   "--tasks", ",".join(cfg.tasks),
+                   "--temperature", temperature if temperature == "auto" else repr(temperature),
+                   "--alpha", *(repr(a) for a in (alpha or cfg.alpha)), "--form", cfg.form,
+                   "--difficulty-from", difficulty_from or cfg.difficulty_from,
                    "--gain-tolerance", repr(cfg.gain_tolerance), "--max-contribution", repr(cfg.max_contribution),
-                   "--output", str(self.weights_file), "--plot", str(self.plot_file)]  # fmt: skip
+                   "--output", str(output)]  # fmt: skip
         if cfg.strict:
             command.append("--strict")
         if cfg.unscored_tasks:
             command += ["--unscored-tasks", ",".join(cfg.unscored_tasks)]
-        item = Item("weights", "contributions, difficulties and weights from scores.json", command,
-                    outputs=[self.weights_file, self.plot_file], collect=self._collect_weights)  # fmt: skip
-        return "VisATB weights (weights.json, heatmap.png, VISATB_WEIGHTS)", [item], 1
+        return command
 
     def _collect_weights(self, log: str) -> dict[str, Any]:
         report = "\n".join(log.splitlines()[1:]) + "\n"
@@ -716,7 +848,26 @@ class Pipeline:
                    "--plot", self.plot_file.name, "--output", str(self.report_file)]  # fmt: skip
         item = Item("report", "report.md: per-task table, relative improvements, learning checks", command,
                     outputs=[self.report_file])
-        return "report", [item], 1
+        items = [item]
+        if cfg.needs_alone:
+            compare = [self.python, "-m", "llava.visatb.compare", "--scores", str(self.scores_file), "--baseline",
+                       "STL", "--tasks", ",".join(cfg.scored_tasks), "--models", ",".join(cfg.final_keys),
+                       "--output", str(self.comparison_file), "--markdown", str(self.comparison_file.with_suffix(".md")),
+                       "--plot", str(self.comparison_file.with_suffix(".png"))]  # fmt: skip
+            items.insert(0, Item("compare", "comparison.json/.md/.png: every final model against STL (dI, dE)",
+                                 compare, outputs=[self.comparison_file]))  # fmt: skip
+        return "report", items, 1
+
+    @property
+    def comparison_file(self) -> Path:
+        return self.work / "comparison.json"
+
+
+def _collect_weights_line(log: str) -> dict[str, Any]:
+    match = re.search(r'^VISATB_WEIGHTS="([^"]*)"', log, flags=re.M)
+    if not match:
+        raise PipelineError("weighting_visatb.py printed no VISATB_WEIGHTS line")
+    return {"visatb_weights": match.group(1), "summary": f'VISATB_WEIGHTS="{match.group(1)}"'}
 
 
 def _collect_score(log: str) -> dict[str, Any]:
@@ -796,6 +947,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strict", type=_bool, default=False,
                      help="a task without own-data gain stops the chain at the weights stage (default: neutral weight)")
     run.add_argument("--ew-baseline", type=_bool, default=True, help="also train the EW baseline on the entire data")
+    run.add_argument("--methods", help=f"final models, by weighting method: any of {', '.join(METHODS)} "
+                     "(default VisATB,EW, or VisATB with --ew-baseline false)")
+    run.add_argument("--stl", type=_bool, default=False,
+                     help="also train each task alone (alone:<task>, the STL baseline) and compare every final "
+                     "model against it (comparison.json: dI, dE)")
+    run.add_argument("--ablations", help=f"Table 8's rows, any of {', '.join(ABLATIONS)}: more VisATB final models "
+                     "with other alpha, temperature or difficulty")
     run.add_argument("--eval-final", type=_bool, default=True, help="score the final model(s) on every validation set")
     run.add_argument("--jobs", type=int, default=1, help="inference/metric commands run at the same time")
     run.add_argument("--train-jobs", type=int, default=1, help="training runs at the same time (CPU only; 1 on GPUs)")

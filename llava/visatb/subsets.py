@@ -120,6 +120,26 @@ def build_subsets(
     return mini, plus_mini
 
 
+def build_alone_subsets(
+    records: Sequence[dict],
+    tasks: Sequence[str] | None = None,
+    fraction: float = DEFAULT_MINI_FRACTION,
+    seed: int = 0,
+    source: str = "data",
+) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """({task: its records alone}, {task: its share of the mini set alone}), for STL and precise difficulty.
+
+    A task's mini-alone set is exactly that task's part of `build_subsets`' mini set (the same draw)."""
+    _check_fraction(fraction)
+    groups = group_by_task(records, tasks, source)
+    alone, mini_alone = {}, {}
+    for task, indices in groups.items():
+        alone[task] = [records[i] for i in indices]
+        drawn = _draw(indices, mini_size(len(indices), fraction), seed, f"mini/{task}")
+        mini_alone[task] = [records[i] for i in drawn]
+    return alone, mini_alone
+
+
 def carve_validation(
     records: Sequence[dict],
     per_task: int,
@@ -163,8 +183,12 @@ def write_subsets(
     name: str | None = None,
     val_per_task: int | None = None,
     manifest_path: str | os.PathLike | None = None,
+    alone: bool = False,
 ) -> dict[str, Any]:
-    """Build and write every subset file and the manifest; returns the manifest."""
+    """Build and write every subset file and the manifest; returns the manifest.
+
+    `alone`: also each task's records alone (`alone`, for single-task STL models) and each task's mini share
+    alone (`mini_alone`, for the precise difficulty and the Chat form)."""
     _check_fraction(fraction)
     if val_per_task is not None and val_per_task < 1:
         raise ValueError(f"--val-per-task must be at least 1, got {val_per_task}")
@@ -216,6 +240,18 @@ def write_subsets(
     plan(manifest, "mini", f"{name}-mini_train-{human_size(len(mini))}.json", mini)
     for task, subset in plus_mini.items():
         plan(manifest["plus_mini"], task, f"{task}-plus-mini_train-{human_size(len(subset))}.json", subset)
+    if alone:
+        manifest["alone"], manifest["mini_alone"] = {}, {}
+        alone_sets, mini_alone_sets = build_alone_subsets(train, task_order, fraction, seed, source)
+        for task, subset in alone_sets.items():
+            plan(manifest["alone"], task, f"{task}-alone_train-{human_size(len(subset))}.json", subset)
+        for task, subset in mini_alone_sets.items():
+            plan(
+                manifest["mini_alone"],
+                task,
+                f"{task}-mini-alone_train-{human_size(len(subset))}.json",
+                subset,
+            )
 
     names = [file_name for file_name, _ in jobs]
     clashes = sorted({n for n in names if names.count(n) > 1})
@@ -250,6 +286,7 @@ def format_counts(manifest: dict[str, Any]) -> str:
     lines.append(f"files in {manifest['output_dir']}:")
     entries = list(manifest["val"].values()) + [manifest["train"], manifest["mini"]]
     entries += list(manifest["plus_mini"].values())
+    entries += list(manifest.get("alone", {}).values()) + list(manifest.get("mini_alone", {}).values())
     for entry in entries:
         if entry:
             lines.append(f"  {entry['file']}  ({entry['count']} records)")
@@ -275,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--manifest", help=f"where to write the manifest (default OUTPUT_DIR/{MANIFEST_NAME})"
+    )
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="also each task alone and its mini share alone (STL, precise difficulty)",
     )
     parser.add_argument("--check", action="store_true", help="check the data first (needs --image-folder)")
     parser.add_argument("--image-folder", help="image root, for --check")
@@ -304,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             name=args.name,
             val_per_task=args.val_per_task,
             manifest_path=args.manifest,
+            alone=args.alone,
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -29,15 +29,13 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from llava.utils import atomic_write_json, load_json
+from llava.utils import atomic_write_bytes, atomic_write_json, load_json
 from llava.visatb.scores import ALONE_PREFIX, MINI, MINI_ALONE_PREFIX, START
 from llava.visatb.tasks import ACADEMIC, CHAT, PRESETS
 
@@ -1003,21 +1001,7 @@ def plot_weights(result: VisatbWeights, path: str | os.PathLike) -> None:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    _atomic_write_bytes(path, buffer.getvalue())
-
-
-def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def format_paper_settings(
