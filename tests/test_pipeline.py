@@ -745,6 +745,38 @@ def test_demo_redo_recomputes_only_the_report(demo):
     assert (out / "scores.json").stat().st_mtime_ns == scores_mtime
 
 
+def test_compare_methods_reuses_the_demo_and_compares_against_stl(demo, tmp_path):
+    # Runs last among the demo tests: it adds models to the demo's folder. Seed 0 of compare_methods.sh is
+    # the demo's own folder, so the preparation models and VisATB are reused and only the STL models and
+    # the other methods train.
+    out = demo["out"]
+    (tmp_path / "seed0").symlink_to(out, target_is_directory=True)
+    mini_config = out / "checkpoints" / "llava-toy-mini" / "config.json"
+    before = mini_config.stat().st_mtime_ns
+    env = {**os.environ, "OUTPUT_DIR": str(tmp_path), "SEEDS": "0", "METHODS": "VisATB,EW,TLA",
+           "VISATB_SETUP": "skip", "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}  # fmt: skip
+    env.pop("DEMO_REDUCED", None)
+    run = subprocess.run(["bash", str(REPO / "scripts_visatb" / "compare_methods.sh")], env=env, cwd=REPO,
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert mini_config.stat().st_mtime_ns == before  # not retrained
+    assert "[stage 2/9] train: done earlier; new item(s) for this configuration" in run.stdout
+    assert "5 of 9 item(s) done earlier, skipped" in run.stdout  # mini, 4 task-plus-mini; 4 alone: new
+    scores = json.loads((out / "scores.json").read_text())
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["baseline"] == "STL" and comparison["tasks"] == DEMO_SCORED
+    assert list(comparison["models"]) == ["VisATB", "EW", "TLA"]
+    for model, entry in comparison["models"].items():
+        relative = [(scores[model][t] - scores[f"alone:{t}"][t]) / scores[f"alone:{t}"][t] for t in DEMO_SCORED]
+        assert entry["delta_I"] == pytest.approx(100 * sum(relative) / len(relative))
+        assert entry["delta_E"] == pytest.approx(100 * sum(max(0.0, -r) for r in relative) / len(relative))
+    assert (out / "comparison.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert "| STL (baseline) |" in (out / "comparison.md").read_text()
+    assert "## Against STL" in (out / "report.md").read_text() and "| TLA |" in run.stdout
+    marker = json.loads((out / ".done" / "final-train" / "TLA.json").read_text())
+    assert marker["env"]["WEIGHT_METHOD"] == "EWTB" and marker["env"]["VISATB_WEIGHTS_FILE"] == ""
+
+
 def test_pretraining_progress_bar_follows_the_logged_losses(tmp_path, capfd):
     from llava.visatb.toy_model import run_with_progress
 
