@@ -100,18 +100,18 @@ def test_manifest_lists_tasks_metrics_files_and_counts(bench):
     }
     assert manifest["unscored"] == ["ToyText"]
     assert (manifest["seed"], manifest["scale"], manifest["image_size"]) == (0, SCALE, IMAGE_SIZE)
-    # 0.05 x (1200, 1000, 1600, 3200, 800) and 0.05 x (150, 250, 200, 200), rounded half up, at least 4.
+    # 0.05 x (1200, 2000, 1600, 3200, 800) and 0.05 x (150, 250, 200, 200), rounded half up, at least 4.
     assert manifest["train_counts"] == {
-        "ToyCaption": 60, "ToyCaptionList": 50, "ToyCellQA": 80, "ToyBBox": 160, "ToyText": 40,
+        "ToyCaption": 60, "ToyCaptionList": 100, "ToyCellQA": 80, "ToyBBox": 160, "ToyText": 40,
     }  # fmt: skip
     assert manifest["val_counts"] == {"ToyCaption": 8, "ToyCaptionList": 13, "ToyCellQA": 10, "ToyBBox": 10}
-    assert manifest["train_count"] == 390 and manifest["train_file"] == "toy_train-390.json"
+    assert manifest["train_count"] == 440 and manifest["train_file"] == "toy_train-440.json"
     assert manifest["val_files"]["ToyBBox"] == "ToyBBox_val-10.json"
     # Enough scenes for the largest task of each split (160 train, 13 val).
     num = manifest["num_images"]
     assert num["train"] >= 160 and num["val"] >= 13 and num["train"] + num["val"] == len(list((out / "images").iterdir()))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["images", toy.MANIFEST_NAME, "toy_train-390.json", *manifest["val_files"].values()]
+        ["images", toy.MANIFEST_NAME, "toy_train-440.json", *manifest["val_files"].values()]
     )
 
 
@@ -303,7 +303,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
     assert first == again
     # The same files apart from images, whose numbering follows the seed's scene pool.
     assert {k for k in first if not k.startswith("images/")} == {k for k in other if not k.startswith("images/")}
-    assert first["toy_train-156.json"] != other["toy_train-156.json"]
+    assert first["toy_train-176.json"] != other["toy_train-176.json"]
     differing = [k for k in first if k.startswith("images/") and first[k] != other.get(k)]
     assert len(differing) > len([k for k in first if k.startswith("images/")]) // 2
 
@@ -318,13 +318,13 @@ def test_existing_benchmark_is_reused_and_other_settings_need_overwrite(tmp_path
     toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)
     manifest_path = tmp_path / toy.MANIFEST_NAME
     stamp = manifest_path.stat().st_mtime_ns
-    assert toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)["train_count"] == 78
+    assert toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)["train_count"] == 88
     assert manifest_path.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match=r"toy_benchmark\.json: holds a toy benchmark with seed 0, scale 0\.01"):
         toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.02)
     manifest = toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.02, overwrite=True)
-    assert manifest["train_count"] == 156
-    assert not (tmp_path / "toy_train-78.json").exists()
+    assert manifest["train_count"] == 176
+    assert not (tmp_path / "toy_train-88.json").exists()
     assert len(list((tmp_path / "images").iterdir())) == sum(manifest["num_images"].values())
 
 
@@ -390,7 +390,7 @@ def test_cli_writes_prints_a_table_and_reports_errors(tmp_path, capsys):
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "2", "--scale", "0.01", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^ToyCellQA\s+qa\s+16\s+4$", printed, re.M)
-    assert f"wrote {tmp_path / toy.MANIFEST_NAME} (78 train records" in printed
+    assert f"wrote {tmp_path / toy.MANIFEST_NAME} (88 train records" in printed
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "2", "--scale", "0.01", "--quiet"]) == 0
     assert "reused" in capsys.readouterr().out
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "3", "--quiet"]) == 1
