@@ -56,7 +56,7 @@ ALPHA="${ALPHA:-0.25 0.25 0.5}"                      # a_out a_in a_D of the fin
 FORM="${FORM:-academic}"                             # chat: C from start and alone:<task> models (App. C)
 DIFFICULTY_FROM="${DIFFICULTY_FROM:-}"               # real | precise (App. F); empty: real for academic, precise for chat
 # FORM=chat and DIFFICULTY_FROM=precise read alone:<task> / mini-alone:<task> (and start) rows of
-# WORK_DIR/scores.json, which the chain does not train yet: add them before the weights stage.
+# WORK_DIR/scores.json; the chain trains and scores those models (start: only with START_MODEL).
 GAIN_TOLERANCE="${GAIN_TOLERANCE:-0.01}"             # own-data gain <= 1% of the score: "no gain" (neutral weight)
 MAX_CONTRIBUTION="${MAX_CONTRIBUTION:-10}"           # ... or so small that some |C[i->j]| > 10
 STRICT="${STRICT:-0}"                                # 1: a task without own-data gain stops the chain instead

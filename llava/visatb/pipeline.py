@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from llava.utils import atomic_write_json, load_json
+from llava.visatb.scores import ALONE_PREFIX, MINI_ALONE_PREFIX
 from llava.visatb.tasks import METRIC_TYPES, PRESETS, parse_task_names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -43,8 +44,6 @@ START = "start"
 VISATB = "VisATB"
 EW = "EW"
 STAGES = ("subsets", "train", "infer", "score", "weights", "final-train", "final-infer", "final-score", "report")
-ALONE_PREFIX = "alone:"
-MINI_ALONE_PREFIX = "mini-alone:"
 # Final models by method name, and the finetune script's WEIGHT_METHOD for each (VisATB: EW plus its weights).
 METHODS = {"VisATB": "EW", "EW": "EW", "TLA": "EWTB", "RLW": "RLW", "DWA": "DWA", "IGB": "IGB"}
 # Table 8's rows besides the default VisATB (alpha 0.25 0.25 0.5, T 0.5, real difficulty).
@@ -535,10 +534,6 @@ class Pipeline:
         """Run every stage in order; finished stages and items are skipped."""
         self.work.mkdir(parents=True, exist_ok=True)
         self._record_config()
-        missing = self._missing_extra_scores()
-        if missing and not self.is_done("weights"):
-            message = self._extra_models_message(missing)
-            self.say(f"[visatb] note (the weights stage stops without these scores): {message}")
         stages = self.cfg.stages
         builders: dict[str, Callable[[], tuple[str, list[Item], int]]] = {
             "subsets": self._subsets_items,
@@ -729,14 +724,12 @@ class Pipeline:
         if final:
             title = f"final training on the entire data: {', '.join(keys)} through {Path(cfg.finetune_script).name}"
         else:
-            kinds = [(MINI, "the mini model"), ("", "task-plus-mini"), (ALONE_PREFIX, "single-task (alone)"),
-                     (MINI_ALONE_PREFIX, "mini-alone")]  # fmt: skip
-            counts = {name: 0 for _, name in kinds}
-            for key in keys:
-                kind = next((n for p, n in kinds[2:][::-1] if key.startswith(p)), None)
-                counts[kind or ("the mini model" if key == MINI else "task-plus-mini")] += 1
-            parts = ["the mini model" if n == "the mini model" else f"{c} {n} model(s)"
-                     for n, c in counts.items() if c]  # fmt: skip
+            mini_alone = sum(k.startswith(MINI_ALONE_PREFIX) for k in keys)
+            alone = sum(k.startswith(ALONE_PREFIX) for k in keys)
+            plus_mini = len(keys) - alone - mini_alone - (MINI in keys)
+            parts = (["the mini model"] if MINI in keys else []) + [
+                f"{n} {kind} model(s)" for n, kind in ((plus_mini, "task-plus-mini"), (alone, "single-task (alone)"),
+                                                       (mini_alone, "mini-alone")) if n]  # fmt: skip
             title = f"train {', '.join(parts)} through {Path(cfg.finetune_script).name}"
         return title, items, cfg.train_jobs
 
@@ -777,7 +770,7 @@ class Pipeline:
         return f"metrics of {len(keys)} model(s) into {self.scores_file.name}", items, cfg.jobs
 
     def _missing_extra_scores(self) -> dict[str, list[str]]:
-        """Scores the weighting needs from models the chain does not train (chat form, precise difficulty)."""
+        """Scores the chat form or the precise difficulty needs that scores.json still lacks."""
         cfg = self.cfg
         if cfg.form == "academic" and cfg.difficulty_from == "real":
             return {}
@@ -835,10 +828,7 @@ class Pipeline:
     def _collect_weights(self, log: str) -> dict[str, Any]:
         report = "\n".join(log.splitlines()[1:]) + "\n"
         self.weights_report.write_text(report, encoding="utf-8")
-        match = re.search(r'^VISATB_WEIGHTS="([^"]*)"', report, flags=re.M)
-        if not match:
-            raise PipelineError(f"weighting_visatb.py printed no VISATB_WEIGHTS line (see {self.weights_report})")
-        return {"visatb_weights": match.group(1), "summary": f'VISATB_WEIGHTS="{match.group(1)}"'}
+        return _collect_weights_line(report, f" (see {self.weights_report})")
 
     def _report_items(self) -> tuple[str, list[Item], int]:
         cfg = self.cfg
@@ -863,10 +853,10 @@ class Pipeline:
         return self.work / "comparison.json"
 
 
-def _collect_weights_line(log: str) -> dict[str, Any]:
+def _collect_weights_line(log: str, where: str = "") -> dict[str, Any]:
     match = re.search(r'^VISATB_WEIGHTS="([^"]*)"', log, flags=re.M)
     if not match:
-        raise PipelineError("weighting_visatb.py printed no VISATB_WEIGHTS line")
+        raise PipelineError(f"weighting_visatb.py printed no VISATB_WEIGHTS line{where}")
     return {"visatb_weights": match.group(1), "summary": f'VISATB_WEIGHTS="{match.group(1)}"'}
 
 
@@ -936,10 +926,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Eq. 8: final weight = A_OUT * w_out + A_IN * w_in + A_D * w_diff (>= 0, summing to 1)")
     run.add_argument("--form", choices=("academic", "chat"), default="academic",
                      help="contributions from the mini and task-plus-mini models (academic) or from start and "
-                     "alone:<task> models (chat, App. C; the chain does not train those yet)")
+                     "alone:<task> models (chat, App. C; the chain trains those)")
     run.add_argument("--difficulty-from", choices=("real", "precise"),
                      help="D from mini and task-plus-mini (real) or from mini-alone:<task> and alone:<task> (precise, "
-                     "App. F; not trained by the chain yet); default: real for the academic form, precise for chat")
+                     "App. F; the chain trains those); default: real for the academic form, precise for chat")
     run.add_argument("--gain-tolerance", type=float, default=0.01,
                      help="relative own-data gain at or below which a task counts as without gain (weighting_visatb.py)")
     run.add_argument("--max-contribution", type=float, default=10.0,
