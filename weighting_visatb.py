@@ -4,6 +4,7 @@
     python weighting_visatb.py --scores scores.json --task-preset academic --output weights.json --plot weights.png
     python weighting_visatb.py --out-contribution 0.16 0.19 0.20 --in-contribution ... --difficulty ...
     python weighting_visatb.py --scores scores.json --task-preset chat --form chat --temperature auto
+    python weighting_visatb.py --scores scores.json --tasks A,B,C,D --task-groups "G1=A,B;G2=C,D"
 
 The last line printed is VISATB_WEIGHTS="w1 w2 ...", in task-id order, for the finetune scripts.
 """
@@ -15,7 +16,13 @@ import sys
 
 from llava.utils import refuse_same_file
 from llava.visatb import weighting
-from llava.visatb.tasks import get_preset, parse_task_names, resolve_tasks
+from llava.visatb.tasks import (
+    check_task_groups,
+    get_preset,
+    parse_task_groups,
+    parse_task_names,
+    resolve_tasks,
+)
 
 USAGE_HINT = (
     "To weight your own tasks: python weighting_visatb.py --scores scores.json "
@@ -80,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="an own-data gain so small that some |C[i->j]| would exceed this also counts as no gain",
     )
     parser.add_argument("--strict", action="store_true", help="a task without own-data gain is an error")
+    parser.add_argument(
+        "--task-groups",
+        help="G1=A,B;G2=C,D: weigh task groups (M3IT): each group's score is the mean of its tasks', the "
+        "preparation models are keyed by group, and every task gets its group's weight",
+    )
     parser.add_argument("--output", help="write the weights JSON here (read by --visatb_weights_file)")
     parser.add_argument("--plot", help="write a PNG: heatmap of C beside the final weights")
     return parser
@@ -115,7 +127,21 @@ def compute(args: argparse.Namespace) -> weighting.VisatbWeights:
         order = "alphabetical, from the scores table"
     else:
         order = "as the vectors were given"
-    if args.scores:
+    if args.task_groups:
+        if not args.scores:
+            raise ValueError("--task-groups averages a scores table per group: give --scores")
+        groups = parse_task_groups(args.task_groups)
+        if tasks is not None:
+            scored = weighting.split_scored(
+                tasks, weighting.default_unscored(tasks) if unscored is None else unscored
+            )
+            check_task_groups(groups, scored)
+        result = weighting.weights_from_group_scores(
+            weighting.load_scores_table(args.scores), groups, tasks, source=args.scores,
+            temperature=args.temperature, gain_tolerance=args.gain_tolerance, max_contribution=args.max_contribution,
+            strict=args.strict, alpha=args.alpha, form=args.form, difficulty_from=args.difficulty_from,
+        )  # fmt: skip
+    elif args.scores:
         scores = weighting.load_scores_table(args.scores)
         all_tasks, scored = weighting.plan_tasks(tasks, unscored, scores, source=args.scores, form=args.form)
         result = weighting.weights_from_scores(

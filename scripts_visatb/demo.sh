@@ -7,6 +7,8 @@
 # contribution heatmap and weights, the final VisATB model and an EW baseline. Everything lands in
 # OUTPUT_DIR: scores.json, weights.json, heatmap.png, answers/, report.md (printed at the end).
 # Rerunning reuses every finished stage. DEMO_REDUCED=1 leaves out the EW baseline (CI runs it).
+# The chain's own variables pass through, e.g. M3IT's setting on the toy (task groups, large subsets):
+#   TASK_GROUPS="Describe=ToyCaption,ToyCaptionList;Locate=ToyCellQA,ToyBBox" LARGE_FRACTION=0.5 bash scripts_visatb/demo.sh
 # SEED changes the benchmark, the starting checkpoint and every training; bash scripts_visatb/demo_seeds.sh
 # measures how much the results move with it.
 set -euo pipefail
@@ -30,6 +32,7 @@ DEMO_UNSCORED="${DEMO_UNSCORED:-ToyText}"            # trained, not scored (weig
 DEMO_MINI_FRACTION="${DEMO_MINI_FRACTION:-0.125}"   # 1/8 of each task (the paper: 1/32 of far bigger tasks)
 DEMO_IMAGE_SIZE="${DEMO_IMAGE_SIZE:-48}"
 DEMO_JOBS="${DEMO_JOBS:-2}"                          # commands at the same time (training, inference, metrics)
+DEMO_TOY_MODEL="${DEMO_TOY_MODEL:-}"                 # a finished toy_model folder to reuse instead of building one
 
 start_time=$(date +%s)
 # VISATB_SETUP=skip uses the python already on PATH (an activated environment) instead of .venv.
@@ -43,9 +46,26 @@ mkdir -p "$OUTPUT_DIR"
 echo "[demo] 1/3 toy benchmark -> $OUTPUT_DIR/data"
 python -m llava.visatb.toy_benchmark --output-dir "$OUTPUT_DIR/data" --seed "$SEED" --scale "$DEMO_SCALE" \
     --image-size "$DEMO_IMAGE_SIZE" --quiet
-echo "[demo] 2/3 tiny starting checkpoint (tokenizer, CLIP-style tower, LLaMA, pretrained projector) -> $OUTPUT_DIR/toy_model"
-python -m llava.visatb.toy_model --benchmark "$OUTPUT_DIR/data" --output-dir "$OUTPUT_DIR/toy_model" \
-    --seed "$SEED" --pretrain-steps "$DEMO_PRETRAIN_STEPS"
+TOY_MODEL="$OUTPUT_DIR/toy_model"
+if [ -n "$DEMO_TOY_MODEL" ]; then
+    # Another run's starting checkpoint, used as it is (read only): e.g. a configuration probe on a smaller
+    # benchmark of the same seed, without building a starting point of its own.
+    TOY_MODEL="$DEMO_TOY_MODEL"
+    echo "[demo] 2/3 tiny starting checkpoint: reusing $TOY_MODEL (DEMO_TOY_MODEL)"
+    python - "$TOY_MODEL" "$OUTPUT_DIR/data" <<'PY'
+import sys
+from llava.visatb.toy_benchmark import load_toy_manifest
+from llava.visatb.toy_model import load_toy_model
+model, bench = load_toy_model(sys.argv[1]), load_toy_manifest(sys.argv[2])
+if model["settings"]["image_size"] != bench["image_size"]:
+    sys.exit(f"error: DEMO_TOY_MODEL {sys.argv[1]} was built for {model['settings']['image_size']}-pixel images, "
+             f"the benchmark in {sys.argv[2]} has {bench['image_size']}")
+PY
+else
+    echo "[demo] 2/3 tiny starting checkpoint (tokenizer, CLIP-style tower, LLaMA, pretrained projector) -> $TOY_MODEL"
+    python -m llava.visatb.toy_model --benchmark "$OUTPUT_DIR/data" --output-dir "$TOY_MODEL" \
+        --seed "$SEED" --pretrain-steps "$DEMO_PRETRAIN_STEPS"
+fi
 train_file="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["train_file"])' "$OUTPUT_DIR/data/toy_benchmark.json")"
 
 echo "[demo] 3/3 the VisATB chain (scripts_visatb/run_visatb.sh) -> $OUTPUT_DIR"
@@ -63,9 +83,9 @@ export GROUP_BY_MODALITY_LENGTH="${GROUP_BY_MODALITY_LENGTH:-True}"
 WORK_DIR="$OUTPUT_DIR" RUN_NAME=toy TASK_PRESET=toy TASK_NAMES="" TASK_METRICS="" UNSCORED_TASKS="$DEMO_UNSCORED" \
 DATA_PATH="$OUTPUT_DIR/data/$train_file" IMAGE_FOLDER="$OUTPUT_DIR/data" \
 VAL_MANIFEST="$OUTPUT_DIR/data/toy_benchmark.json" VAL_FILES="" VAL_DIR="" VAL_PER_TASK="" \
-BASE_MODEL_PATH="$OUTPUT_DIR/toy_model/base" VISION_TOWER="$OUTPUT_DIR/toy_model/vision_tower" \
-PRETRAIN_MM_MLP_ADAPTER="$OUTPUT_DIR/toy_model/projector/mm_projector.bin" \
-START_MODEL="$OUTPUT_DIR/toy_model/llava-toy-start" START_MODEL_BASE="$OUTPUT_DIR/toy_model/base" \
+BASE_MODEL_PATH="$TOY_MODEL/base" VISION_TOWER="$TOY_MODEL/vision_tower" \
+PRETRAIN_MM_MLP_ADAPTER="$TOY_MODEL/projector/mm_projector.bin" \
+START_MODEL="$TOY_MODEL/llava-toy-start" START_MODEL_BASE="$TOY_MODEL/base" \
 FINETUNE_SCRIPT=scripts_visatb/finetune_academic.sh MINI_FRACTION="$DEMO_MINI_FRACTION" SEED="$SEED" \
 TRAIN_ARGS="--num_train_epochs $DEMO_EPOCHS --freeze_mm_mlp_adapter True --gradient_checkpointing False --save_strategy no --logging_steps 10 --disable_tqdm True --seed $SEED" \
 PREP_TRAIN_ARGS="" FINAL_TRAIN_ARGS="" \

@@ -38,6 +38,11 @@ TASK_PRESET="${TASK_PRESET:-academic}"
 TASK_NAMES="${TASK_NAMES:-}"
 TASK_METRICS="${TASK_METRICS:-}"
 UNSCORED_TASKS="${UNSCORED_TASKS:-}"
+# M3IT's setting: balance task groups, "G1=A,B;G2=C,D" (one group-plus-mini model, score and weight per group;
+# a group's score is the mean of its tasks' scores, which must share a scale), and "large enough" subsets:
+# each task-plus-mini set takes a share LARGE_FRACTION of its task(s) (M3IT: 0.25), the minis drawn from it.
+TASK_GROUPS="${TASK_GROUPS:-}"
+LARGE_FRACTION="${LARGE_FRACTION:-1}"
 
 # Training and inference.
 FINETUNE_SCRIPT="${FINETUNE_SCRIPT:-scripts_visatb/finetune_academic.sh}"
@@ -72,12 +77,13 @@ args=(--work-dir "$WORK_DIR" --data "$DATA_PATH" --image-folder "$IMAGE_FOLDER"
       --finetune-script "$FINETUNE_SCRIPT" --run-name "$RUN_NAME" --mini-fraction "$MINI_FRACTION" --seed "$SEED"
       --conv-mode "$CONV_MODE" --temperature "$TEMPERATURE" --form "$FORM" --gain-tolerance "$GAIN_TOLERANCE"
       --max-contribution "$MAX_CONTRIBUTION" --strict "$STRICT" --ew-baseline "$EW_BASELINE" --eval-final "$EVAL_FINAL"
-      --stl "$STL" --jobs "$JOBS" --train-jobs "$TRAIN_JOBS")
+      --stl "$STL" --jobs "$JOBS" --train-jobs "$TRAIN_JOBS" --large-fraction "$LARGE_FRACTION")
 [ -z "$METHODS" ] || args+=(--methods "$METHODS")
 [ -z "$ABLATIONS" ] || args+=(--ablations "$ABLATIONS")
 if [ -n "$TASK_NAMES" ]; then args+=(--tasks "$TASK_NAMES"); else args+=(--task-preset "$TASK_PRESET"); fi
 [ -z "$TASK_METRICS" ] || args+=(--task-metrics "$TASK_METRICS")
 [ -z "$UNSCORED_TASKS" ] || args+=(--unscored-tasks "$UNSCORED_TASKS")
+[ -z "$TASK_GROUPS" ] || args+=(--task-groups "$TASK_GROUPS")
 read -r -a alpha <<< "$ALPHA"
 [ "${#alpha[@]}" -eq 0 ] || args+=(--alpha "${alpha[@]}")
 [ -z "$DIFFICULTY_FROM" ] || args+=(--difficulty-from "$DIFFICULTY_FROM")

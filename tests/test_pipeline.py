@@ -320,6 +320,62 @@ def test_a_finished_stage_runs_again_for_new_items_only(chain_inputs):
 
 
 
+def _four_task_args(inputs: dict, tmp_path: Path, *extra: str) -> list[str]:
+    """Tasks A, B (qa) and C, D (caption), 16 records each, and a validation file per task."""
+    data = tmp_path / "data4.json"
+    data.write_text(json.dumps([record(t, k) for k in range(16) for t in "ABCD"]))
+    val = {}
+    for task in "ABCD":
+        val[task] = tmp_path / f"{task}_val-2.json"
+        val[task].write_text(json.dumps([record(task, k) for k in range(2)]))
+    return ["--work-dir", str(inputs["work"]), "--data", str(data), "--tasks", "A,B,C,D",
+            "--task-metrics", "A=qa,B=qa,C=caption,D=caption", "--val-files", ",".join(f"{t}={p}" for t, p in val.items()),
+            "--finetune-script", str(inputs["script"]), "--mini-fraction", "0.25", *extra]  # fmt: skip
+
+
+def test_task_groups_and_large_fraction_shape_the_preparation_models(chain_inputs, tmp_path):
+    cfg = config(_four_task_args(chain_inputs, tmp_path, "--task-groups", "QA=A,B;Text=C,D", "--large-fraction",
+                                 "0.5", "--stl", "1"))  # fmt: skip
+    assert cfg.units == ["QA", "Text"] and cfg.groups == {"QA": ["A", "B"], "Text": ["C", "D"]}
+    assert cfg.prep_keys == ["mini", "QA", "Text", "alone:QA", "alone:Text"]
+    chain = pipeline.Pipeline(cfg, out=io.StringIO())
+    chain.work.mkdir(parents=True)
+    _, items, _ = chain._subsets_items()
+    command = items[0].command
+    assert command[command.index("--task-groups") + 1] == "QA=A,B;Text=C,D"
+    assert command[command.index("--large-fraction") + 1] == "0.5" and items[0].key == "subsets+alone+groups"
+    chain._run_items("subsets", "[test]", items, 1)
+    manifest = chain.subsets_manifest()
+    # QA-plus-mini: half of A and of B (8 + 8) plus the minis of C and D (4 + 4), minis inside the halves.
+    assert manifest["plus_mini"]["QA"]["per_task"] == {"A": 8, "B": 8, "C": 4, "D": 4}
+    assert manifest["alone"]["Text"]["per_task"] == {"A": 0, "B": 0, "C": 16, "D": 16}
+    _, prep, _ = chain._train_items(cfg.prep_keys, final=False)
+    envs = {i.key: i.env for i in prep}
+    assert envs["QA"]["DATA_PATH"] == manifest["plus_mini"]["QA"]["path"]
+    assert [i.outputs[0].parent.name for i in prep if i.key == "Text"] == ["llava-visatb-Text-plus-mini"]
+    chain.scores_file.write_text(json.dumps({k: {t: 0.5 for t in "ABCD"} for k in cfg.prep_keys}))
+    _, weights, _ = chain._weights_items()
+    assert weights[0].command[weights[0].command.index("--task-groups") + 1] == "QA=A,B;Text=C,D"
+    _, report_items, _ = chain._report_items()
+    assert all("--task-groups" in i.command for i in report_items)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--task-groups", "G1=A,C;G2=B,D"), "group 'G1' mixes score scales (A=qa, C=caption)"),
+        (("--task-groups", "G1=A,B;G2=C"), "scored task(s) D are in no group"),
+        (("--task-groups", "A=A,B;G2=C,D"), "group name 'A' is a task name"),
+        (("--task-groups", "EW=A,B;G2=C,D"), "group name 'EW' is a task name or a model key"),
+        (("--large-fraction", "0.1"), "--large-fraction must be in [--mini-fraction, 1]"),
+    ],
+)
+def test_bad_groups_and_large_fraction_stop_before_anything_runs(chain_inputs, tmp_path, capsys, extra, message):
+    assert pipeline.main(_four_task_args(chain_inputs, tmp_path, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not chain_inputs["work"].exists()
+
+
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -744,6 +800,53 @@ def test_demo_redo_recomputes_only_the_report(demo):
     assert third.returncode == 0, third.stderr[-3000:]
     assert "[stage 9/9] report: report" in third.stdout and "(1 command(s) run" in third.stdout
     assert (out / "scores.json").stat().st_mtime_ns == scores_mtime
+
+
+def test_grouped_toy_chain_with_large_subsets_runs_end_to_end(demo, tmp_path):
+    # M3IT's setting on the toy, at a quarter of the data, reusing the demo's starting checkpoint (read only):
+    # two groups of two tasks, task-plus-mini sets of half of each task.
+    out = tmp_path / "groups"
+    env = {**os.environ, "OUTPUT_DIR": str(out), "DEMO_REDUCED": "1", "DEMO_SCALE": "0.25", "VISATB_SETUP": "skip",
+           "DEMO_TOY_MODEL": str(demo["out"] / "toy_model"), "LARGE_FRACTION": "0.5",
+           "TASK_GROUPS": "Describe=ToyCaption,ToyCaptionList;Locate=ToyCellQA,ToyBBox",
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}  # fmt: skip
+    run = subprocess.run(["bash", str(REPO / "scripts_visatb" / "demo.sh")], env=env, cwd=REPO,
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "reusing" in run.stdout and not (out / "toy_model").exists()
+    manifest = json.loads((out / "subsets" / "subsets.json").read_text())
+    # Quarter scale: ToyCaption 300, ToyCaptionList 500, ToyCellQA 400, ToyBBox 800, ToyText 200 records; half of
+    # each of the group's tasks, plus the minis (1/8) of the other tasks.
+    assert manifest["plus_mini"]["Describe"]["per_task"] == {
+        "ToyCaption": 150, "ToyCaptionList": 250, "ToyCellQA": 50, "ToyBBox": 100, "ToyText": 25}  # fmt: skip
+    scores = json.loads((out / "scores.json").read_text())
+    assert {"start", "mini", "Describe", "Locate", "VisATB"} <= set(scores)
+    assert sorted(scores["Locate"]) == sorted(DEMO_SCORED)
+    # The group weights by hand from scores.json: group means, C and D of two groups, softmax at T = 0.5.
+    groups = {"Describe": ["ToyCaption", "ToyCaptionList"], "Locate": ["ToyCellQA", "ToyBBox"]}
+
+    def mean(model, group):
+        return sum(scores[model][t] for t in groups[group]) / 2
+
+    gain = {g: mean(g, g) - mean("mini", g) for g in groups}
+    c_out = {"Describe": (mean("Describe", "Locate") - mean("mini", "Locate")) / gain["Locate"],
+             "Locate": (mean("Locate", "Describe") - mean("mini", "Describe")) / gain["Describe"]}  # fmt: skip
+    c_in = {"Describe": c_out["Locate"], "Locate": c_out["Describe"]}
+    d = {g: 1 - mean("mini", g) / mean(g, g) for g in groups}
+
+    def family(values, sign):
+        e = {g: math.exp(sign * v / 0.5) for g, v in values.items()}
+        return {g: 2 * x / sum(e.values()) for g, x in e.items()}
+
+    w_out, w_in, w_d = family(c_out, 1), family(c_in, -1), family(d, 1)
+    final = {g: 0.25 * w_out[g] + 0.25 * w_in[g] + 0.5 * w_d[g] for g in groups}
+    weights = json.loads((out / "weights.json").read_text())
+    assert weights["task_groups"] == groups and weights["group_weights"] == pytest.approx(final)
+    by_task = dict(zip(weights["tasks"], weights["visatb_weights"]))
+    assert by_task == pytest.approx({"ToyCaption": final["Describe"], "ToyCaptionList": final["Describe"],
+                                     "ToyCellQA": final["Locate"], "ToyBBox": final["Locate"], "ToyText": 1.0})  # fmt: skip
+    report_md = (out / "report.md").read_text()
+    assert "| Describe (CIDEr) | Locate (acc %) |" in report_md and "| Describe-plus-mini |" in report_md
 
 
 def test_compare_methods_reuses_the_demo_and_compares_against_stl(demo, tmp_path):

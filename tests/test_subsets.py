@@ -225,3 +225,84 @@ def test_runs_as_a_module(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "o" / "toy-mini_train-4.json").is_file()
     assert not list((tmp_path / "o").glob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------- groups, large fraction
+
+
+def _ids(records, task=None):
+    return {r["id"] for r in records if task is None or r["task"] == task}
+
+
+def test_large_fraction_one_gives_the_sets_without_it():
+    records = make_records()
+    assert build_subsets(records, fraction=0.25, seed=3, large_fraction=1.0) == build_subsets(
+        records, fraction=0.25, seed=3
+    )
+
+
+def test_large_fraction_shares_and_minis_drawn_from_them():
+    # A 64, B 33, C 5 records; R = 1/4: large shares round(16) = 16, round(8.25) = 8, round(1.25) = 1;
+    # minis of 1/8 of each whole task: round(8) = 8, round(4.125) = 4, round(0.625) = 1, all inside the shares.
+    records = make_records()
+    mini, plus = build_subsets(records, fraction=1 / 8, seed=0, large_fraction=0.25)
+    assert len(_ids(mini, "A")) == 8 and len(_ids(mini, "B")) == 4 and len(_ids(mini, "C")) == 1
+    large = {t: _ids(plus[t], t) for t in SIZES}
+    assert {t: len(v) for t, v in large.items()} == {"A": 16, "B": 8, "C": 1}
+    for task in SIZES:
+        assert _ids(mini, task) <= large[task]
+        others = [t for t in SIZES if t != task]
+        assert all(_ids(plus[task], t) == _ids(mini, t) for t in others)
+    assert len(plus["A"]) == 16 + 4 + 1 and len(plus["B"]) == 8 + 8 + 1 and len(plus["C"]) == 1 + 8 + 4
+    again, _ = build_subsets(records, fraction=1 / 8, seed=0, large_fraction=0.25)
+    assert _ids(again) == _ids(mini)
+
+
+def test_large_fraction_below_the_mini_fraction_is_refused():
+    with pytest.raises(ValueError, match="large fraction 0.1 is below the mini fraction 0.25"):
+        build_subsets(make_records(), fraction=0.25, large_fraction=0.1)
+    with pytest.raises(ValueError, match=r"large fraction must be in \(0, 1\]"):
+        build_subsets(make_records(), fraction=0.25, large_fraction=1.5)
+
+
+def test_groups_get_one_set_each_with_the_other_groups_minis():
+    records = make_records()
+    groups = {"G1": ["A", "C"], "G2": ["B"]}
+    mini, plus = build_subsets(records, fraction=1 / 8, seed=1, groups=groups)
+    assert sorted(plus) == ["G1", "G2"]
+    # G1: all of A (64) and C (5) plus B's mini (4); G2: all of B (33) plus the minis of A (8) and C (1).
+    assert len(plus["G1"]) == 64 + 5 + 4 and _ids(plus["G1"], "B") == _ids(mini, "B")
+    assert len(plus["G2"]) == 33 + 8 + 1 and _ids(plus["G2"], "A") == _ids(mini, "A")
+    plain_mini, _ = build_subsets(records, fraction=1 / 8, seed=1)
+    assert mini == plain_mini  # the mini set does not depend on the grouping
+    alone, mini_alone = build_alone_subsets(records, fraction=1 / 8, seed=1, groups=groups)
+    assert len(alone["G1"]) == 69 and len(alone["G2"]) == 33
+    assert _ids(mini_alone["G1"]) == _ids(mini, "A") | _ids(mini, "C")
+    order = [r["id"] for r in records]
+    assert [r["id"] for r in plus["G1"]] == [i for i in order if i in _ids(plus["G1"])]  # input order kept
+
+
+def test_groups_naming_unknown_or_repeated_tasks_are_errors():
+    with pytest.raises(ValueError, match="group task.*D have no records"):
+        build_subsets(make_records(), groups={"G1": ["A", "D"], "G2": ["B", "C"]})
+    with pytest.raises(ValueError, match="A are in more than one group"):
+        build_subsets(make_records(), groups={"G1": ["A"], "G2": ["A", "B", "C"]})
+
+
+def test_cli_groups_and_large_fraction_in_manifest_and_table(tmp_path, capsys):
+    data = tmp_path / "mix_train-102.json"
+    data.write_text(json.dumps(make_records()))
+    out = tmp_path / "subsets"
+    code = main(["--data", str(data), "--output-dir", str(out), "--mini-fraction", "0.125",
+                 "--task-groups", "G1=A,C;G2=B", "--large-fraction", "0.5", "--alone"])  # fmt: skip
+    assert code == 0
+    manifest = json.loads((out / "subsets.json").read_text())
+    assert manifest["groups"] == {"G1": ["A", "C"], "G2": ["B"]} and manifest["large_fraction"] == 0.5
+    assert sorted(manifest["plus_mini"]) == ["G1", "G2"] and sorted(manifest["alone"]) == ["G1", "G2"]
+    # G1: half of A (32) and of C (round(2.5) = 3) plus B's mini (round(4.125) = 4).
+    assert manifest["plus_mini"]["G1"]["per_task"] == {"A": 32, "B": 4, "C": 3}
+    assert (out / manifest["plus_mini"]["G1"]["file"]).name == "G1-plus-mini_train-39.json"
+    table = capsys.readouterr().out
+    assert "groups: G1 = A, C; G2 = B" in table and "large" in table.splitlines()[0]
+    code = main(["--data", str(data), "--output-dir", str(out), "--task-groups", "G1=A;G1=B"])
+    assert code == 2 and "group 'G1' is given twice" in capsys.readouterr().err

@@ -812,3 +812,89 @@ def test_cli_refuses_bad_new_flags(tmp_path, flags, message):
     proc = run_cli("--scores", str(scores), "--tasks", "A,B,C", *flags)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- task groups
+
+# Groups G1 = A, B and G2 = C, D; E is trained but not scored. By hand, the group means:
+#   mini: G1 (0.2 + 0.4) / 2 = 0.3, G2 (10 + 20) / 2 = 15;  G1 row: 0.7, 17;  G2 row: 0.4, 45.
+# Own gains 0.4 and 30: C[G1->G2] = (17 - 15) / 30 = 1/15, C[G2->G1] = (0.4 - 0.3) / 0.4 = 1/4;
+# D_G1 = 1 - 0.3 / 0.7 = 4/7, D_G2 = 1 - 15 / 45 = 2/3.
+GROUP_SCORES = {
+    "mini": {"A": 0.2, "B": 0.4, "C": 10.0, "D": 20.0},
+    "G1": {"A": 0.6, "B": 0.8, "C": 12.0, "D": 22.0},
+    "G2": {"A": 0.3, "B": 0.5, "C": 40.0, "D": 50.0},
+}
+GROUPS = {"G1": ["A", "B"], "G2": ["C", "D"]}
+
+
+def _two_softmax(a: float, b: float, temperature: float = 0.5) -> list[float]:
+    ea, eb = math.exp(a / temperature), math.exp(b / temperature)
+    return [2 * ea / (ea + eb), 2 * eb / (ea + eb)]
+
+
+def test_group_weights_by_hand_and_every_task_gets_its_groups_weight():
+    result = weighting.weights_from_group_scores(GROUP_SCORES, GROUPS, ["A", "B", "C", "D", "E"])
+    assert result.scored_tasks == ["G1", "G2"] and result.tasks == ["A", "B", "C", "D", "E"]
+    assert result.contribution_matrix[0][1] == pytest.approx(1 / 15)
+    assert result.contribution_matrix[1][0] == pytest.approx(1 / 4)
+    assert result.difficulty == pytest.approx([4 / 7, 2 / 3])
+    w_out = _two_softmax(1 / 15, 1 / 4)  # a larger out-contribution weighs more
+    w_in = _two_softmax(-1 / 4, -1 / 15)  # a larger in-contribution weighs less
+    w_diff = _two_softmax(4 / 7, 2 / 3)
+    final = [0.25 * o + 0.25 * i + 0.5 * d for o, i, d in zip(w_out, w_in, w_diff)]
+    assert result.weights["final"] == pytest.approx(final)
+    assert result.visatb_weights == pytest.approx([final[0], final[0], final[1], final[1], 1.0])
+    assert result.unscored_tasks == ["E"]
+    data = result.to_json()
+    assert data["task_groups"] == GROUPS and data["group_weights"] == pytest.approx(dict(zip(GROUPS, final)))
+    text = weighting.format_report(result)
+    assert "N = 2 groups" in text and "G1 = A, B; G2 = C, D" in text
+    assert 'TASK_NAMES="A,B,C,D,E"' in text
+
+
+def test_group_weights_cli_and_errors(tmp_path):
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps(GROUP_SCORES))
+    out = tmp_path / "weights.json"
+    done = run_cli("--scores", str(scores), "--tasks", "A,B,C,D,E", "--unscored-tasks", "E",
+                   "--task-groups", "G1=A,B;G2=C,D", "--output", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    weights = json.loads(out.read_text())
+    assert weights["tasks"] == ["A", "B", "C", "D", "E"] and weights["visatb_weights"][4] == 1.0
+    assert weights["visatb_weights"][0] == weights["visatb_weights"][1] != weights["visatb_weights"][2]
+    assert load_visatb_weights_file(out, ["A", "B", "C", "D", "E"]) == weights["visatb_weights"]
+    missing = run_cli("--scores", str(scores), "--tasks", "A,B,C,D,E", "--unscored-tasks", "E",
+                      "--task-groups", "G1=A,B;G2=C")  # fmt: skip
+    assert missing.returncode == 2 and "scored task(s) D are in no group" in missing.stderr
+    mixed = run_cli("--scores", str(scores), "--tasks", "A,B,C,D", "--task-groups", "G1=A,B;G2=C,D;G3=E")
+    assert mixed.returncode == 2 and "E not among the scored tasks" in mixed.stderr
+    no_row = dict(GROUP_SCORES)
+    del no_row["G2"]
+    scores.write_text(json.dumps(no_row))
+    absent = run_cli("--scores", str(scores), "--tasks", "A,B,C,D", "--task-groups", "G1=A,B;G2=C,D")
+    assert absent.returncode == 2 and "'G2'" in absent.stderr
+
+
+def test_group_means_leave_out_models_missing_a_task():
+    from llava.visatb.scores import group_scores
+
+    table = {"m": {"A": 1.0, "B": 3.0, "C": 5.0}, "n": {"A": 2.0}}
+    assert group_scores(table, {"G1": ["A", "B"], "G2": ["C"]}) == {"m": {"G1": 2.0, "G2": 5.0}}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("G1=A,B", "at least two groups"),
+        ("G1=A;G1=B", "group 'G1' is given twice"),
+        ("G1=A,B;G2=B", "task 'B' is in group 'G1' and in group 'G2'"),
+        ("G1;G2=B", "is not GROUP=TASK"),
+        ("", "no groups"),
+    ],
+)
+def test_task_group_syntax_errors(text, message):
+    from llava.visatb.tasks import parse_task_groups
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_task_groups(text)

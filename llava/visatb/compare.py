@@ -48,7 +48,7 @@ from llava.visatb.scores import (
     alone_key,
     load_scores,
 )
-from llava.visatb.tasks import get_preset, parse_task_names
+from llava.visatb.tasks import get_preset, parse_task_groups, parse_task_names
 
 
 def _names(tasks: Sequence[str]) -> str:
@@ -69,8 +69,12 @@ def resolve_baseline(
     name: str = STL,
     tasks: Sequence[str] | None = None,
     source: str = "scores",
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> Baseline:
-    """The baseline's scores on `tasks` (default: all of its tasks, in the table's order)."""
+    """The baseline's scores on `tasks` (default: all of its tasks, in the table's order).
+
+    With task groups, the composed STL score of task t is that of the model trained on t's group alone
+    (`alone:<group>`), on t."""
     if name in scores:
         row = scores[name]
         wanted = list(row) if tasks is None else list(tasks)
@@ -81,11 +85,14 @@ def resolve_baseline(
     if name != STL:
         raise ValueError(f"{source}: no row {name!r} for the baseline; rows: {', '.join(scores) or 'none'}")
     # STL composed: task t's score is that of the model trained on t alone, on t.
-    available = {
-        key[len(ALONE_PREFIX) :]: row[key[len(ALONE_PREFIX) :]]
-        for key, row in scores.items()
-        if key.startswith(ALONE_PREFIX) and key[len(ALONE_PREFIX) :] in row
-    }
+    available = {}
+    for key, row in scores.items():
+        unit = key[len(ALONE_PREFIX) :] if key.startswith(ALONE_PREFIX) else None
+        if unit is None:
+            continue
+        for task in (groups or {}).get(unit, [unit]):
+            if task in row:
+                available[task] = row[task]
     if tasks is None:
         if not available:
             raise ValueError(
@@ -98,6 +105,9 @@ def resolve_baseline(
     missing = [t for t in wanted if t not in available]
     if missing:
         rows = ", ".join(repr(alone_key(t)) for t in missing)
+        if groups:
+            group_of = {t: g for g, members in groups.items() for t in members}
+            rows = ", ".join(sorted({repr(alone_key(group_of.get(t, t))) for t in missing}))
         raise ValueError(
             f"{source}: no STL baseline score on task(s) {_names(missing)}: there is no {STL!r} row, and no "
             f"row {rows} with a score on its own task"
@@ -105,15 +115,17 @@ def resolve_baseline(
     return Baseline(name, {t: float(available[t]) for t in wanted}, composed=True)
 
 
-def default_models(scores: Mapping[str, Mapping[str, float]], baseline: str = STL) -> list[str]:
+def default_models(
+    scores: Mapping[str, Mapping[str, float]], baseline: str = STL, groups: Sequence[str] = ()
+) -> list[str]:
     """The final-method rows, in the table's order: every row but the baseline and the preparation models."""
-    task_names = {task for row in scores.values() for task in row}
+    task_names = {task for row in scores.values() for task in row} | set(groups)
     return [
         key
         for key in scores
         if key != baseline
         and key not in (START, MINI)
-        and key not in task_names  # a task-plus-mini model is keyed by its task
+        and key not in task_names  # a task-plus-mini (group-plus-mini) model is keyed by its task (group)
         and not key.startswith((ALONE_PREFIX, MINI_ALONE_PREFIX))
     ]
 
@@ -330,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--task-preset", help="compare the scored tasks of a preset, in its order")
     parser.add_argument("--models", help="rows to compare, A,B,... (default: every final-method row)")
+    parser.add_argument("--task-groups", help="G1=A,B;G2=C,D: STL of a task from its group's alone:<group> model")
     parser.add_argument("--markdown", help="also write the markdown table here")
     parser.add_argument("--plot", help="also plot dI against dE per model into this PNG")
     return parser
@@ -376,13 +389,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.markdown:
             refuse_same_file(args.markdown, {"--scores": args.scores, "--output": args.output}, "--markdown")
         scores = load_scores(args.scores)
-        baseline = resolve_baseline(scores, args.baseline, _task_list(args), source=args.scores)
+        groups = parse_task_groups(args.task_groups) if args.task_groups else None
+        baseline = resolve_baseline(scores, args.baseline, _task_list(args), source=args.scores, groups=groups)
         lower = parse_task_names(args.lower_is_better) if args.lower_is_better else []
         tasks = list(baseline.scores)
         if args.models:
             models = parse_task_names(args.models)
         else:
-            models, incomplete = split_complete(scores, default_models(scores, args.baseline), tasks)
+            models, incomplete = split_complete(scores, default_models(scores, args.baseline, groups or ()), tasks)
             for model, missing in incomplete.items():
                 print(f"note: skipped {model!r}: no score on {', '.join(missing)}", file=sys.stderr)
         comparison = compare(scores, baseline, models, lower, source=args.scores)
@@ -396,7 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if baseline.composed:
-        print(f"baseline {baseline.name}: each task's score from its own {ALONE_PREFIX}<task> model")
+        unit = "group" if groups else "task"
+        print(f"baseline {baseline.name}: each task's score from its own {ALONE_PREFIX}<{unit}> model")
     print("\n".join(lines))
     print(f"wrote {args.output}" + (f" and {args.markdown}" if args.markdown else ""))
     return 0

@@ -34,8 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from llava.utils import atomic_write_json, load_json
-from llava.visatb.scores import ALONE_PREFIX, MINI_ALONE_PREFIX
-from llava.visatb.tasks import METRIC_TYPES, PRESETS, parse_task_names
+from llava.visatb.scores import ALONE_PREFIX, MINI_ALONE_PREFIX, STL, group_scores
+from llava.visatb.tasks import (
+    METRIC_TYPES,
+    PRESETS,
+    check_task_groups,
+    format_task_groups,
+    parse_task_groups,
+    parse_task_names,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FINETUNE_SCRIPT = "scripts_visatb/finetune_academic.sh"
@@ -77,6 +84,8 @@ class PipelineConfig:
     metrics: dict[str, str]
     val_files: dict[str, str]
     val_per_task: int | None = None
+    groups: dict[str, list[str]] = field(default_factory=dict)  # {group: tasks}; empty: every task on its own
+    large_fraction: float = 1.0
     base_model: str | None = None
     vision_tower: str | None = None
     projector: str | None = None
@@ -116,6 +125,11 @@ class PipelineConfig:
         return [t for t in self.tasks if t not in self.metrics]
 
     @property
+    def units(self) -> list[str]:
+        """What the method balances: the scored tasks, or the task groups (one preparation model each)."""
+        return list(self.groups) if self.groups else self.scored_tasks
+
+    @property
     def ablation_settings(self) -> dict[str, dict[str, Any]]:
         """{final model key: weighting options} of the ablation rows (Table 8), each unlike the main VisATB run."""
         rows: dict[str, dict[str, Any]] = {}
@@ -153,11 +167,11 @@ class PipelineConfig:
     @property
     def prep_keys(self) -> list[str]:
         """The models the weights need (by form and difficulty source), then the STL models."""
-        keys = [] if self.form == "chat" and self._difficulty_sources == {"precise"} else [MINI, *self.scored_tasks]
+        keys = [] if self.form == "chat" and self._difficulty_sources == {"precise"} else [MINI, *self.units]
         if self.needs_alone:
-            keys += [ALONE_PREFIX + t for t in self.scored_tasks]
+            keys += [ALONE_PREFIX + t for t in self.units]
         if self.needs_mini_alone:
-            keys += [MINI_ALONE_PREFIX + t for t in self.scored_tasks]
+            keys += [MINI_ALONE_PREFIX + t for t in self.units]
         return keys
 
     @property
@@ -278,6 +292,20 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     if len(metrics) < 2:
         raise ValueError(f"VisATB needs at least two scored tasks; scored here: {', '.join(metrics) or 'none'}")
 
+    groups: dict[str, list[str]] = {}
+    if args.task_groups:
+        groups = parse_task_groups(args.task_groups)
+    elif preset is not None and PRESETS[preset].groups:
+        groups = {g: list(m) for g, m in PRESETS[preset].groups.items()}
+    if groups:
+        check_task_groups(groups, list(metrics), metrics, reserved=[MINI, START, STL, *METHODS])
+        for name in groups:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+                raise ValueError(f"--task-groups: group name {name!r}: use letters, digits, '.', '_' and '-'")
+    if not 0 < args.large_fraction <= 1 or args.large_fraction < args.mini_fraction:
+        raise ValueError(f"--large-fraction must be in [--mini-fraction, 1] (the minis come from the large "
+                         f"subsets), got {args.large_fraction}")  # fmt: skip
+
     if not args.val_per_task:
         missing = [t for t in metrics if t not in val_files]
         if missing:
@@ -351,6 +379,8 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
         metrics=metrics,
         val_files=val_files,
         val_per_task=args.val_per_task,
+        groups=groups,
+        large_fraction=args.large_fraction,
         base_model=args.base_model or None,
         vision_tower=args.vision_tower or None,
         projector=args.projector or None,
@@ -668,12 +698,21 @@ class Pipeline:
                    "--seed", str(cfg.seed)]  # fmt: skip
         if cfg.val_per_task:
             command += ["--val-per-task", str(cfg.val_per_task)]
-        what = f"mini set (fraction {cfg.mini_fraction:g}) and {len(cfg.scored_tasks)} task-plus-mini sets"
+        if cfg.groups:
+            command += ["--task-groups", format_task_groups(cfg.groups)]
+        if cfg.large_fraction < 1:
+            command += ["--large-fraction", repr(cfg.large_fraction)]
+        kind = "group-plus-mini" if cfg.groups else "task-plus-mini"
+        what = f"mini set (fraction {cfg.mini_fraction:g}) and {len(cfg.units)} {kind} sets"
+        if cfg.large_fraction < 1:
+            what += f" (large fraction {cfg.large_fraction:g})"
         key = "subsets"
         if cfg.needs_alone or cfg.needs_mini_alone:
             command.append("--alone")
-            what += ", each task alone and its mini share alone"
+            what += f", each {'group' if cfg.groups else 'task'} alone and its mini share alone"
             key = "subsets+alone"  # a chain that adds STL models rewrites the (identical) subsets with them
+        if cfg.groups:
+            key += "+groups"  # group sets are other files: a chain given groups later writes them
         item = Item(key, f"{what} of {cfg.data.name}", command, outputs=[self.subsets_dir / "subsets.json"])
         return f"sub-datasets of {cfg.data}", [item], 1
 
@@ -727,8 +766,9 @@ class Pipeline:
             mini_alone = sum(k.startswith(MINI_ALONE_PREFIX) for k in keys)
             alone = sum(k.startswith(ALONE_PREFIX) for k in keys)
             plus_mini = len(keys) - alone - mini_alone - (MINI in keys)
+            unit = "group" if cfg.groups else "task"
             parts = (["the mini model"] if MINI in keys else []) + [
-                f"{n} {kind} model(s)" for n, kind in ((plus_mini, "task-plus-mini"), (alone, "single-task (alone)"),
+                f"{n} {kind} model(s)" for n, kind in ((plus_mini, f"{unit}-plus-mini"), (alone, f"single-{unit} (alone)"),
                                                        (mini_alone, "mini-alone")) if n]  # fmt: skip
             title = f"train {', '.join(parts)} through {Path(cfg.finetune_script).name}"
         return title, items, cfg.train_jobs
@@ -777,7 +817,9 @@ class Pipeline:
         from llava.visatb.weighting import missing_scores
 
         scores = load_json(self.scores_file) if self.scores_file.is_file() else {}
-        return missing_scores(scores, cfg.scored_tasks, cfg.form, cfg.difficulty_from)
+        if cfg.groups:
+            scores = group_scores(scores, cfg.groups)
+        return missing_scores(scores, cfg.units, cfg.form, cfg.difficulty_from)
 
     def _extra_models_message(self, missing: dict[str, list[str]]) -> str:
         rows = "; ".join(f"{model} (on {', '.join(tasks)})" for model, tasks in missing.items())
@@ -821,6 +863,8 @@ class Pipeline:
                    "--output", str(output)]  # fmt: skip
         if cfg.strict:
             command.append("--strict")
+        if cfg.groups:
+            command += ["--task-groups", format_task_groups(cfg.groups)]
         if cfg.unscored_tasks:
             command += ["--unscored-tasks", ",".join(cfg.unscored_tasks)]
         return command
@@ -836,6 +880,8 @@ class Pipeline:
         command = [self.python, "-m", "llava.visatb.report", "--scores", str(self.scores_file), "--tasks",
                    ",".join(cfg.scored_tasks), "--metrics", metrics, "--weights", str(self.weights_file),
                    "--plot", self.plot_file.name, "--output", str(self.report_file)]  # fmt: skip
+        groups = ["--task-groups", format_task_groups(cfg.groups)] if cfg.groups else []
+        command += groups
         item = Item("report", "report.md: per-task table, relative improvements, learning checks", command,
                     outputs=[self.report_file])
         items = [item]
@@ -843,7 +889,7 @@ class Pipeline:
             compare = [self.python, "-m", "llava.visatb.compare", "--scores", str(self.scores_file), "--baseline",
                        "STL", "--tasks", ",".join(cfg.scored_tasks), "--models", ",".join(cfg.final_keys),
                        "--output", str(self.comparison_file), "--markdown", str(self.comparison_file.with_suffix(".md")),
-                       "--plot", str(self.comparison_file.with_suffix(".png"))]  # fmt: skip
+                       "--plot", str(self.comparison_file.with_suffix(".png")), *groups]  # fmt: skip
             items.insert(0, Item("compare", "comparison.json/.md/.png: every final model against STL (dI, dE)",
                                  compare, outputs=[self.comparison_file]))  # fmt: skip
         return "report", items, 1
@@ -898,6 +944,8 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--tasks", help="task names A,B,... instead of a preset")
     tasks.add_argument("--task-metrics", help="A=caption,B=qa,...: metric per scored task (default: preset/manifest)")
     tasks.add_argument("--unscored-tasks", help="tasks trained but not scored (weight 1.0); default: the preset's")
+    tasks.add_argument("--task-groups", help="G1=A,B;G2=C,D: balance task groups (M3IT): one preparation model, "
+                       "score (the mean of its tasks') and weight per group; default: the preset's groups")  # fmt: skip
     val = parser.add_argument_group("validation sets (exactly one)")
     val.add_argument("--val-files", help="A=path,B=path,...: one validation file per scored task")
     val.add_argument("--val-manifest", help="toy_benchmark.json, or a subsets.json with carved validation sets")
@@ -912,6 +960,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("training and inference")
     run.add_argument("--finetune-script", default=DEFAULT_FINETUNE_SCRIPT)
     run.add_argument("--mini-fraction", type=float, default=1 / 32, help="share of every task in the mini set")
+    run.add_argument("--large-fraction", type=float, default=1.0,
+                     help="share of its task(s) in each task-plus-mini set (M3IT: 0.25); the minis come from it")  # fmt: skip
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--train-args", help="extra flags for every training run (quoted string)")
     run.add_argument("--prep-train-args", help="extra flags for the mini and task-plus-mini runs")

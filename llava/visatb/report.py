@@ -25,14 +25,16 @@ from typing import Any
 
 from llava.utils import atomic_write_text, load_json
 from llava.visatb import compare
-from llava.visatb.scores import ALONE_PREFIX, MINI_ALONE_PREFIX, STL, load_scores
+from llava.visatb.scores import ALONE_PREFIX, MINI_ALONE_PREFIX, STL, group_scores, load_scores
 from llava.visatb.tasks import (
     CAPTION,
     CAPTION_LIST,
     GROUNDING,
     METRIC_TYPES,
     QA,
+    check_task_groups,
     get_preset,
+    parse_task_groups,
     parse_task_names,
 )
 
@@ -302,8 +304,11 @@ def build_report(
     metrics: Mapping[str, str],
     weights: Mapping[str, Any] | None = None,
     plot: str | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> Report:
-    """Assemble the report of a scores table (and optionally the weights file)."""
+    """Assemble the report of a scores table (and optionally the weights file).
+
+    With `groups`, `scores` is the group-level table (`scores.group_scores`) and `tasks` are the groups."""
     missing = [t for t in tasks if t not in metrics]
     if missing:
         raise ValueError(f"no metric type for task(s) {', '.join(missing)}")
@@ -315,7 +320,12 @@ def build_report(
              "Validation scores of every model (CIDEr for captions, accuracy in % for QA and grounding). "
              "`mini`: trained on the mini set; `<task>-plus-mini`: that task's full data plus the mini set; "
              "EW and VisATB: trained on the entire data with equal and with VisATB task weights. "
-             "Best trained model per task in bold.", "", table, ""]  # fmt: skip
+             "Best trained model per task in bold.", ""]  # fmt: skip
+    if groups:
+        lines += ["Task groups (M3IT's setting): each column is a group, its score the plain mean of its tasks' "
+                  "scores; `<group>-plus-mini` is trained on the group's tasks plus the mini set: "
+                  + "; ".join(f"{g} = {', '.join(m)}" for g, m in groups.items()) + ".", ""]  # fmt: skip
+    lines += [table, ""]
     if rows:
         lines += ["## Relative improvement", "",
                   "Against each task's own task-plus-mini model (the single-task reference here) and VisATB "
@@ -354,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot", help="heatmap image to show, as a path relative to the report")
     parser.add_argument("--output", help="write the report here (markdown)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a learning check fails")
+    parser.add_argument("--task-groups", help="G1=A,B;G2=C,D: report group scores (the means of their tasks')")
     args = parser.parse_args(argv)
     try:
         scores = load_scores(args.scores)
@@ -364,10 +375,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             raise ValueError("name the scored tasks: --tasks A,B,... or --task-preset NAME")
         metrics = _metrics_from_args(args.metrics, args.task_preset, tasks)
+        groups = parse_task_groups(args.task_groups) if args.task_groups else None
+        if groups:
+            check_task_groups(groups, tasks, metrics)
+            scores = group_scores(scores, groups)
+            metrics = {g: metrics[members[0]] for g, members in groups.items()}
+            tasks = list(groups)
         weights = load_json(args.weights) if args.weights and os.path.isfile(args.weights) else None
         if args.weights and weights is None:
             raise FileNotFoundError(f"--weights {args.weights}: no such file")
-        report = build_report(scores, tasks, metrics, weights, args.plot)
+        report = build_report(scores, tasks, metrics, weights, args.plot, groups)
         if args.output:
             atomic_write_text(Path(args.output), report.markdown)
     except (ValueError, FileNotFoundError, KeyError) as e:

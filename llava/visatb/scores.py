@@ -9,6 +9,11 @@ Model keys (the metric CLIs add entries with `record_score`):
     mini-alone:<task>  trained on that task's mini subset alone
     EW, TLA, RLW, DWA, IGB, VisATB, ...   final models, by the name of their weighting method
     STL                optional: the single-task baseline as one row (else composed from alone:<task>)
+
+With task groups (M3IT's setting), the preparation models are per group: `<group>` (the group's tasks plus
+the minis of the others), `alone:<group>`, `mini-alone:<group>`. The table keeps one column per task; a
+group's score is the plain mean of its tasks' scores (`group_scores`), and the weighting, the report and the
+comparison read that group-level table.
 """
 
 from __future__ import annotations
@@ -40,6 +45,18 @@ def alone_key(task: str) -> str:
 def mini_alone_key(task: str) -> str:
     """Model key of the model trained on `task`'s mini subset alone."""
     return MINI_ALONE_PREFIX + task
+
+
+def group_scores(table: ScoresTable, groups: dict[str, Any]) -> ScoresTable:
+    """{model: {group: mean of the group's task scores}}; a model lacking a task of a group gets no score for
+    that group (it is left out, never averaged over fewer tasks)."""
+    result: ScoresTable = {}
+    for model, row in table.items():
+        grouped = {g: sum(row[t] for t in tasks) / len(tasks) for g, tasks in groups.items()
+                   if tasks and all(t in row for t in tasks)}  # fmt: skip
+        if grouped:
+            result[model] = grouped
+    return result
 
 
 def _is_score(value: Any) -> bool:

@@ -3,7 +3,9 @@
     python -m llava.visatb.subsets --data Academic_train-475k.json --output-dir data/subsets --task-preset academic
 
 Mini: per task, max(1, round(fraction * n_task)) records drawn at random (seeded), so every task is present.
-Task-plus-mini for task t: all of t's records plus the minis of all other tasks.
+Task-plus-mini for task t: all of t's records plus the minis of all other tasks. With `--large-fraction R`
+(M3IT: 1/4) it holds a random share R of t instead, and every mini is drawn from its task's share. With
+`--task-groups` (M3IT's 5 groups) the sets are per group: the group's tasks plus the minis of the others.
 Files follow the release's naming, `{name}-mini_train-{size}.json` and `{task}-plus-mini_train-{size}.json`,
 and a manifest (`subsets.json`) lists every file written with its per-task counts.
 """
@@ -22,7 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from llava.utils import atomic_write_json, load_json, refuse_same_file
-from llava.visatb.tasks import resolve_tasks
+from llava.visatb.tasks import parse_task_groups, resolve_tasks
 
 DEFAULT_MINI_FRACTION = 1 / 32
 MANIFEST_NAME = "subsets.json"
@@ -97,26 +99,82 @@ def _draw(indices: list[int], k: int, seed: int, stream: str) -> list[int]:
     return sorted(rng.sample(indices, k))
 
 
+def large_size(n_task: int, fraction: float) -> int:
+    """Records of a task in its "large enough" subset: round(fraction * n), at least 1 (half rounds up)."""
+    return mini_size(n_task, fraction)
+
+
+def _check_large_fraction(large_fraction: float, fraction: float) -> None:
+    if not 0 < large_fraction <= 1:
+        raise ValueError(f"large fraction must be in (0, 1], got {large_fraction!r}")
+    if large_fraction < fraction:
+        raise ValueError(
+            f"large fraction {large_fraction:g} is below the mini fraction {fraction:g}: the minis are drawn "
+            "from the large subsets, so it must be at least as large"
+        )
+
+
+def _units(
+    tasks: Sequence[str], groups: dict[str, Sequence[str]] | None, source: str
+) -> dict[str, list[str]]:
+    """The preparation units: each task alone, or the task groups (every task of the data in exactly one)."""
+    if not groups:
+        return {t: [t] for t in tasks}
+    members = [t for g in groups.values() for t in g]
+    unknown = sorted({t for t in members if t not in tasks})
+    if unknown:
+        raise ValueError(
+            f"{source}: group task(s) {', '.join(unknown)} have no records (tasks: {', '.join(tasks)})"
+        )
+    dupes = sorted({t for t in members if members.count(t) > 1})
+    if dupes:
+        raise ValueError(f"{source}: task(s) {', '.join(dupes)} are in more than one group")
+    return {g: list(m) for g, m in groups.items()}
+
+
+def _large_and_mini(
+    groups: dict[str, list[int]], fraction: float, large_fraction: float, seed: int
+) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """({task: its large subset}, {task: its mini share}); the mini share is drawn from the large subset and
+    has the size of `fraction` of the whole task. With `large_fraction` 1 the large subset is the whole task
+    and the draws are those of the sets without a large fraction."""
+    large, mini = {}, {}
+    for task, indices in groups.items():
+        if large_fraction < 1:
+            large[task] = _draw(indices, large_size(len(indices), large_fraction), seed, f"large/{task}")
+        else:
+            large[task] = list(indices)
+        k = min(mini_size(len(indices), fraction), len(large[task]))
+        mini[task] = _draw(large[task], k, seed, f"mini/{task}")
+    return large, mini
+
+
 def build_subsets(
     records: Sequence[dict],
     tasks: Sequence[str] | None = None,
     fraction: float = DEFAULT_MINI_FRACTION,
     seed: int = 0,
     source: str = "data",
+    groups: dict[str, Sequence[str]] | None = None,
+    large_fraction: float = 1.0,
 ) -> tuple[list[dict], dict[str, list[dict]]]:
-    """(mini, {task: task-plus-mini}); records keep their order in the input file."""
+    """(mini, {unit: unit-plus-mini}); records keep their order in the input file.
+
+    A unit is a task, or with `groups` a task group. Its set holds the large subset (`large_fraction`, drawn
+    per task, so a group's subset is stratified by task) of each of its tasks plus the minis of all others."""
     _check_fraction(fraction)
-    groups = group_by_task(records, tasks, source)
-    in_mini: set[int] = set()
-    mini_of: dict[str, set[int]] = {}
-    for task, indices in groups.items():
-        mini_of[task] = set(_draw(indices, mini_size(len(indices), fraction), seed, f"mini/{task}"))
-        in_mini |= mini_of[task]
+    _check_large_fraction(large_fraction, fraction)
+    by_task = group_by_task(records, tasks, source)
+    units = _units(list(by_task), groups, source)
+    large, mini_of = _large_and_mini(by_task, fraction, large_fraction, seed)
+    in_mini = set().union(*(set(m) for m in mini_of.values()))
     mini = [records[i] for i in sorted(in_mini)]
     plus_mini = {}
-    for task, indices in groups.items():
-        keep = set(indices) | (in_mini - mini_of[task])
-        plus_mini[task] = [records[i] for i in sorted(keep)]
+    for unit, members in units.items():
+        keep = set(in_mini)
+        for task in members:
+            keep |= set(large[task])
+        plus_mini[unit] = [records[i] for i in sorted(keep)]
     return mini, plus_mini
 
 
@@ -126,17 +184,22 @@ def build_alone_subsets(
     fraction: float = DEFAULT_MINI_FRACTION,
     seed: int = 0,
     source: str = "data",
+    groups: dict[str, Sequence[str]] | None = None,
+    large_fraction: float = 1.0,
 ) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
-    """({task: its records alone}, {task: its share of the mini set alone}), for STL and precise difficulty.
+    """({unit: its records alone}, {unit: its share of the mini set alone}), for STL and precise difficulty.
 
-    A task's mini-alone set is exactly that task's part of `build_subsets`' mini set (the same draw)."""
+    A unit's mini-alone set is exactly its part of `build_subsets`' mini set (the same draw); its alone set is
+    all of its tasks' records (the single-task model sees the whole task, whatever the large fraction)."""
     _check_fraction(fraction)
-    groups = group_by_task(records, tasks, source)
+    _check_large_fraction(large_fraction, fraction)
+    by_task = group_by_task(records, tasks, source)
+    units = _units(list(by_task), groups, source)
+    _, mini_of = _large_and_mini(by_task, fraction, large_fraction, seed)
     alone, mini_alone = {}, {}
-    for task, indices in groups.items():
-        alone[task] = [records[i] for i in indices]
-        drawn = _draw(indices, mini_size(len(indices), fraction), seed, f"mini/{task}")
-        mini_alone[task] = [records[i] for i in drawn]
+    for unit, members in units.items():
+        alone[unit] = [records[i] for i in sorted(i for t in members for i in by_task[t])]
+        mini_alone[unit] = [records[i] for i in sorted(i for t in members for i in mini_of[t])]
     return alone, mini_alone
 
 
@@ -184,12 +247,17 @@ def write_subsets(
     val_per_task: int | None = None,
     manifest_path: str | os.PathLike | None = None,
     alone: bool = False,
+    groups: dict[str, Sequence[str]] | None = None,
+    large_fraction: float = 1.0,
 ) -> dict[str, Any]:
     """Build and write every subset file and the manifest; returns the manifest.
 
     `alone`: also each task's records alone (`alone`, for single-task STL models) and each task's mini share
-    alone (`mini_alone`, for the precise difficulty and the Chat form)."""
+    alone (`mini_alone`, for the precise difficulty and the Chat form). With `groups`, the task-plus-mini,
+    alone and mini-alone sets are per group (the manifest's `groups`); `large_fraction` < 1 makes each
+    task-plus-mini set use that share of its task(s), with the minis drawn from those shares."""
     _check_fraction(fraction)
+    _check_large_fraction(large_fraction, fraction)
     if val_per_task is not None and val_per_task < 1:
         raise ValueError(f"--val-per-task must be at least 1, got {val_per_task}")
     if Path(output_dir).exists() and not Path(output_dir).is_dir():
@@ -201,6 +269,9 @@ def write_subsets(
     task_order = list(group_by_task(records, tasks, source))
     for task in task_order:
         check_file_name_part(task, "task name", source)
+    units = _units(task_order, groups, source)
+    for unit in units if groups else ():
+        check_file_name_part(unit, "group name", source)
     name = name or dataset_name(data_path)
     check_file_name_part(name, "--name", source)
     if manifest_path is not None:
@@ -211,7 +282,9 @@ def write_subsets(
         "name": name,
         "seed": seed,
         "mini_fraction": fraction,
+        "large_fraction": large_fraction,
         "tasks": task_order,
+        "groups": units if groups else None,
         "output_dir": str(output_dir.resolve()),
         "entire": {"count": len(records), "per_task": task_counts(records, task_order)},
         "train": None,
@@ -236,13 +309,15 @@ def write_subsets(
         for task, subset in val.items():
             plan(manifest["val"], task, f"{task}_val-{human_size(len(subset))}.json", subset)
         plan(manifest, "train", f"{name}_train-{human_size(len(train))}.json", train)
-    mini, plus_mini = build_subsets(train, task_order, fraction, seed, source)
+    mini, plus_mini = build_subsets(train, task_order, fraction, seed, source, groups, large_fraction)
     plan(manifest, "mini", f"{name}-mini_train-{human_size(len(mini))}.json", mini)
     for task, subset in plus_mini.items():
         plan(manifest["plus_mini"], task, f"{task}-plus-mini_train-{human_size(len(subset))}.json", subset)
     if alone:
         manifest["alone"], manifest["mini_alone"] = {}, {}
-        alone_sets, mini_alone_sets = build_alone_subsets(train, task_order, fraction, seed, source)
+        alone_sets, mini_alone_sets = build_alone_subsets(
+            train, task_order, fraction, seed, source, groups, large_fraction
+        )
         for task, subset in alone_sets.items():
             plan(manifest["alone"], task, f"{task}-alone_train-{human_size(len(subset))}.json", subset)
         for task, subset in mini_alone_sets.items():
@@ -276,13 +351,30 @@ def format_counts(manifest: dict[str, Any]) -> str:
         columns += [("val", {"per_task": {t: e["count"] for t, e in manifest["val"].items()}})]
         columns += [("train", manifest["train"])]
     columns += [("mini", manifest["mini"])]
-    columns += [("plus-mini", {"per_task": {t: e["count"] for t, e in manifest["plus_mini"].items()}})]
+    unit_of = {t: g for g, members in (manifest.get("groups") or {}).items() for t in members}
+    own = {
+        t: manifest["plus_mini"][unit_of.get(t, t)]
+        for t in tasks
+        if unit_of.get(t, t) in manifest["plus_mini"]
+    }
+    summed = len(columns)
+    if manifest.get("large_fraction", 1.0) < 1:
+        columns += [("large", {"per_task": {t: e["per_task"].get(t, 0) for t, e in own.items()}})]
+    columns += [("plus-mini", {"per_task": {t: e["count"] for t, e in own.items()}})]
     lines = [f"{'task':<{width}}" + "".join(f"{c:>11}" for c, _ in columns)]
     for task in tasks:
         lines.append(f"{task:<{width}}" + "".join(f"{e['per_task'].get(task, 0):>11}" for _, e in columns))
-    totals = [str(sum(e["per_task"].values())) for _, e in columns[:-1]]
+    totals = [str(sum(e["per_task"].values())) for _, e in columns[:summed]]
     lines.append(f"{'total':<{width}}" + "".join(f"{t:>11}" for t in totals))
-    lines.append("(plus-mini: the size of each task's own task-plus-mini file)")
+    if unit_of:
+        lines.append("(plus-mini: the size of the group-plus-mini file of the task's group)")
+        lines.append("groups: " + "; ".join(f"{g} = {', '.join(m)}" for g, m in manifest["groups"].items()))
+    else:
+        lines.append("(plus-mini: the size of each task's own task-plus-mini file)")
+    if "large" in dict(columns):
+        lines.append(
+            f"(large: the task's records in that file, a share {manifest['large_fraction']:g} of the task)"
+        )
     lines.append(f"files in {manifest['output_dir']}:")
     entries = list(manifest["val"].values()) + [manifest["train"], manifest["mini"]]
     entries += list(manifest["plus_mini"].values())
@@ -318,6 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also each task alone and its mini share alone (STL, precise difficulty)",
     )
+    parser.add_argument(
+        "--task-groups",
+        help="G1=A,B;G2=C,D: one task-plus-mini (and alone) set per group instead of per task (M3IT's setting)",
+    )
+    parser.add_argument(
+        "--large-fraction",
+        type=float,
+        default=1.0,
+        help="share of each task in its task-plus-mini set (1/4 for M3IT); the minis come from these shares",
+    )
     parser.add_argument("--check", action="store_true", help="check the data first (needs --image-folder)")
     parser.add_argument("--image-folder", help="image root, for --check")
     return parser
@@ -347,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             val_per_task=args.val_per_task,
             manifest_path=args.manifest,
             alone=args.alone,
+            groups=parse_task_groups(args.task_groups) if args.task_groups else None,
+            large_fraction=args.large_fraction,
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

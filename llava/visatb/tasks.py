@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # Metric types of the release's evaluation scripts.
@@ -14,12 +15,14 @@ METRIC_TYPES = (CAPTION, CAPTION_LIST, QA, GROUNDING)
 
 @dataclass(frozen=True)
 class TaskPreset:
-    """An ordered task list (position = task id), the metric of each scored task, and unscored tasks."""
+    """An ordered task list (position = task id), the metric of each scored task, unscored tasks, and the
+    task groups (`{group: (task, ...)}`) when the method balances groups rather than single tasks."""
 
     name: str
     tasks: tuple[str, ...]
     metrics: dict[str, str] = field(default_factory=dict)
     unscored: tuple[str, ...] = ()
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def scored_tasks(self) -> tuple[str, ...]:
@@ -64,6 +67,73 @@ def parse_task_names(text: str) -> list[str]:
     if dupes:
         raise ValueError(f"task list {text!r} names {', '.join(dupes)} more than once")
     return names
+
+
+# Metric types whose scores share a scale (a group's score averages its tasks' scores).
+METRIC_SCALES = {CAPTION: "CIDEr", CAPTION_LIST: "CIDEr", QA: "accuracy", GROUNDING: "accuracy"}
+
+
+def parse_task_groups(text: str, what: str = "--task-groups") -> dict[str, list[str]]:
+    """Parse `G1=A,B;G2=C,D` into {"G1": ["A", "B"], "G2": ["C", "D"]}; errors name the bad part."""
+    groups: dict[str, list[str]] = {}
+    parts = [p.strip() for p in (text or "").split(";")]
+    if not any(parts):
+        raise ValueError(f"{what} {text!r}: no groups; write it as G1=A,B;G2=C,D")
+    seen: dict[str, str] = {}
+    for part in parts:
+        if not part:
+            continue
+        name, sep, members = part.partition("=")
+        name = name.strip()
+        if not sep or not name or not members.strip():
+            raise ValueError(f"{what}: {part!r} is not GROUP=TASK,TASK,... (groups are separated by ';')")
+        if name in groups:
+            raise ValueError(f"{what}: group {name!r} is given twice")
+        tasks = parse_task_names(members)
+        for task in tasks:
+            if task in seen:
+                raise ValueError(f"{what}: task {task!r} is in group {seen[task]!r} and in group {name!r}")
+            seen[task] = name
+        groups[name] = tasks
+    if len(groups) < 2:
+        raise ValueError(f"{what} {text!r}: VisATB balances at least two groups")
+    return groups
+
+
+def format_task_groups(groups: dict[str, Sequence[str]]) -> str:
+    """The `G1=A,B;G2=C,D` form of a group mapping (what `parse_task_groups` reads)."""
+    return ";".join(f"{g}={','.join(tasks)}" for g, tasks in groups.items())
+
+
+def check_task_groups(
+    groups: dict[str, Sequence[str]],
+    scored_tasks: Sequence[str],
+    metrics: dict[str, str] | None = None,
+    reserved: Sequence[str] = (),
+    what: str = "--task-groups",
+) -> None:
+    """Every scored task in exactly one group, no other task in a group, group names unlike task names and
+    `reserved` model keys, and (given `metrics`) one score scale per group, since a group's score is a mean."""
+    members = [t for tasks in groups.values() for t in tasks]
+    unknown = [t for t in members if t not in scored_tasks]
+    if unknown:
+        raise ValueError(
+            f"{what}: {', '.join(unknown)} not among the scored tasks ({', '.join(scored_tasks)})"
+        )
+    missing = [t for t in scored_tasks if t not in members]
+    if missing:
+        raise ValueError(f"{what}: scored task(s) {', '.join(missing)} are in no group (put each in one)")
+    for name in groups:
+        if name in scored_tasks or name in reserved or ":" in name or "[" in name:
+            raise ValueError(f"{what}: group name {name!r} is a task name or a model key; pick another")
+        if metrics is not None:
+            scales = {t: METRIC_SCALES.get(metrics[t], metrics[t]) for t in groups[name]}
+            if len(set(scales.values())) > 1:
+                listed = ", ".join(f"{t}={metrics[t]}" for t in groups[name])
+                raise ValueError(
+                    f"{what}: group {name!r} mixes score scales ({listed}); a group's score is the mean of its "
+                    "tasks' scores, so its tasks need one scale (CIDEr, or accuracy)"
+                )
 
 
 def resolve_tasks(task_names: str | None = None, task_preset: str | None = None) -> list[str]:

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from llava.utils import atomic_write_bytes, atomic_write_json, load_json
-from llava.visatb.scores import ALONE_PREFIX, MINI, MINI_ALONE_PREFIX, START
+from llava.visatb.scores import ALONE_PREFIX, MINI, MINI_ALONE_PREFIX, START, group_scores
 from llava.visatb.tasks import ACADEMIC, CHAT, PRESETS
 
 DEFAULT_TEMPERATURE = 0.5
@@ -533,9 +533,13 @@ class VisatbWeights:
     temperature_choice: TemperatureChoice | None = None
     form: str | None = None  # None: measures given by hand
     difficulty_from: str | None = None
+    groups: dict[str, list[str]] | None = None  # with task groups, `scored_tasks` are the group names
 
     @property
     def unscored_tasks(self) -> list[str]:
+        if self.groups:
+            grouped = {t for members in self.groups.values() for t in members}
+            return [t for t in self.tasks if t not in grouped]
         return [t for t in self.tasks if t not in self.scored_tasks]
 
     def to_json(self) -> dict[str, Any]:
@@ -559,6 +563,8 @@ class VisatbWeights:
             "temperature_weight_range": list(AUTO_WEIGHT_RANGE) if self.temperature_choice else None,
             "form": self.form,
             "difficulty_from": self.difficulty_from,
+            "task_groups": {g: list(m) for g, m in self.groups.items()} if self.groups else None,
+            "group_weights": dict(zip(self.scored_tasks, self.weights["final"])) if self.groups else None,
         }
 
     def temperature_note(self) -> str | None:
@@ -698,6 +704,40 @@ def weights_from_scores(
     result.no_gain_tasks = no_gain
     result.gain_tolerance = float(gain_tolerance)
     result.max_contribution = float(max_contribution)
+    return result
+
+
+def weights_from_group_scores(
+    scores: Mapping[str, Mapping[str, float]],
+    groups: Mapping[str, Sequence[str]],
+    tasks: Sequence[str] | None = None,
+    source: str = "scores",
+    **options: Any,
+) -> VisatbWeights:
+    """Weights of task groups (M3IT's setting): the measures and weights of `weights_from_scores` over the
+    group-level table (each group's score is the mean of its tasks' scores, `scores.group_scores`, and the
+    preparation models are keyed by group), then every task trains with its group's weight; tasks in no
+    group get 1.0. `tasks` is the training task list (default: the groups' tasks in order)."""
+    groups = {g: list(m) for g, m in groups.items()}
+    members = [t for m in groups.values() for t in m]
+    all_tasks = list(tasks) if tasks is not None else members
+    missing = [t for t in members if t not in all_tasks]
+    if missing:
+        raise ValueError(
+            f"grouped task(s) {', '.join(missing)} are not in the task list ({', '.join(all_tasks)})"
+        )
+    absent = sorted(
+        {t for t in members if not any(t in row for row in scores.values() if isinstance(row, Mapping))}
+    )
+    if absent:
+        raise ValueError(f"{source}: no scores at all for grouped task(s) {', '.join(absent)}")
+    table = group_scores({k: v for k, v in scores.items() if isinstance(v, Mapping)}, groups)
+    result = weights_from_scores(table, list(groups), None, source=f"{source} (group means)", **options)
+    final = dict(zip(result.scored_tasks, result.weights["final"]))
+    group_of = {t: g for g, m in groups.items() for t in m}
+    result.tasks = all_tasks
+    result.groups = groups
+    result.visatb_weights = [final[group_of[t]] if t in group_of else 1.0 for t in all_tasks]
     return result
 
 
@@ -929,10 +969,14 @@ def format_report(result: VisatbWeights) -> str:
         lines += [note, f"  final weights per candidate: {ranges}"]
     columns = ("C_out", "C_in", "D", "w_out", "w_in", "w_inter", "w_diff", "w_final")
     alpha = "/".join(f"{a:g}" for a in result.alpha)
+    unit = "groups" if result.groups else "scored tasks"
+    if result.groups:
+        lines.append("Task groups (a group's score is the mean of its tasks' scores; its tasks share its weight): "
+                     + "; ".join(f"{g} = {', '.join(m)}" for g, m in result.groups.items()))  # fmt: skip
     lines.append(
-        f"Measures and weights (temperature {result.temperature:g}, alpha {alpha}, N = {len(names)} scored tasks):"
+        f"Measures and weights (temperature {result.temperature:g}, alpha {alpha}, N = {len(names)} {unit}):"
     )
-    lines.append(f"{'task':<{width}}" + "".join(f"{c:>9}" for c in columns))
+    lines.append(f"{'group' if result.groups else 'task':<{width}}" + "".join(f"{c:>9}" for c in columns))
     w = result.weights
     for k, task in enumerate(names):
         values = (
