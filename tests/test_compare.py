@@ -269,3 +269,22 @@ def test_cli_summarize_and_plot(tmp_path, capsys):
     assert summary["visatb_beats_ew"]["count"] == 0 and "on 0 of 2 run(s)." in printed
     assert compare.main(["--summarize", *paths, "--scores", str(scores), "--output", str(summary_file)]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_stl_of_grouped_tasks_comes_from_their_groups_alone_model():
+    scores = {
+        "alone:G1": {"A": 0.5, "B": 2.0, "C": 0.1},
+        "alone:G2": {"A": 0.1, "B": 0.3, "C": 0.8},
+        "G1": {"A": 0.4, "B": 1.0, "C": 0.2},
+        "VisATB": {"A": 0.6, "B": 1.5, "C": 0.8},
+    }
+    groups = {"G1": ["A", "B"], "G2": ["C"]}
+    baseline = compare.resolve_baseline(scores, "STL", ["A", "B", "C"], groups=groups)
+    assert baseline.scores == {"A": 0.5, "B": 2.0, "C": 0.8} and baseline.composed
+    assert compare.default_models(scores, "STL", list(groups)) == ["VisATB"]
+    result = compare.compare(scores, baseline, ["VisATB"])
+    # I = +0.2, -0.25, 0: dI = 100 * (-0.05 / 3), dE = 100 * 0.25 / 3
+    assert result["models"]["VisATB"]["delta_I"] == pytest.approx(100 * (0.2 - 0.25) / 3)
+    assert result["models"]["VisATB"]["delta_E"] == pytest.approx(100 * 0.25 / 3)
+    with pytest.raises(ValueError, match="'alone:G2'"):
+        compare.resolve_baseline({"alone:G1": scores["alone:G1"]}, "STL", ["A", "C"], groups=groups)
