@@ -360,6 +360,20 @@ def test_task_groups_and_large_fraction_shape_the_preparation_models(chain_input
     assert all("--task-groups" in i.command for i in report_items)
 
 
+def test_a_presets_groups_are_the_default(chain_inputs, tmp_path, monkeypatch):
+    from llava.visatb.tasks import TaskPreset
+
+    preset = TaskPreset("grouped", ("A", "B", "C", "D"), {"A": "qa", "B": "qa", "C": "caption", "D": "caption"},
+                        groups={"QA": ("A", "B"), "Text": ("C", "D")})  # fmt: skip
+    monkeypatch.setitem(pipeline.PRESETS, "grouped", preset)
+    args = _four_task_args(chain_inputs, tmp_path)
+    at = args.index("--tasks")
+    args[at : at + 4] = ["--task-preset", "grouped"]  # drops --tasks and --task-metrics
+    assert config(args).groups == {"QA": ["A", "B"], "Text": ["C", "D"]}
+    with pytest.raises(ValueError, match="scored task.*D are in no group"):
+        config([*args, "--task-groups", "G1=A,B;G2=C"])
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
