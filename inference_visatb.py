@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                     temperature=args.temperature, top_p=args.top_p, num_beams=args.num_beams,
                     max_new_tokens=max_new_tokens,
                 ))  # fmt: skip
+                # One device per process; the chain's cost accounting reads this line from the log.
+                print(f"[inference] {model_name} loaded on {loaded[0].model.device}", flush=True)
             loaded[0].max_new_tokens = max_new_tokens
             return loaded[0]
 

@@ -390,6 +390,35 @@ def test_bad_groups_and_large_fraction_stop_before_anything_runs(chain_inputs, t
     assert not chain_inputs["work"].exists()
 
 
+def test_item_devices_read_the_launcher_and_inference_lines():
+    gpu = "[visatb] deepspeed --num_gpus 8 --module llava.train.train_mem --deepspeed zero3.json\n"
+    assert pipeline.item_devices("train", "$ bash x\n" + gpu) == {"gpus": 8, "processes": 8}
+    cpu = "[visatb] no GPU (NUM_GPUS=0): falling back to the CPU with 2 process(es): fp32, no DeepSpeed\n"
+    assert pipeline.item_devices("final-train", cpu) == {"gpus": 0, "processes": 2}
+    assert pipeline.item_devices("train", "no launcher line") == {"gpus": None, "processes": None}
+    assert pipeline.item_devices("infer", "[inference] m loaded on cuda:0\n") == {"gpus": 1, "processes": 1}
+    assert pipeline.item_devices("final-infer", "[inference] m loaded on cpu\n") == {"gpus": 0, "processes": 1}
+
+
+def test_cost_section_by_hand():
+    def entry(stage, item, part, seconds, gpus):
+        return {"stage": stage, "item": item, "part": part, "seconds": seconds, "gpus": gpus, "processes": gpus}
+
+    items = [entry("train", "mini", "preparation", 10, 2), entry("train", "A", "preparation", 20, 2),
+             entry("infer", "mini", "preparation", 5, 1), entry("infer", "A", "preparation", 5, 1),
+             entry("score", "A__A", "preparation", 1, None), entry("final-train", "VisATB", "final", 50, 2),
+             entry("final-train", "EW", "other", 45, 2), entry("weights", "weights", "preparation", 1, 0)]  # fmt: skip
+    record = {"jobs": 1, "train_jobs": 1, "costs": {"items": {f"{e['stage']}/{e['item']}": e for e in items},
+                                                    "units": 2, "mini_fraction": 0.25, "large_fraction": 0.5}}  # fmt: skip
+    text = "\n".join(report.cost_section(record))
+    # Preparation training (10 + 20) x 2 = 60 device-s of the final 50 x 2 = 100; evaluation 5 + 5 + 1 = 11.
+    assert "| preparation (the models VisATB's weights need) | 5 | 60 s (0.60x) | 11 s (0.11x) |" in text
+    assert "| VisATB's final model | 1 | 100 s (1.00x) | - |" in text
+    assert "R_large + N * R_mini = 0.5 + 2 x 0.25 = 1.00x" in text and "0.60x the final training here" in text
+    assert "1 command(s) did not log their device count" in text
+    assert report.cost_section({"costs": {"items": {}}}) == []
+
+
 # ---------------------------------------------------------------------------------------------- running
 
 
@@ -774,6 +803,23 @@ def test_demo_report_has_a_row_per_model_and_the_checks(demo):
     assert text.count("** trained models beat the starting point") == 1
 
 
+def test_demo_records_every_commands_time_and_devices_and_reports_the_cost(demo):
+    record = json.loads((demo["out"] / "pipeline.json").read_text())
+    items = record["costs"]["items"]
+    trained = {e["item"]: e for e in items.values() if e["stage"] in ("train", "final-train")}
+    assert sorted(trained) == sorted(["mini", *DEMO_SCORED, "VisATB"])
+    assert all(e["gpus"] == 0 and e["processes"] == 1 and e["seconds"] > 0 for e in trained.values())
+    assert trained["VisATB"]["part"] == "final" and trained["mini"]["part"] == "preparation"
+    inferred = [e for e in items.values() if e["stage"] == "infer"]
+    assert {e["item"]: e["part"] for e in inferred}["start"] == "other"  # the academic form's weights skip it
+    assert all(e["gpus"] == 0 and e["processes"] == 1 for e in inferred)
+    text = (demo["out"] / "report.md").read_text()
+    prep = sum(e["seconds"] for e in trained.values() if e["part"] == "preparation")
+    ratio = prep / trained["VisATB"]["seconds"]
+    assert f"Preparation training: {ratio:.2f}x the final training here" in text
+    assert "R_large + N * R_mini = 1 + 4 x 0.125 = 1.50x" in text
+
+
 def test_demo_passes_every_learning_check(demo):
     # The starting point answers every question with an alignment caption ("white background: large red
     # circle, top left"), never with a cell number; every trained model beats it everywhere, the full-data
@@ -805,6 +851,7 @@ def test_demo_rerun_skips_every_finished_stage(demo):
         assert f"[stage {k}/9] {stage}: done earlier, skipped" in second.stdout
     assert "(0 command(s) run" in second.stdout
     assert {p: p.stat().st_mtime_ns for p in watched} == before
+    assert "final-train/VisATB" in json.loads((out / "pipeline.json").read_text())["costs"]["items"]  # not lost
 
 
 def test_demo_redo_recomputes_only_the_report(demo):

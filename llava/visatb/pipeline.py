@@ -61,6 +61,7 @@ ABLATION_ALPHAS = {"1:0:0": (1.0, 0.0, 0.0), "0:1:0": (0.0, 1.0, 0.0), "0:0:1": 
 ABLATION_TEMPERATURES = (2.0, 1.0, 0.5)
 ABLATIONS = ("alpha", "temperature", "difficulty")
 LOG_TAIL_LINES = 15
+COSTS_KEY = "costs"  # pipeline.json: every finished item's wall time and devices
 # llava.visatb.inference.DEFAULT_MAX_NEW_TOKENS, without importing torch into the orchestrator (a test checks).
 DEFAULT_MAX_NEW_TOKENS = 2048
 
@@ -597,6 +598,7 @@ class Pipeline:
             self._after_stage(stage)
             atomic_write_json(self.marker(stage), {"stage": stage, "items": [i.key for i in items],
                                                    "seconds": round(time.monotonic() - stage_start, 1)})  # fmt: skip
+            self._record_costs()
             self.say(f"{prefix}: finished in {time.monotonic() - stage_start:.1f} s")
         self.say(f"[visatb] chain complete in {time.monotonic() - start:.1f} s ({self.ran_items} command(s) run, "
                  f"{self.skipped_items} finished stage(s)/item(s) reused); work directory {self.work}")  # fmt: skip
@@ -606,7 +608,10 @@ class Pipeline:
         current = self.cfg.to_json()
         if path.is_file():
             previous = load_json(path)
-            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            if COSTS_KEY in previous:  # kept: a rerun that runs nothing must not lose them
+                current[COSTS_KEY] = previous[COSTS_KEY]
+            changed = sorted(k for k in set(previous) | set(current)
+                             if k != COSTS_KEY and previous.get(k) != current.get(k))  # fmt: skip
             if changed:
                 self.say(f"[visatb] note: the configuration changed since the last run ({', '.join(changed)}); "
                          "finished stages are reused: pass --redo STAGE to recompute from a stage on")  # fmt: skip
@@ -670,13 +675,60 @@ class Pipeline:
         missing = [str(p) for p in item.outputs if not p.exists()]
         if missing:
             raise PipelineError(f"{item.key}: finished but did not write {', '.join(missing)}; log {log}")
-        extras = item.collect(log.read_text(encoding="utf-8")) if item.collect else {}
+        text = log.read_text(encoding="utf-8")
+        extras = item.collect(text) if item.collect else {}
+        extras.update(item_devices(stage, text))
         self.ran_items += 1
         atomic_write_json(self.marker(stage, item.key), {
             "item": item.key, "command": item.command, "env": item.env, "seconds": round(seconds, 1),
             "log": str(log), **extras,
         })  # fmt: skip
         return seconds, extras
+
+    # -- cost accounting -----------------------------------------------------------------------
+
+    def weight_model_keys(self) -> set[str]:
+        """The models VisATB's own weights need (its preparation cost), by form and difficulty source."""
+        cfg = self.cfg
+        keys: set[str] = set()
+        if cfg.form == "academic" or cfg.difficulty_from == "real":
+            keys |= {MINI, *cfg.units}
+        if cfg.form == "chat" or cfg.difficulty_from == "precise":
+            keys |= {ALONE_PREFIX + u for u in cfg.units}
+        if cfg.difficulty_from == "precise":
+            keys |= {MINI_ALONE_PREFIX + u for u in cfg.units}
+        if cfg.form == "chat":
+            keys.add(START)
+        return keys
+
+    def _cost_part(self, stage: str, key: str) -> str:
+        """preparation (what VisATB's weights need), final (VisATB's own final model) or other (baselines,
+        STL, ablations, the start model's learning checks) for one item."""
+        if stage in ("subsets", "weights"):
+            return "preparation"
+        if stage == "report":
+            return "other"
+        model = key.split("__", 1)[0]
+        if stage.startswith("final-"):
+            return "final" if model == VISATB else "other"
+        return "preparation" if model in self.weight_model_keys() else "other"
+
+    def _record_costs(self) -> None:
+        """Every finished item's wall time and devices (from its marker), in pipeline.json under "costs"."""
+        path = self.work / "pipeline.json"
+        items: dict[str, dict[str, Any]] = {}
+        for stage in self.cfg.stages:
+            folder = self.done_dir / stage
+            for marker in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+                done = load_json(marker)
+                key = str(done.get("item", marker.stem))
+                items[f"{stage}/{key}"] = {"stage": stage, "item": key, "part": self._cost_part(stage, key),
+                                           "seconds": done.get("seconds"), "gpus": done.get("gpus"),
+                                           "processes": done.get("processes")}  # fmt: skip
+        config = load_json(path) if path.is_file() else self.cfg.to_json()
+        config[COSTS_KEY] = {"items": items, "units": len(self.cfg.units), "mini_fraction": self.cfg.mini_fraction,
+                             "large_fraction": self.cfg.large_fraction}  # fmt: skip
+        atomic_write_json(path, config)
 
     def _after_stage(self, stage: str) -> None:
         if stage == "weights":
@@ -881,7 +933,7 @@ class Pipeline:
                    ",".join(cfg.scored_tasks), "--metrics", metrics, "--weights", str(self.weights_file),
                    "--plot", self.plot_file.name, "--output", str(self.report_file)]  # fmt: skip
         groups = ["--task-groups", format_task_groups(cfg.groups)] if cfg.groups else []
-        command += groups
+        command += [*groups, "--costs", str(self.work / "pipeline.json")]
         item = Item("report", "report.md: per-task table, relative improvements, learning checks", command,
                     outputs=[self.report_file])
         items = [item]
@@ -897,6 +949,27 @@ class Pipeline:
     @property
     def comparison_file(self) -> Path:
         return self.work / "comparison.json"
+
+
+def item_devices(stage: str, log: str) -> dict[str, Any]:
+    """What a command ran on, from its log: {"gpus": n, "processes": p} (either may be None when unknown).
+
+    Training logs carry the launcher's line (scripts_visatb/_launch.sh): `deepspeed --num_gpus N`, or the
+    CPU fallback with its process count; inference logs `[inference] <model> loaded on <device>`."""
+    if stage in ("train", "final-train"):
+        gpus = re.search(r"^\[visatb\] deepspeed .*--num_gpus (\d+)", log, flags=re.M)
+        if gpus:
+            return {"gpus": int(gpus.group(1)), "processes": int(gpus.group(1))}
+        cpu = re.search(r"falling back to the CPU with (\d+) process", log)
+        if cpu:
+            return {"gpus": 0, "processes": int(cpu.group(1))}
+        return {"gpus": None, "processes": None}
+    if stage in ("infer", "final-infer"):
+        devices = re.findall(r"^\[inference\] .* loaded on (\S+)", log, flags=re.M)
+        if devices:
+            return {"gpus": int(devices[0].startswith("cuda")), "processes": 1}
+        return {"gpus": None, "processes": 1 if "already complete" in log else None}
+    return {"gpus": 0, "processes": 1}
 
 
 def _collect_weights_line(log: str, where: str = "") -> dict[str, Any]:

@@ -298,6 +298,76 @@ class Report:
     checks: list[CheckResult]
 
 
+COST_PARTS = (
+    ("preparation", "preparation (the models VisATB's weights need)"),
+    ("final", "VisATB's final model"),
+    ("other", "other models (baselines, STL, ablations, the start model's checks)"),
+)
+TRAIN_STAGES = ("train", "final-train")
+EVAL_STAGES = ("infer", "score", "final-infer", "final-score")
+
+
+def device_seconds(entry: Mapping[str, Any]) -> tuple[float, bool]:
+    """(seconds x GPUs, or x processes on the CPU; whether the device count was known)."""
+    seconds = float(entry.get("seconds") or 0.0)
+    gpus, processes = entry.get("gpus"), entry.get("processes")
+    if isinstance(gpus, int) and gpus > 0:
+        return seconds * gpus, True
+    if isinstance(processes, int) and processes > 0:
+        return seconds * processes, True
+    return seconds, False
+
+
+def cost_section(pipeline_record: Mapping[str, Any]) -> list[str]:
+    """The preparation cost against VisATB's final training, training and evaluation apart, beside the paper's
+    estimate R_large + N * R_mini (Sec. 3.2); empty without a final VisATB training on record."""
+    costs = pipeline_record.get("costs") or {}
+    items = list((costs.get("items") or {}).values())
+    totals: dict[tuple[str, str], float] = {}
+    counts: dict[str, int] = {}
+    unknown = 0
+    for entry in items:
+        kind = "train" if entry["stage"] in TRAIN_STAGES else "eval" if entry["stage"] in EVAL_STAGES else None
+        if kind is None:
+            continue
+        value, known = device_seconds(entry)
+        unknown += not known
+        totals[entry["part"], kind] = totals.get((entry["part"], kind), 0.0) + value
+        counts[entry["part"]] = counts.get(entry["part"], 0) + 1
+    final = totals.get(("final", "train"))
+    if not final:
+        return []
+    lines = ["## Cost", "",
+             "Device time of every command the chain ran (pipeline.json, `costs`): wall seconds x GPUs (x processes "
+             "on the CPU), and in brackets as a multiple of VisATB's final training. Evaluation is inference and "
+             "scoring.", "", "| part | commands | training | evaluation |", "|---|---:|---:|---:|"]  # fmt: skip
+    for part, label in COST_PARTS:
+        if part not in counts:
+            continue
+        cells = []
+        for kind in ("train", "eval"):
+            value = totals.get((part, kind))
+            cells.append("-" if value is None else f"{value:.0f} s ({value / final:.2f}x)")
+        lines.append(f"| {label} | {counts[part]} | " + " | ".join(cells) + " |")
+    lines.append("")
+    units, mini, large = costs.get("units"), costs.get("mini_fraction"), costs.get("large_fraction", 1.0)
+    if isinstance(units, int) and isinstance(mini, int | float):
+        estimate = large + units * mini
+        measured = totals.get(("preparation", "train"), 0.0) / final
+        lines.append(f"- Preparation training: {measured:.2f}x the final training here; the paper's estimate "
+                     f"R_large + N * R_mini = {large:g} + {units} x {mini:g} = {estimate:.2f}x (Sec. 3.2, which leaves "
+                     "the evaluation of the N + 1 models out).")  # fmt: skip
+    gpus = [e.get("gpus") for e in items if e["stage"] in TRAIN_STAGES]
+    parallel = max(int(pipeline_record.get("jobs") or 1), int(pipeline_record.get("train_jobs") or 1)) > 1
+    if parallel and gpus and all(g == 0 for g in gpus):
+        lines.append("- On the CPU with several commands at a time (JOBS, TRAIN_JOBS) the commands share the cores: "
+                     "their wall times overlap, so these are upper bounds of the time each would take alone.")  # fmt: skip
+    if unknown:
+        lines.append(f"- {unknown} command(s) did not log their device count; they count as one device.")
+    lines.append("")
+    return lines
+
+
 def build_report(
     scores: Mapping[str, Any],
     tasks: Sequence[str],
@@ -305,6 +375,7 @@ def build_report(
     weights: Mapping[str, Any] | None = None,
     plot: str | None = None,
     groups: Mapping[str, Sequence[str]] | None = None,
+    pipeline_record: Mapping[str, Any] | None = None,
 ) -> Report:
     """Assemble the report of a scores table (and optionally the weights file).
 
@@ -334,6 +405,8 @@ def build_report(
     lines += against_stl_section(scores, tasks, metrics)
     if weights is not None:
         lines += weights_section(weights, plot) + [""]
+    if pipeline_record is not None:
+        lines += cost_section(pipeline_record)
     lines += ["## Learning checks", ""]
     lines += [f"- **{c.status}** {c.name}: {c.detail}" for c in checks]
     return Report(markdown="\n".join(lines) + "\n", table=table, summary=summary, checks=checks)
@@ -365,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", help="write the report here (markdown)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a learning check fails")
     parser.add_argument("--task-groups", help="G1=A,B;G2=C,D: report group scores (the means of their tasks')")
+    parser.add_argument("--costs", help="the chain's pipeline.json: a cost section from its commands' device time")
     args = parser.parse_args(argv)
     try:
         scores = load_scores(args.scores)
@@ -384,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         weights = load_json(args.weights) if args.weights and os.path.isfile(args.weights) else None
         if args.weights and weights is None:
             raise FileNotFoundError(f"--weights {args.weights}: no such file")
-        report = build_report(scores, tasks, metrics, weights, args.plot, groups)
+        record = load_json(args.costs) if args.costs else None
+        report = build_report(scores, tasks, metrics, weights, args.plot, groups, record)
         if args.output:
             atomic_write_text(Path(args.output), report.markdown)
     except (ValueError, FileNotFoundError, KeyError) as e:
