@@ -234,11 +234,18 @@ def _ids(records, task=None):
     return {r["id"] for r in records if task is None or r["task"] == task}
 
 
-def test_large_fraction_one_gives_the_sets_without_it():
+def test_large_fraction_one_keeps_the_earlier_draws():
+    # Without a large fraction the mini share of a task is random.Random(f"{seed}/mini/{task}").sample() of the
+    # task's record positions, as before large fractions existed: earlier runs' subsets are reproduced.
+    import random
+
     records = make_records()
-    assert build_subsets(records, fraction=0.25, seed=3, large_fraction=1.0) == build_subsets(
-        records, fraction=0.25, seed=3
-    )
+    mini, plus = build_subsets(records, fraction=0.25, seed=3, large_fraction=1.0)
+    for task, n in SIZES.items():
+        positions = [i for i, r in enumerate(records) if r["task"] == task]
+        drawn = random.Random(f"3/mini/{task}").sample(positions, mini_size(n, 0.25))
+        assert _ids(mini, task) == {records[i]["id"] for i in drawn}
+        assert _ids(plus[task], task) == {records[i]["id"] for i in positions}
 
 
 def test_large_fraction_shares_and_minis_drawn_from_them():
