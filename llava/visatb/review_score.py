@@ -30,7 +30,9 @@ from llava.visatb.scores import record_score
 METRIC_NAME = "gpt_review_relative"
 
 
-def model_answers(answers_file: str | os.PathLike, task: str, question_ids: Sequence[Any]) -> list[dict[str, Any]]:
+def model_answers(
+    answers_file: str | os.PathLike, task: str, question_ids: Sequence[Any]
+) -> list[dict[str, Any]]:
     """The model's answers as the review reads them (question_id, text, answer_id), one per question of the
     task: a missing, extra or other-task answer names the file and question."""
     records = load_json(answers_file)
@@ -41,8 +43,15 @@ def model_answers(answers_file: str | os.PathLike, task: str, question_ids: Sequ
     for n, record in enumerate(records):
         where = f"{answers_file}: record {n}"
         turns = record.get("conversations") if isinstance(record, dict) else None
-        if "question_id" not in record or not isinstance(turns, list) or len(turns) < 2 or "generative_value" not in turns[1]:
-            raise ValueError(f"{where}: needs 'question_id' and conversations[1].generative_value (inference_visatb.py's)")
+        if (
+            "question_id" not in record
+            or not isinstance(turns, list)
+            or len(turns) < 2
+            or "generative_value" not in turns[1]
+        ):
+            raise ValueError(
+                f"{where}: needs 'question_id' and conversations[1].generative_value (inference_visatb.py's)"
+            )
         qid = str(record["question_id"])
         if record.get("task", task) != task or qid not in wanted:
             raise ValueError(f"{where}: question_id {qid} (task {record.get('task')!r}) is not a {task} question "
@@ -83,8 +92,12 @@ def score_task(args: argparse.Namespace, client: Any) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-a", "--answers-file", required=True, help="inference_visatb.py's answer file of the task")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-a", "--answers-file", required=True, help="inference_visatb.py's answer file of the task"
+    )
     parser.add_argument("--review-set", required=True, help="folder, or QUESTIONS,CONTEXT,REFERENCE[,RULES]")
     parser.add_argument("--review-image-folder", help="image root of the review set (only checked to exist)")
     parser.add_argument("--task", required=True, help="the judged task (its questions' category)")

@@ -52,7 +52,10 @@ class ReviewSet:
     image_folder: Path
 
     def to_json(self) -> dict[str, str]:
-        return {name: str(getattr(self, name)) for name in ("questions", "context", "reference", "rules", "image_folder")}
+        return {
+            name: str(getattr(self, name))
+            for name in ("questions", "context", "reference", "rules", "image_folder")
+        }
 
 
 def locate_review_set(spec: str, image_folder: str | None = None, flag: str = "--review-set") -> ReviewSet:
@@ -71,7 +74,9 @@ def locate_review_set(spec: str, image_folder: str | None = None, flag: str = "-
     else:
         parts = [p.strip() for p in spec.split(",")]
         if len(parts) not in (3, 4) or not all(parts):
-            raise ValueError(f"{flag} {spec!r}: give a folder or QUESTIONS,CONTEXT,REFERENCE[,RULES] (jsonl files)")
+            raise ValueError(
+                f"{flag} {spec!r}: give a folder or QUESTIONS,CONTEXT,REFERENCE[,RULES] (jsonl files)"
+            )
         files = [Path(p) for p in parts[:3]]
         rules = Path(parts[3]) if len(parts) == 4 else DEFAULT_RULE_FILE
         images = Path(image_folder) if image_folder else files[0].parent / IMAGES_NAME
@@ -81,7 +86,9 @@ def locate_review_set(spec: str, image_folder: str | None = None, flag: str = "-
         if not rules.is_file():
             raise FileNotFoundError(f"{flag}: rule file {rules}: no such file")
     if not images.is_dir():
-        raise FileNotFoundError(f"{flag} {spec}: image folder {images}: no such folder (give --review-image-folder)")
+        raise FileNotFoundError(
+            f"{flag} {spec}: image folder {images}: no such folder (give --review-image-folder)"
+        )
     return ReviewSet(*(f.resolve() for f in files), rules.resolve(), images.resolve())
 
 
@@ -93,7 +100,9 @@ def task_of_category(category: str, tasks: Sequence[str]) -> str | None:
     return alias if alias in tasks else None
 
 
-def load_questions_by_task(review_set: ReviewSet, tasks: Sequence[str], check_images: bool = True) -> dict[str, list[dict]]:
+def load_questions_by_task(
+    review_set: ReviewSet, tasks: Sequence[str], check_images: bool = True
+) -> dict[str, list[dict]]:
     """The questions of each judged task, checked: fields, known categories, a reference answer, a context,
     a rule and (with `check_images`) an image file for every question; every task gets at least one question."""
     questions = read_jsonl(review_set.questions)
@@ -118,12 +127,18 @@ def load_questions_by_task(review_set: ReviewSet, tasks: Sequence[str], check_im
             raise ValueError(f"{review_set.reference}: no reference answer for question_id {qid}")
         context = contexts.get(question["image"])
         if context is None:
-            raise ValueError(f"{review_set.context}: no context for image {question['image']!r} (question_id {qid})")
+            raise ValueError(
+                f"{review_set.context}: no context for image {question['image']!r} (question_id {qid})"
+            )
         rule = rule_category(question, context)
         if rule not in rules:
-            raise ValueError(f"{review_set.rules}: no rule {rule!r} (question_id {qid}); rules: {', '.join(rules)}")
+            raise ValueError(
+                f"{review_set.rules}: no rule {rule!r} (question_id {qid}); rules: {', '.join(rules)}"
+            )
         if check_images and not (review_set.image_folder / question["image"]).is_file():
-            raise FileNotFoundError(f"{where}: image {review_set.image_folder / question['image']}: no such file")
+            raise FileNotFoundError(
+                f"{where}: image {review_set.image_folder / question['image']}: no such file"
+            )
         by_task[task].append(question)
     empty = [t for t, qs in by_task.items() if not qs]
     if empty:
@@ -151,7 +166,9 @@ def val_file_path(output_dir: str | os.PathLike, task: str) -> Path:
     return Path(output_dir) / f"{task}_val.json"
 
 
-def write_val_files(review_set: ReviewSet, tasks: Sequence[str], output_dir: str | os.PathLike) -> dict[str, Path]:
+def write_val_files(
+    review_set: ReviewSet, tasks: Sequence[str], output_dir: str | os.PathLike
+) -> dict[str, Path]:
     """`{task}_val.json` per judged task in `output_dir`; returns them by task."""
     by_task = load_questions_by_task(review_set, tasks)
     files = {}
@@ -193,28 +210,38 @@ def review_set_from_val(val_files: Mapping[str, str | os.PathLike], output_dir: 
         raise ValueError(f"{DEFAULT_RULE_FILE}: no rule {rule_from!r}; rules: {', '.join(rules)}")
     contexts = [{"image": image, "captions": texts, "instances": []} for image, texts in captions.items()]
     for name, records in zip(PLAIN_NAMES, (questions, contexts, references)):
-        (out / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        (out / name).write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+        )
     atomic_write_json(out / RULE_NAME, {task: rules[rule_from] for task in val_files})
     return counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     split = commands.add_parser("split", help="write {task}_val.json per judged task for inference_visatb.py")
     split.add_argument("--review-set", required=True, help="folder, or QUESTIONS,CONTEXT,REFERENCE[,RULES]")
     split.add_argument("--review-image-folder", help="image root (default: images/ beside the questions)")
     split.add_argument("--tasks", required=True, help="the judged tasks A,B,...")
     split.add_argument("--output-dir", required=True)
-    make = commands.add_parser("from-val", help="a review set from LLaVA-format validation files (e.g. the toy's)")
+    make = commands.add_parser(
+        "from-val", help="a review set from LLaVA-format validation files (e.g. the toy's)"
+    )
     make.add_argument("--val", required=True, help="TASK=file,...: one validation file per category")
     make.add_argument("--output-dir", required=True)
-    make.add_argument("--rule-from", default="conv", help="the rule of llava/eval/table/rule.json every category uses")
+    make.add_argument(
+        "--rule-from", default="conv", help="the rule of llava/eval/table/rule.json every category uses"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "split":
             review_set = locate_review_set(args.review_set, args.review_image_folder)
-            write_val_files(review_set, [t.strip() for t in args.tasks.split(",") if t.strip()], args.output_dir)
+            write_val_files(
+                review_set, [t.strip() for t in args.tasks.split(",") if t.strip()], args.output_dir
+            )
         else:
             pairs = {}
             for pair in (p.strip() for p in args.val.split(",")):
