@@ -392,7 +392,8 @@ def build_report(
     summary = relative_summary(rows, tasks)
     checks = learning_checks(scores, tasks, metrics)
     lines = ["# VisATB report", "",
-             "Validation scores of every model (CIDEr for captions, accuracy in % for QA and grounding). "
+             "Validation scores of every model (CIDEr for captions, accuracy in % for QA and grounding, the "
+             "GPT judge's relative score in % for gpt_review). "
              "`mini`: trained on the mini set; `<task>-plus-mini`: that task's full data plus the mini set; "
              "EW and VisATB: trained on the entire data with equal and with VisATB task weights. "
              "Best trained model per task in bold.", ""]  # fmt: skip
