@@ -181,6 +181,60 @@ def test_review_set_errors_name_the_file_and_question(chat_inputs, change, messa
         config(args)
 
 
+def test_run_visatb_sh_wires_the_chat_preset_review_set_and_judge(chat_inputs):
+    # A finetune script that fails stops the chain at its first training: by then the configuration is
+    # recorded and the review set split, so the shell variables' effect can be read back.
+    failing = chat_inputs["tmp"] / "failing.sh"
+    failing.write_text("#!/usr/bin/env bash\necho 'boom' >&2\nexit 3\n")
+    work = chat_inputs["work"]
+    env = {**os.environ, "WORK_DIR": str(work), "TASK_PRESET": "chat", "DATA_PATH": str(chat_inputs["data"]),
+           "IMAGE_FOLDER": str(chat_inputs["tmp"]), "REVIEW_SET": str(chat_inputs["review"]),
+           "JUDGE_MODEL": "judge-from-env", "FINETUNE_SCRIPT": str(failing),
+           "PRETRAIN_MM_MLP_ADAPTER": str(chat_inputs["data"]), "VIRTUAL_ENV": sys.prefix,  # only checked to exist
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}  # fmt: skip
+    for name in ("FORM", "VAL_DIR", "VAL_FILES", "VAL_MANIFEST", "VAL_PER_TASK", "REVIEW_IMAGE_FOLDER"):
+        env.pop(name, None)
+    run = subprocess.run(["bash", "scripts_visatb/run_visatb.sh"], env=env, cwd=REPO, capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    assert run.returncode == 1 and "[stage 2/9] train failed" in run.stderr, run.stdout + run.stderr
+    recorded = json.loads((work / "pipeline.json").read_text())
+    assert (recorded["form"], recorded["difficulty_from"], recorded["judge_model"]) == ("chat", "precise", "judge-from-env")
+    assert recorded["metrics"] == dict.fromkeys(CHAT_TASKS, "gpt_review") and recorded["val_files"] == {}
+    assert recorded["review_set"]["image_folder"] == str(chat_inputs["review"] / "images")
+    assert sorted(p.name for p in (work / "subsets" / "review").glob("*.json")) == sorted(f"{t}_val.json" for t in CHAT_TASKS)
+    env.pop("OPENAI_API_KEY")
+    run = subprocess.run(["bash", "scripts_visatb/run_visatb.sh"], env=env, cwd=REPO, capture_output=True,
+                         text=True, check=False)  # fmt: skip
+    assert run.returncode == 2 and "error: OPENAI_API_KEY is not set" in run.stderr
+
+
+def test_review_set_from_validation_records(tmp_path):
+    from llava.visatb.review_set import locate_review_set, main, write_val_files
+
+    val = tmp_path / "val.json"
+    val.write_text(json.dumps([
+        {"id": "x", "image": "i/1.png", "task": "Cap", "conversations": [
+            {"from": "human", "value": "<image>\nDescribe it."}, {"from": "gpt", "value": ["red circle", "a circle"]}]},
+        {"id": "y", "image": "i/1.png", "task": "Cap", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]},
+    ]))  # fmt: skip
+    assert main(["from-val", "--val", f"Cap={val}", "--output-dir", str(tmp_path / "review")]) == 0
+    review = tmp_path / "review"
+    assert read_jsonl(review / "questions.jsonl") == [
+        {"question_id": 0, "image": "i/1.png", "text": "Describe it.", "category": "Cap"},
+        {"question_id": 1, "image": "i/1.png", "text": "What colour?", "category": "Cap"},
+    ]
+    assert [a["text"] for a in read_jsonl(review / "answers_ref.jsonl")] == ["red circle", "red"]
+    assert read_jsonl(review / "context.jsonl") == [{"image": "i/1.png", "captions": ["red circle", "red"], "instances": []}]
+    assert list(json.loads((review / "rule.json").read_text())) == ["Cap"]
+    (tmp_path / "i").mkdir()
+    (tmp_path / "i" / "1.png").write_bytes(b"png")
+    files = write_val_files(locate_review_set(str(review), str(tmp_path)), ["Cap"], tmp_path / "split")
+    records = json.loads(files["Cap"].read_text())
+    assert [r["conversations"][1]["value"] for r in records] == ["red circle", "red"]
+    assert main(["from-val", "--val", str(val), "--output-dir", str(tmp_path / "bad")]) == 1
+
+
 # ---------------------------------------------------------------------------------------------- judging
 
 
