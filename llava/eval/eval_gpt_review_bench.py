@@ -156,20 +156,22 @@ def request_review(
     raise AssertionError("unreachable")
 
 
-def review_key(content: str, judge_model: str) -> str:
-    """What a review depends on: the judge model and its whole prompt (context, question, both answers, rule)."""
-    payload = json.dumps([judge_model, SYSTEM_PROMPT, content], ensure_ascii=False)
+def review_key(content: str, judge_model: str, question_id: Any = None) -> str:
+    """What a review depends on: the judge model, the question and the whole prompt (context, question text,
+    both answers, rule)."""
+    payload = json.dumps([judge_model, str(question_id), SYSTEM_PROMPT, content], ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def load_done_reviews(output_file: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Reviews already in the output file with a parsed score, by question id (a later line wins).
+def load_done_reviews(output_file: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[str, str | None]]:
+    """(reviews already in the output file with a parsed score, by `cache_key`; the cache key of each question's
+    last line). Reviews without a key (written before keys existed) are not reused.
 
     A truncated last line (an interrupted write) is removed from the file so that appending can go on.
     """
     path = Path(output_file)
     if not path.is_file():
-        return {}
+        return {}, {}
     try:
         reviews = read_jsonl(path)
     except TruncatedFileError:
@@ -177,11 +179,13 @@ def load_done_reviews(output_file: str | os.PathLike) -> dict[str, dict[str, Any
         atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
         print(f"warning: dropped the truncated last line of {path}; that review is redone", file=sys.stderr)
         reviews = read_jsonl(path)
-    done = {}
+    done, latest = {}, {}
     for review in reviews:
-        if review.get("tuple") is not None:
-            done[str(review["question_id"])] = review
-    return done
+        key = review.get("cache_key")
+        latest[str(review["question_id"])] = key
+        if review.get("tuple") is not None and key:
+            done[key] = review
+    return done, latest
 
 
 def _index_by_question(records: Sequence[dict[str, Any]], source: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -253,13 +257,15 @@ def review_answers(
     sources: ReviewSources = ReviewSources(),
 ) -> list[dict[str, Any]]:
     """Review `questions`, reusing a review in `output_file` only when its judge and prompt (so both answers)
-    are unchanged (`review_key`); new reviews are appended as they arrive. Returns the reviews in question order."""
+    are unchanged (`review_key`); new reviews are appended as they arrive, and a reused review that is not a
+    question's last line is appended again, so the file's last line per question is always the current one.
+    Returns the reviews in question order."""
     if client is None:
         client = make_judge_client()
     by_image = {c["image"]: c for c in contexts if "image" in c}
     reference = _index_by_question(reference_answers, sources.reference)
     candidate = _index_by_question(model_answers, sources.candidate)
-    done = load_done_reviews(output_file)
+    done, latest = load_done_reviews(output_file)
     Path(output_file).parent.mkdir(parents=True, exist_ok=True)
     reviews = []
     asked = stale = 0
@@ -277,11 +283,14 @@ def review_answers(
                 raise ValueError(f"{sources.rules}: no rule {category!r} (question_id {qid}); rules: {', '.join(rules)}")
             ans1, ans2 = reference[qid], candidate[qid]
             content = build_review_prompt(question, context, ans1["text"], ans2["text"], rules[category])
-            key = review_key(content, judge_model)
-            if qid in done and done[qid].get("cache_key") == key:
-                reviews.append(done[qid])
+            key = review_key(content, judge_model, question["question_id"])
+            if key in done:
+                if latest.get(qid) != key:  # an earlier review of this same answer: make it current again
+                    out.write(json.dumps(done[key], ensure_ascii=False) + "\n")
+                    out.flush()
+                reviews.append(done[key])
                 continue
-            stale += qid in done
+            stale += qid in latest and latest[qid] != key
             text = request_review(client, content, judge_model, max_tokens, max_retries, retry_delay)
             asked += 1
             scores = parse_score(text)
