@@ -198,10 +198,16 @@ def test_run_visatb_sh_wires_the_chat_preset_review_set_and_judge(chat_inputs):
                          text=True, check=False)  # fmt: skip
     assert run.returncode == 1 and "[stage 2/9] train failed" in run.stderr, run.stdout + run.stderr
     recorded = json.loads((work / "pipeline.json").read_text())
-    assert (recorded["form"], recorded["difficulty_from"], recorded["judge_model"]) == ("chat", "precise", "judge-from-env")
+    assert (recorded["form"], recorded["difficulty_from"], recorded["judge_model"]) == (
+        "chat",
+        "precise",
+        "judge-from-env",
+    )
     assert recorded["metrics"] == dict.fromkeys(CHAT_TASKS, "gpt_review") and recorded["val_files"] == {}
     assert recorded["review_set"]["image_folder"] == str(chat_inputs["review"] / "images")
-    assert sorted(p.name for p in (work / "subsets" / "review").glob("*.json")) == sorted(f"{t}_val.json" for t in CHAT_TASKS)
+    assert sorted(p.name for p in (work / "subsets" / "review").glob("*.json")) == sorted(
+        f"{t}_val.json" for t in CHAT_TASKS
+    )
     env.pop("OPENAI_API_KEY")
     run = subprocess.run(["bash", "scripts_visatb/run_visatb.sh"], env=env, cwd=REPO, capture_output=True,
                          text=True, check=False)  # fmt: skip
@@ -225,7 +231,9 @@ def test_review_set_from_validation_records(tmp_path):
         {"question_id": 1, "image": "i/1.png", "text": "What colour?", "category": "Cap"},
     ]
     assert [a["text"] for a in read_jsonl(review / "answers_ref.jsonl")] == ["red circle", "red"]
-    assert read_jsonl(review / "context.jsonl") == [{"image": "i/1.png", "captions": ["red circle", "red"], "instances": []}]
+    assert read_jsonl(review / "context.jsonl") == [
+        {"image": "i/1.png", "captions": ["red circle", "red"], "instances": []}
+    ]
     assert list(json.loads((review / "rule.json").read_text())) == ["Cap"]
     (tmp_path / "i").mkdir()
     (tmp_path / "i" / "1.png").write_bytes(b"png")
