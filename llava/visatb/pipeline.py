@@ -138,6 +138,8 @@ class PipelineConfig:
     def units(self) -> list[str]:
         """What the method balances: the scored tasks, or the task groups (one preparation model each)."""
         return list(self.groups) if self.groups else self.scored_tasks
+
+    @property
     def judged_tasks(self) -> list[str]:
         """Scored tasks whose validation set is the review set (metric gpt_review)."""
         return [t for t in self.scored_tasks if self.metrics[t] == GPT_REVIEW]

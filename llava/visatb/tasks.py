@@ -79,7 +79,8 @@ def parse_task_names(text: str) -> list[str]:
 
 
 # Metric types whose scores share a scale (a group's score averages its tasks' scores).
-METRIC_SCALES = {CAPTION: "CIDEr", CAPTION_LIST: "CIDEr", QA: "accuracy", GROUNDING: "accuracy"}
+METRIC_SCALES = {CAPTION: "CIDEr", CAPTION_LIST: "CIDEr", QA: "accuracy", GROUNDING: "accuracy",
+                 GPT_REVIEW: "relative score %"}  # fmt: skip
 
 
 def parse_task_groups(text: str, what: str = "--task-groups") -> dict[str, list[str]]:
