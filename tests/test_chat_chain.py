@@ -373,7 +373,8 @@ def _chain_env(out: Path, judge: OverlapJudge) -> dict:
                       "--save_strategy no --logging_steps 10 --disable_tqdm True --seed 0",
         "PREP_TRAIN_ARGS": "", "FINAL_TRAIN_ARGS": "", "INFER_ARGS": "--batch-size 64 --quiet",
         "MAX_NEW_TOKENS": "gpt_review=16", "JOBS": "2", "TRAIN_JOBS": "2", "EW_BASELINE": "0", "EVAL_FINAL": "1",
-        "METHODS": "", "STL": "0", "ABLATIONS": "", "DIFFICULTY_FROM": "", "VIRTUAL_ENV": sys.prefix,
+        "METHODS": "", "STL": "0", "ABLATIONS": "", "DIFFICULTY_FROM": "", "TASK_GROUPS": "", "LARGE_FRACTION": "1",
+        "VIRTUAL_ENV": sys.prefix,
     })  # fmt: skip
     return env
 
