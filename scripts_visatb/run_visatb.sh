@@ -28,12 +28,24 @@ VAL_FILES="${VAL_FILES:-}"
 VAL_DIR="${VAL_DIR:-}"
 VAL_MANIFEST="${VAL_MANIFEST:-}"
 VAL_PER_TASK="${VAL_PER_TASK:-}"
-[ -n "$VAL_FILES$VAL_MANIFEST$VAL_PER_TASK" ] || VAL_DIR="${VAL_DIR:-./data}"
+# Tasks scored by gpt_review (TASK_PRESET=chat: conversation, detail, complex_reasoning) share one review set in
+# LLaVA-Bench-COCO's layout instead: REVIEW_SET is a folder with qa90_questions.jsonl,
+# caps_boxes_coco2014_val_80.jsonl and qa90_gpt4_answer.jsonl (or questions.jsonl, context.jsonl,
+# answers_ref.jsonl; optionally rule.json), or "QUESTIONS,CONTEXT,REFERENCE[,RULES]". A question's category
+# decides its task (qa90's conv, detail, complex -> conversation, detail, complex_reasoning). The judge is any
+# OpenAI-compatible endpoint: export OPENAI_API_KEY (checked before any training), OPENAI_BASE_URL for a
+# non-OpenAI one; JUDGE_MODEL (default gpt-4-0314). Reviews are kept in WORK_DIR/reviews/ and reused on reruns
+# while the answer and the judge are unchanged, so a rerun never pays twice.
+REVIEW_SET="${REVIEW_SET:-}"
+REVIEW_IMAGE_FOLDER="${REVIEW_IMAGE_FOLDER:-}"       # the review set's images (default: images/ beside its questions)
+JUDGE_MODEL="${JUDGE_MODEL:-}"
+[ -n "$VAL_FILES$VAL_MANIFEST$VAL_PER_TASK$REVIEW_SET" ] || VAL_DIR="${VAL_DIR:-./data}"
 
 # Tasks (task-id order) and the metric of each scored task. TASK_PRESET academic scores ShareGPT4V by
 # caption (CIDEr), RefCOCO-caption by caption_list, VQAv2/GQA/ChartQA/OCRVQA by qa (exact match) and
 # RefCOCO-bbox by grounding (IoU > 0.5); ShareGPT is trained, not scored (weight 1.0). TASK_PRESET toy takes
-# the metrics of the toy manifest. With TASK_NAMES="A,B,..." give TASK_METRICS="A=qa,B=caption,...".
+# the metrics of the toy manifest. TASK_PRESET chat scores its three tasks by gpt_review on REVIEW_SET (and runs
+# FORM=chat unless FORM says otherwise). With TASK_NAMES="A,B,..." give TASK_METRICS="A=qa,B=caption,...".
 TASK_PRESET="${TASK_PRESET:-academic}"
 TASK_NAMES="${TASK_NAMES:-}"
 TASK_METRICS="${TASK_METRICS:-}"
@@ -58,7 +70,8 @@ MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-}"                 # per metric type or task, 
 CONV_MODE="${CONV_MODE:-vicuna_v1}"
 TEMPERATURE="${TEMPERATURE:-0.5}"                    # or auto: the smallest of 2 1 0.5 0.25 0.125 keeping weights in [0.5, 2]
 ALPHA="${ALPHA:-0.25 0.25 0.5}"                      # a_out a_in a_D of the final weight (Eq. 8), summing to 1
-FORM="${FORM:-academic}"                             # chat: C from start and alone:<task> models (App. C)
+FORM="${FORM:-}"                                     # academic | chat: C from start and alone:<task> models (App. C);
+                                                     # empty: chat for TASK_PRESET=chat, academic otherwise
 DIFFICULTY_FROM="${DIFFICULTY_FROM:-}"               # real | precise (App. F); empty: real for academic, precise for chat
 # FORM=chat and DIFFICULTY_FROM=precise read alone:<task> / mini-alone:<task> (and start) rows of
 # WORK_DIR/scores.json; the chain trains and scores those models (start: only with START_MODEL).
@@ -75,7 +88,7 @@ TRAIN_JOBS="${TRAIN_JOBS:-1}"                        # training runs at the same
 
 args=(--work-dir "$WORK_DIR" --data "$DATA_PATH" --image-folder "$IMAGE_FOLDER"
       --finetune-script "$FINETUNE_SCRIPT" --run-name "$RUN_NAME" --mini-fraction "$MINI_FRACTION" --seed "$SEED"
-      --conv-mode "$CONV_MODE" --temperature "$TEMPERATURE" --form "$FORM" --gain-tolerance "$GAIN_TOLERANCE"
+      --conv-mode "$CONV_MODE" --temperature "$TEMPERATURE" --gain-tolerance "$GAIN_TOLERANCE"
       --max-contribution "$MAX_CONTRIBUTION" --strict "$STRICT" --ew-baseline "$EW_BASELINE" --eval-final "$EVAL_FINAL"
       --stl "$STL" --jobs "$JOBS" --train-jobs "$TRAIN_JOBS" --large-fraction "$LARGE_FRACTION")
 [ -z "$METHODS" ] || args+=(--methods "$METHODS")
@@ -87,6 +100,10 @@ if [ -n "$TASK_NAMES" ]; then args+=(--tasks "$TASK_NAMES"); else args+=(--task-
 read -r -a alpha <<< "$ALPHA"
 [ "${#alpha[@]}" -eq 0 ] || args+=(--alpha "${alpha[@]}")
 [ -z "$DIFFICULTY_FROM" ] || args+=(--difficulty-from "$DIFFICULTY_FROM")
+[ -z "$FORM" ] || args+=(--form "$FORM")
+[ -z "$REVIEW_SET" ] || args+=(--review-set "$REVIEW_SET")
+[ -z "$REVIEW_IMAGE_FOLDER" ] || args+=(--review-image-folder "$REVIEW_IMAGE_FOLDER")
+[ -z "$JUDGE_MODEL" ] || args+=(--judge-model "$JUDGE_MODEL")
 [ -z "$VAL_FILES" ] || args+=(--val-files "$VAL_FILES")
 [ -z "$VAL_DIR" ] || args+=(--val-dir "$VAL_DIR")
 [ -z "$VAL_MANIFEST" ] || args+=(--val-manifest "$VAL_MANIFEST")

@@ -272,3 +272,50 @@ def test_refused_request_is_not_retried(tmp_path, endpoint_env, capsys):
 @pytest.mark.parametrize("text, scores", [("8 6\nwhy", [8.0, 6.0]), ("7.5, 9", [7.5, 9.0]), ("Score: 8 6", None), ("", None)])
 def test_score_parsing(text, scores):
     assert review.parse_score(text) == scores
+
+
+def test_a_changed_answer_or_judge_is_asked_again_an_unchanged_one_never(tmp_path, endpoint_env, capsys):
+    files = bench_fixture(tmp_path)
+    original = files["model"].read_text()
+
+    def bench_model_answers(files):
+        return [json.loads(line) for line in original.splitlines()]
+
+    with FakeJudge(SCORES) as judge:
+        endpoint_env(judge)
+        assert review.main(cli_args(files)) == 0
+        assert len(judge.requests) == 4
+        # the model's answer to question 1 changes: only that one is asked again, and its new review wins
+        model = read_jsonl(files["model"])
+        for answer in model:
+            if answer["question_id"] == 1:
+                answer["text"] = "a new answer"
+        files["model"].write_text("".join(json.dumps(a) + "\n" for a in model))
+        capsys.readouterr()
+        assert review.main(cli_args(files)) == 0
+        assert len(judge.requests) == 5
+        assert "[Assistant 2]\na new answer\n" in judge.requests[4]["body"]["messages"][1]["content"]
+        assert "3 review(s) reused, 1 asked of fake-judge-1 (1 of them because" in capsys.readouterr().err
+        assert review.main(cli_args(files)) == 0  # unchanged now: nothing asked
+        assert len(judge.requests) == 5
+        # back to the first answer: its earlier review is reused, and made the question's last line again
+        files["model"].write_text("".join(json.dumps(a) + "\n" for a in bench_model_answers(files)))
+        assert review.main(cli_args(files)) == 0
+        assert len(judge.requests) == 5
+        assert read_jsonl(files["output"])[-1] == read_jsonl(files["output"])[1]
+        assert summary.summarize_reviews(summary.load_reviews(files["output"]))["all"]["relative"] == pytest.approx(78.125)
+        # another judge model: every question is asked again
+        args = cli_args(files)
+        args[args.index("--judge-model") + 1] = "fake-judge-2"
+        assert review.main(args) == 0
+    assert len(judge.requests) == 9
+    assert {r["body"]["model"] for r in judge.requests[5:]} == {"fake-judge-2"}
+    latest = summary.load_reviews(files["output"])
+    assert {r["judge_model"] for r in latest} == {"fake-judge-2"} and len(latest) == 4
+
+
+def test_review_key_covers_judge_question_and_prompt():
+    key = review.review_key("prompt", "judge-a", 1)
+    assert key == review.review_key("prompt", "judge-a", 1)
+    assert key != review.review_key("prompt", "judge-b", 1) and key != review.review_key("prompt 2", "judge-a", 1)
+    assert key != review.review_key("prompt", "judge-a", 2)

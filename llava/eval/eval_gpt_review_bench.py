@@ -3,7 +3,9 @@ r"""GPT-judged review of LLaVA-Bench (in-the-wild) and LLaVA-Bench COCO answers 
 A judge model on any OpenAI-compatible endpoint (OPENAI_BASE_URL, OPENAI_API_KEY) compares, for every
 question, the reference answer (assistant 1, text-only GPT-4 in LLaVA) with the model's (assistant 2)
 given the image's textual context, and scores both from 1 to 10. Reviews are appended to the output
-file as they arrive, so an interrupted run resumes where it stopped.
+file as they arrive, so an interrupted run resumes where it stopped; a review is reused only while its
+judge model and prompt (context, question, both answers, rule) are unchanged, so a changed answer or judge
+is asked again and an unchanged one never.
 
 The context file decides the prompt: in-the-wild records hold `caption` (rule `llava_bench_<category>`),
 COCO records hold `captions` and `instances` (rule `<category>`, boxes listed after the captions).
@@ -15,11 +17,13 @@ COCO records hold `captions` and `instances` (rule `<category>`, boxes listed af
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,14 +156,22 @@ def request_review(
     raise AssertionError("unreachable")
 
 
-def load_done_reviews(output_file: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """Reviews already in the output file with a parsed score, by question id (a later line wins).
+def review_key(content: str, judge_model: str, question_id: Any = None) -> str:
+    """What a review depends on: the judge model, the question and the whole prompt (context, question text,
+    both answers, rule)."""
+    payload = json.dumps([judge_model, str(question_id), SYSTEM_PROMPT, content], ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def load_done_reviews(output_file: str | os.PathLike) -> tuple[dict[str, dict[str, Any]], dict[str, str | None]]:
+    """(reviews already in the output file with a parsed score, by `cache_key`; the cache key of each question's
+    last line). Reviews without a key (written before keys existed) are not reused.
 
     A truncated last line (an interrupted write) is removed from the file so that appending can go on.
     """
     path = Path(output_file)
     if not path.is_file():
-        return {}
+        return {}, {}
     try:
         reviews = read_jsonl(path)
     except TruncatedFileError:
@@ -167,11 +179,13 @@ def load_done_reviews(output_file: str | os.PathLike) -> dict[str, dict[str, Any
         atomic_write_text(path, "".join(line + "\n" for line in lines[:-1]))
         print(f"warning: dropped the truncated last line of {path}; that review is redone", file=sys.stderr)
         reviews = read_jsonl(path)
-    done = {}
+    done, latest = {}, {}
     for review in reviews:
-        if review.get("tuple") is not None:
-            done[str(review["question_id"])] = review
-    return done
+        key = review.get("cache_key")
+        latest[str(review["question_id"])] = key
+        if review.get("tuple") is not None and key:
+            done[key] = review
+    return done, latest
 
 
 def _index_by_question(records: Sequence[dict[str, Any]], source: str | os.PathLike) -> dict[str, dict[str, Any]]:
@@ -182,6 +196,24 @@ def _index_by_question(records: Sequence[dict[str, Any]], source: str | os.PathL
             raise ValueError(f"{source}: question_id {qid} appears twice (line {n})")
         out[qid] = record
     return out
+
+
+def check_questions(questions: Sequence[dict[str, Any]], source: str | os.PathLike) -> None:
+    """Every question has the fields the review reads; a missing one names the file and question."""
+    for n, question in enumerate(questions, start=1):
+        for field in ("question_id", "image", "text", "category"):
+            if field not in question:
+                raise ValueError(f"{source}: question {n} has no {field!r} field")
+
+
+@dataclass(frozen=True)
+class ReviewSources:
+    """Where the contexts, reference answers, model answers and rules came from (named in errors)."""
+
+    context: str = "contexts"
+    reference: str = "reference answers"
+    candidate: str = "model answers"
+    rules: str = "rules"
 
 
 def run_review(
@@ -202,36 +234,65 @@ def run_review(
     if len(answer_files) != 2:
         raise ValueError(f"--answer-list takes two files (reference answers, model answers), got {len(answer_files)}")
     questions = read_jsonl(question_file)
-    for n, question in enumerate(questions, start=1):
-        for field in ("question_id", "image", "text", "category"):
-            if field not in question:
-                raise ValueError(f"{question_file}: question {n} has no {field!r} field")
-    contexts = {c["image"]: c for c in read_jsonl(context_file) if "image" in c}
-    reference = _index_by_question(read_answers(answer_files[0]), answer_files[0])
-    candidate = _index_by_question(read_answers(answer_files[1]), answer_files[1])
-    rules = load_rules(rule_file)
+    check_questions(questions, question_file)
+    sources = ReviewSources(str(context_file), str(answer_files[0]), str(answer_files[1]), str(rule_file))
+    return review_answers(
+        questions, read_jsonl(context_file), read_answers(answer_files[0]), read_answers(answer_files[1]),
+        output_file, load_rules(rule_file), judge_model, max_tokens, max_retries, retry_delay, client, sources,
+    )  # fmt: skip
 
-    done = load_done_reviews(output_file)
+
+def review_answers(
+    questions: Sequence[dict[str, Any]],
+    contexts: Sequence[dict[str, Any]],
+    reference_answers: Sequence[dict[str, Any]],
+    model_answers: Sequence[dict[str, Any]],
+    output_file: str | os.PathLike,
+    rules: dict[str, dict[str, str]],
+    judge_model: str = DEFAULT_JUDGE_MODEL,
+    max_tokens: int = 1024,
+    max_retries: int = 6,
+    retry_delay: float = 1.0,
+    client: Any = None,
+    sources: ReviewSources = ReviewSources(),
+) -> list[dict[str, Any]]:
+    """Review `questions`, reusing a review in `output_file` only when its judge and prompt (so both answers)
+    are unchanged (`review_key`); new reviews are appended as they arrive, and a reused review that is not a
+    question's last line is appended again, so the file's last line per question is always the current one.
+    Returns the reviews in question order."""
+    if client is None:
+        client = make_judge_client()
+    by_image = {c["image"]: c for c in contexts if "image" in c}
+    reference = _index_by_question(reference_answers, sources.reference)
+    candidate = _index_by_question(model_answers, sources.candidate)
+    done, latest = load_done_reviews(output_file)
     Path(output_file).parent.mkdir(parents=True, exist_ok=True)
     reviews = []
+    asked = stale = 0
     with open(output_file, "a", encoding="utf-8") as out:
         for idx, question in enumerate(tqdm(questions, desc=f"review ({judge_model})")):
             qid = str(question["question_id"])
-            if qid in done:
-                reviews.append(done[qid])
-                continue
-            for answers, source in ((reference, answer_files[0]), (candidate, answer_files[1])):
+            for answers, source in ((reference, sources.reference), (candidate, sources.candidate)):
                 if qid not in answers:
                     raise ValueError(f"{source}: no answer for question_id {qid}")
-            context = contexts.get(question["image"])
+            context = by_image.get(question["image"])
             if context is None:
-                raise ValueError(f"{context_file}: no context for image {question['image']!r} (question_id {qid})")
+                raise ValueError(f"{sources.context}: no context for image {question['image']!r} (question_id {qid})")
             category = rule_category(question, context)
             if category not in rules:
-                raise ValueError(f"{rule_file}: no rule {category!r} (question_id {qid}); rules: {', '.join(rules)}")
+                raise ValueError(f"{sources.rules}: no rule {category!r} (question_id {qid}); rules: {', '.join(rules)}")
             ans1, ans2 = reference[qid], candidate[qid]
             content = build_review_prompt(question, context, ans1["text"], ans2["text"], rules[category])
+            key = review_key(content, judge_model, question["question_id"])
+            if key in done:
+                if latest.get(qid) != key:  # an earlier review of this same answer: make it current again
+                    out.write(json.dumps(done[key], ensure_ascii=False) + "\n")
+                    out.flush()
+                reviews.append(done[key])
+                continue
+            stale += qid in latest and latest[qid] != key
             text = request_review(client, content, judge_model, max_tokens, max_retries, retry_delay)
+            asked += 1
             scores = parse_score(text)
             if scores is None:
                 print(f"warning: no two scores on the first line of the review of question {qid}", file=sys.stderr)
@@ -242,12 +303,16 @@ def run_review(
                 "answer2_id": ans2.get("answer_id", ans2["question_id"]),
                 "category": category,
                 "judge_model": judge_model,
+                "cache_key": key,
                 "content": text,
                 "tuple": scores,
             }
             out.write(json.dumps(review, ensure_ascii=False) + "\n")
             out.flush()
             reviews.append(review)
+    changed = f" ({stale} of them because the answers, prompt or judge changed)" if stale else ""
+    print(f"{output_file}: {len(reviews) - asked} review(s) reused, {asked} asked of {judge_model}{changed}",
+          file=sys.stderr)
     return reviews
 
 

@@ -14,6 +14,12 @@ the stage, the item and the log named.
 
 Work directory: subsets/ (mini and task-plus-mini files), checkpoints/llava-<run>-<model>/, answers/<model>/,
 scores.json (V_j(m) of every model), weights.json + heatmap.png + weights.txt, report.md, pipeline.json.
+
+Tasks scored by `gpt_review` (the Chat preset's) are validated on one review set in LLaVA-Bench-COCO's layout
+(--review-set; a question's category decides its task, llava/visatb/review_set.py): the subsets stage writes
+subsets/review/<task>_val.json from it, every model answers those as any validation set, and the score stage
+has the judge on OPENAI_BASE_URL (OPENAI_API_KEY, checked before anything runs) review each (model, task)
+into reviews/<model>/<task>.jsonl, reused on reruns while answer and judge are unchanged.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from typing import Any
 from llava.utils import atomic_write_json, load_json
 from llava.visatb.scores import ALONE_PREFIX, MINI_ALONE_PREFIX, STL, group_scores
 from llava.visatb.tasks import (
-    METRIC_TYPES,
+    CHAIN_METRIC_TYPES,
+    GPT_REVIEW,
     PRESETS,
     check_task_groups,
     format_task_groups,
@@ -87,6 +94,8 @@ class PipelineConfig:
     val_per_task: int | None = None
     groups: dict[str, list[str]] = field(default_factory=dict)  # {group: tasks}; empty: every task on its own
     large_fraction: float = 1.0
+    review_set: dict[str, str] | None = None  # ReviewSet.to_json() of the gpt_review tasks' review set
+    judge_model: str | None = None
     base_model: str | None = None
     vision_tower: str | None = None
     projector: str | None = None
@@ -129,6 +138,11 @@ class PipelineConfig:
     def units(self) -> list[str]:
         """What the method balances: the scored tasks, or the task groups (one preparation model each)."""
         return list(self.groups) if self.groups else self.scored_tasks
+
+    @property
+    def judged_tasks(self) -> list[str]:
+        """Scored tasks whose validation set is the review set (metric gpt_review)."""
+        return [t for t in self.scored_tasks if self.metrics[t] == GPT_REVIEW]
 
     @property
     def ablation_settings(self) -> dict[str, dict[str, Any]]:
@@ -247,6 +261,31 @@ def _positive_int(value: int, flag: str) -> int:
     return value
 
 
+def _resolve_review_set(args: argparse.Namespace, judged: list[str]) -> tuple[dict[str, str] | None, str | None]:
+    """The review set of the gpt_review tasks, checked (questions of every judged task, references, contexts,
+    rules, images), and the judge model; the judge's key must be set now, before any training."""
+    from llava.eval.eval_gpt_review_bench import DEFAULT_JUDGE_MODEL
+    from llava.visatb.review_set import load_questions_by_task, locate_review_set
+
+    if not judged:
+        if args.review_set:
+            raise ValueError("--review-set is given but no scored task has the metric gpt_review")
+        return None, None
+    if not args.review_set:
+        raise ValueError(f"task(s) {', '.join(judged)} are scored by gpt_review: give their review set with "
+                         "--review-set FOLDER (or QUESTIONS,CONTEXT,REFERENCE[,RULES] jsonl files)")  # fmt: skip
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise ValueError(f"OPENAI_API_KEY is not set: task(s) {', '.join(judged)} are scored by a GPT judge "
+                         "(gpt_review); export OPENAI_API_KEY=... (and OPENAI_BASE_URL=... for a non-OpenAI "
+                         "endpoint, JUDGE_MODEL=... for another judge model)")  # fmt: skip
+    review_set = locate_review_set(args.review_set, args.review_image_folder)
+    by_task = load_questions_by_task(review_set, judged)
+    print(f"[visatb] review set {review_set.questions.parent}: "
+          + ", ".join(f"{t} {len(q)} question(s)" for t, q in by_task.items()), flush=True)  # fmt: skip
+    judge_model = args.judge_model or os.environ.get("JUDGE_MODEL") or DEFAULT_JUDGE_MODEL
+    return review_set.to_json(), judge_model
+
+
 def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     """Turn the command line into a checked configuration; every error names the flag or file at fault."""
     tasks, preset = _resolve_tasks(args.tasks, args.task_preset)
@@ -257,11 +296,14 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
 
     sources = [flag for flag, value in (("--val-files", args.val_files), ("--val-manifest", args.val_manifest),
                                         ("--val-dir", args.val_dir), ("--val-per-task", args.val_per_task)) if value]  # fmt: skip
-    if len(sources) != 1:
-        raise ValueError(
+    def one_source_please() -> ValueError:
+        return ValueError(
             "give the validation sets in exactly one way: --val-files A=path,..., --val-manifest FILE, --val-dir DIR "
             f"or --val-per-task K (got {', '.join(sources) or 'none'})"
         )
+
+    if len(sources) > 1:
+        raise one_source_please()
     manifest_metrics: dict[str, str] = {}
     manifest_unscored: list[str] = []
     val_files: dict[str, str] = {}
@@ -287,8 +329,8 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     for task, metric in metrics.items():
         if task not in tasks:
             raise ValueError(f"task-to-metric map names {task!r}, which is not in the task list ({', '.join(tasks)})")
-        if metric not in METRIC_TYPES:
-            raise ValueError(f"task {task!r}: unknown metric {metric!r}; use one of {', '.join(METRIC_TYPES)}")
+        if metric not in CHAIN_METRIC_TYPES:
+            raise ValueError(f"task {task!r}: unknown metric {metric!r}; use one of {', '.join(CHAIN_METRIC_TYPES)}")
     metrics = {t: metrics[t] for t in tasks if t in metrics and t not in unscored}
     if len(metrics) < 2:
         raise ValueError(f"VisATB needs at least two scored tasks; scored here: {', '.join(metrics) or 'none'}")
@@ -307,14 +349,20 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
         raise ValueError(f"--large-fraction must be in [--mini-fraction, 1] (the minis come from the large "
                          f"subsets), got {args.large_fraction}")  # fmt: skip
 
+    # gpt_review tasks are validated on the review set; every other scored task on a validation file.
+    judged = [t for t in metrics if metrics[t] == GPT_REVIEW]
+    file_tasks = [t for t in metrics if t not in judged]
+    if file_tasks and not sources:
+        raise one_source_please()
+    review_set, judge_model = _resolve_review_set(args, judged)
     if not args.val_per_task:
-        missing = [t for t in metrics if t not in val_files]
+        missing = [t for t in file_tasks if t not in val_files]
         if missing:
             raise ValueError(f"no validation file for scored task(s) {', '.join(missing)}")
-        for task in metrics:
+        for task in file_tasks:
             if not Path(val_files[task]).is_file():
                 raise FileNotFoundError(f"validation file of {task}: {val_files[task]}: no such file")
-        val_files = {t: val_files[t] for t in metrics}
+        val_files = {t: val_files[t] for t in file_tasks}
 
     script = Path(args.finetune_script)
     if not script.is_file() and (REPO_ROOT / script).is_file():
@@ -327,8 +375,9 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
 
     max_new_tokens: dict[str, int] = {}
     for key, value in parse_mapping(args.max_new_tokens, "--max-new-tokens").items():
-        if key not in METRIC_TYPES and key not in tasks:
-            raise ValueError(f"--max-new-tokens: {key!r} is neither a metric type ({', '.join(METRIC_TYPES)}) nor a task")
+        if key not in CHAIN_METRIC_TYPES and key not in tasks:
+            raise ValueError(f"--max-new-tokens: {key!r} is neither a metric type ({', '.join(CHAIN_METRIC_TYPES)}) "
+                             "nor a task")  # fmt: skip
         if not value.isdigit() or int(value) < 1:
             raise ValueError(f"--max-new-tokens: {key}={value} is not a positive integer")
         max_new_tokens[key] = int(value)
@@ -352,7 +401,9 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
         alpha = list(check_alpha(args.alpha))
     except ValueError as e:
         raise ValueError(f"--alpha: {e}") from None
-    difficulty_from = get_difficulty_source(args.difficulty_from, args.form).name
+    # The Chat preset is the Chat form's benchmark (App. C); --form academic still runs it the academic way.
+    form = args.form or ("chat" if preset == "chat" else "academic")
+    difficulty_from = get_difficulty_source(args.difficulty_from, form).name
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
@@ -382,6 +433,8 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
         val_per_task=args.val_per_task,
         groups=groups,
         large_fraction=args.large_fraction,
+        review_set=review_set,
+        judge_model=judge_model,
         base_model=args.base_model or None,
         vision_tower=args.vision_tower or None,
         projector=args.projector or None,
@@ -400,7 +453,7 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
         eval_final=args.eval_final,
         temperature=temperature,
         alpha=alpha,
-        form=args.form,
+        form=form,
         difficulty_from=difficulty_from,
         gain_tolerance=args.gain_tolerance,
         max_contribution=args.max_contribution,
@@ -460,6 +513,8 @@ class Pipeline:
         self.done_dir = self.work / ".done"
         self.log_dir = self.work / "logs"
         self.subsets_dir = self.work / "subsets"
+        self.review_dir = self.subsets_dir / "review"  # the gpt_review tasks' validation files
+        self.reviews_dir = self.work / "reviews"  # the judge's reviews, kept by --redo (reused while unchanged)
         self.scores_file = self.work / "scores.json"
         self.weights_file = self.work / "weights.json"
         self.plot_file = self.work / "heatmap.png"
@@ -492,6 +547,10 @@ class Pipeline:
         return load_json(self.subsets_dir / "subsets.json")
 
     def val_file(self, task: str) -> str:
+        if task in self.cfg.judged_tasks:
+            from llava.visatb.review_set import val_file_path
+
+            return str(val_file_path(self.review_dir, task))
         if self.cfg.val_per_task:
             return self.subsets_manifest()["val"][task]["path"]
         return self.cfg.val_files[task]
@@ -501,6 +560,9 @@ class Pipeline:
         if self.cfg.val_per_task:
             return self.subsets_manifest()["train"]["path"]
         return str(self.cfg.data)
+
+    def reviews_file(self, key: str, task: str) -> Path:
+        return self.reviews_dir / _safe(key) / f"{_safe(task)}.jsonl"
 
     def eval_script(self, metric: str) -> str:
         return str(REPO_ROOT / "eval" / f"{metric}.py")
@@ -766,7 +828,17 @@ class Pipeline:
         if cfg.groups:
             key += "+groups"  # group sets are other files: a chain given groups later writes them
         item = Item(key, f"{what} of {cfg.data.name}", command, outputs=[self.subsets_dir / "subsets.json"])
-        return f"sub-datasets of {cfg.data}", [item], 1
+        items = [item]
+        if cfg.judged_tasks:
+            review = cfg.review_set or {}
+            split = [self.python, "-m", "llava.visatb.review_set", "split", "--review-set",
+                     ",".join(review[k] for k in ("questions", "context", "reference", "rules")),
+                     "--review-image-folder", review["image_folder"], "--tasks", ",".join(cfg.judged_tasks),
+                     "--output-dir", str(self.review_dir)]  # fmt: skip
+            items.append(Item("review-set", f"validation files of {', '.join(cfg.judged_tasks)} from the review set "
+                              f"{Path(review['questions']).name}", split,
+                              outputs=[Path(self.val_file(t)) for t in cfg.judged_tasks]))  # fmt: skip
+        return f"sub-datasets of {cfg.data}", items, 1
 
     def _task_env(self) -> dict[str, str]:
         cfg = self.cfg
@@ -857,6 +929,11 @@ class Pipeline:
                 metric = cfg.metrics[task]
                 command = [self.python, self.eval_script(metric), "-a", str(self.answers_file(key, task)),
                            "--scores", str(self.scores_file), "--model-key", key, "--task", task, "--json"]  # fmt: skip
+                if metric == GPT_REVIEW:
+                    review = cfg.review_set or {}
+                    command += ["--review-set", ",".join(review[k] for k in ("questions", "context", "reference", "rules")),
+                                "--review-image-folder", review["image_folder"], "--tasks", ",".join(cfg.judged_tasks),
+                                "--reviews", str(self.reviews_file(key, task)), "--judge-model", str(cfg.judge_model)]  # fmt: skip
                 items.append(Item(f"{key}__{task}", f"{key} / {task} ({metric})", command,
                                   outputs=[self.scores_file], collect=_collect_score))  # fmt: skip
         return f"metrics of {len(keys)} model(s) into {self.scores_file.name}", items, cfg.jobs
@@ -1024,6 +1101,13 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--val-manifest", help="toy_benchmark.json, or a subsets.json with carved validation sets")
     val.add_argument("--val-dir", help="folder with {task}_val-{size}.json files (the release's naming)")
     val.add_argument("--val-per-task", type=int, help="carve K records per task out of --data as validation sets")
+    review = parser.add_argument_group("GPT-judged tasks (metric gpt_review: the Chat preset)")
+    review.add_argument("--review-set", help="the review set of every gpt_review task (LLaVA-Bench-COCO's layout): a "
+                        "folder with qa90_questions.jsonl, caps_boxes_coco2014_val_80.jsonl, qa90_gpt4_answer.jsonl "
+                        "(or questions.jsonl, context.jsonl, answers_ref.jsonl) [and rule.json], or "
+                        "QUESTIONS,CONTEXT,REFERENCE[,RULES]; a question's category decides its task")  # fmt: skip
+    review.add_argument("--review-image-folder", help="the review set's images (default: images/ beside its questions)")
+    review.add_argument("--judge-model", help="judge model on OPENAI_BASE_URL (default: $JUDGE_MODEL, else gpt-4-0314)")
     model = parser.add_argument_group("starting point (passed to the finetune script)")
     model.add_argument("--base-model", help="BASE_MODEL_PATH, e.g. lmsys/vicuna-7b-v1.5")
     model.add_argument("--vision-tower", help="VISION_TOWER, e.g. openai/clip-vit-large-patch14-336")
@@ -1047,9 +1131,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "keeping every final weight in [0.5, 2.0]")
     run.add_argument("--alpha", type=float, nargs=3, default=[0.25, 0.25, 0.5], metavar=("A_OUT", "A_IN", "A_D"),
                      help="Eq. 8: final weight = A_OUT * w_out + A_IN * w_in + A_D * w_diff (>= 0, summing to 1)")
-    run.add_argument("--form", choices=("academic", "chat"), default="academic",
+    run.add_argument("--form", choices=("academic", "chat"),
                      help="contributions from the mini and task-plus-mini models (academic) or from start and "
-                     "alone:<task> models (chat, App. C; the chain trains those)")
+                     "alone:<task> models (chat, App. C; the chain trains those); default: chat for the chat "
+                     "preset, academic otherwise")
     run.add_argument("--difficulty-from", choices=("real", "precise"),
                      help="D from mini and task-plus-mini (real) or from mini-alone:<task> and alone:<task> (precise, "
                      "App. F; the chain trains those); default: real for the academic form, precise for chat")

@@ -29,8 +29,9 @@ from llava.visatb.scores import ALONE_PREFIX, MINI_ALONE_PREFIX, STL, group_scor
 from llava.visatb.tasks import (
     CAPTION,
     CAPTION_LIST,
+    CHAIN_METRIC_TYPES,
+    GPT_REVIEW,
     GROUNDING,
-    METRIC_TYPES,
     QA,
     check_task_groups,
     get_preset,
@@ -39,7 +40,8 @@ from llava.visatb.tasks import (
 )
 
 START, MINI, EW, VISATB = "start", "mini", "EW", "VisATB"
-METRIC_LABELS = {CAPTION: "CIDEr", CAPTION_LIST: "CIDEr", QA: "acc %", GROUNDING: "acc %"}
+# gpt_review scores are already percentages (the judge's relative score, llava.visatb.review_score).
+METRIC_LABELS = {CAPTION: "CIDEr", CAPTION_LIST: "CIDEr", QA: "acc %", GROUNDING: "acc %", GPT_REVIEW: "rel %"}
 ACCURACY_METRICS = (QA, GROUNDING)
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
@@ -77,6 +79,8 @@ def format_score(value: float | None, metric: str) -> str:
         return "-"
     if metric in ACCURACY_METRICS:
         return f"{100 * value:.2f}"
+    if metric == GPT_REVIEW:
+        return f"{value:.2f}"
     return f"{value:.4f}"
 
 
@@ -388,7 +392,8 @@ def build_report(
     summary = relative_summary(rows, tasks)
     checks = learning_checks(scores, tasks, metrics)
     lines = ["# VisATB report", "",
-             "Validation scores of every model (CIDEr for captions, accuracy in % for QA and grounding). "
+             "Validation scores of every model (CIDEr for captions, accuracy in % for QA and grounding, the "
+             "GPT judge's relative score in % for gpt_review). "
              "`mini`: trained on the mini set; `<task>-plus-mini`: that task's full data plus the mini set; "
              "EW and VisATB: trained on the entire data with equal and with VisATB task weights. "
              "Best trained model per task in bold.", ""]  # fmt: skip
@@ -420,8 +425,8 @@ def _metrics_from_args(text: str | None, preset: str | None, tasks: Sequence[str
         if not pair:
             continue
         task, sep, metric = pair.partition("=")
-        if not sep or metric not in METRIC_TYPES:
-            raise ValueError(f"--metrics: {pair!r} is not TASK=METRIC with METRIC one of {', '.join(METRIC_TYPES)}")
+        if not sep or metric not in CHAIN_METRIC_TYPES:
+            raise ValueError(f"--metrics: {pair!r} is not TASK=METRIC with METRIC one of {', '.join(CHAIN_METRIC_TYPES)}")
         metrics[task] = metric
     return {t: metrics[t] for t in tasks if t in metrics}
 
@@ -432,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--tasks", help="scored tasks A,B,... (column order)")
     group.add_argument("--task-preset", help="a preset: its scored tasks and their metrics")
-    parser.add_argument("--metrics", help="TASK=METRIC,... (caption, caption_list, qa, grounding)")
+    parser.add_argument("--metrics", help="TASK=METRIC,... (caption, caption_list, qa, grounding, gpt_review)")
     parser.add_argument("--weights", help="weights.json of weighting_visatb.py")
     parser.add_argument("--plot", help="heatmap image to show, as a path relative to the report")
     parser.add_argument("--output", help="write the report here (markdown)")

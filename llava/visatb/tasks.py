@@ -10,7 +10,11 @@ CAPTION = "caption"
 CAPTION_LIST = "caption_list"
 QA = "qa"
 GROUNDING = "grounding"
-METRIC_TYPES = (CAPTION, CAPTION_LIST, QA, GROUNDING)
+METRIC_TYPES = (CAPTION, CAPTION_LIST, QA, GROUNDING)  # computed from an answer file (llava.visatb.metrics)
+# The Chat benchmark's metric: a GPT judge's relative score (llava.visatb.review_score), per question category
+# of a LLaVA-Bench-COCO-style review set (llava.visatb.review_set).
+GPT_REVIEW = "gpt_review"
+CHAIN_METRIC_TYPES = (*METRIC_TYPES, GPT_REVIEW)  # what the chain's --task-metrics accepts
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,13 @@ ACADEMIC = TaskPreset(
     unscored=("ShareGPT",),
 )
 
-# The Chat benchmark is scored by a GPT judge (llava/eval), not by the four task metrics.
-CHAT = TaskPreset(name="chat", tasks=("conversation", "detail", "complex_reasoning"))
+# The Chat benchmark (LLaVA-Instruct's three tasks) is scored by a GPT judge on LLaVA-Bench-COCO (qa90), whose
+# question categories conv, detail and complex name these tasks (llava.visatb.review_set).
+CHAT = TaskPreset(
+    name="chat",
+    tasks=("conversation", "detail", "complex_reasoning"),
+    metrics={"conversation": GPT_REVIEW, "detail": GPT_REVIEW, "complex_reasoning": GPT_REVIEW},
+)
 
 PRESETS: dict[str, TaskPreset] = {p.name: p for p in (ACADEMIC, CHAT)}
 
@@ -70,7 +79,8 @@ def parse_task_names(text: str) -> list[str]:
 
 
 # Metric types whose scores share a scale (a group's score averages its tasks' scores).
-METRIC_SCALES = {CAPTION: "CIDEr", CAPTION_LIST: "CIDEr", QA: "accuracy", GROUNDING: "accuracy"}
+METRIC_SCALES = {CAPTION: "CIDEr", CAPTION_LIST: "CIDEr", QA: "accuracy", GROUNDING: "accuracy",
+                 GPT_REVIEW: "relative score %"}  # fmt: skip
 
 
 def parse_task_groups(text: str, what: str = "--task-groups") -> dict[str, list[str]]:
