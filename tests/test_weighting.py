@@ -202,7 +202,10 @@ def test_weights_file_round_trip(tmp_path):
         "temperature_weight_range",
         "form",
         "difficulty_from",
+        "task_groups",
+        "group_weights",
     }
+    assert data["task_groups"] is None and data["group_weights"] is None  # no groups
     assert data["no_gain_tasks"] == [] and data["gain_tolerance"] == 0.01 and data["max_contribution"] == 10.0
     assert data["alpha"] == {"out": 0.25, "in": 0.25, "difficulty": 0.5}
     assert data["temperature_rule"] == "given" and data["temperature_candidates"] is None
