@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from demo_helpers import run_demo
 
 from llava.visatb import pipeline, report
 from llava.visatb.tasks import TOY
@@ -619,19 +620,7 @@ def test_pretraining_data_is_deterministic_and_disjoint_from_the_benchmark(tmp_p
 # ---------------------------------------------------------------------------------------------- reduced demo
 
 
-def run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OUTPUT_DIR": str(out), "DEMO_REDUCED": "1", "VISATB_SETUP": "skip",
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}  # fmt: skip
-    return subprocess.run(["bash", str(REPO / "scripts_visatb" / "demo.sh"), *extra], env=env, cwd=REPO,
-                          capture_output=True, text=True, check=False)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    first = run_demo(out)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    return {"out": out, "first": first}
+# `demo` (tests/conftest.py): one session-wide run of the reduced demo, shared with tests/test_slurm.py.
 
 
 # The demo scores every toy task but the text-only one, which trains with weight 1.0.
