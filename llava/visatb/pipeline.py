@@ -716,7 +716,8 @@ class Pipeline:
             log = self.item_log(stage, item)
             log.parent.mkdir(parents=True, exist_ok=True)
             env = self._item_env(item)
-            if "OMP_NUM_THREADS" not in os.environ:
+            if "OMP_NUM_THREADS" not in os.environ and not resources.gpus_per_node:
+                # A CPU job computes with as many threads as it has CPUs (GPU jobs: the launcher decides).
                 env["OMP_NUM_THREADS"] = str(resources.cpus)
             if resources.gpus_per_node and "NUM_GPUS" not in os.environ and "NUM_GPUS" not in env:
                 env["NUM_GPUS"] = str(resources.gpus_per_node)
@@ -1081,8 +1082,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--slurm-partition", help="partition (default: the cluster's default partition)")
     cluster.add_argument("--slurm-nodes", help="nodes per job (more than 1: training only; launched with srun)")
     cluster.add_argument("--slurm-gpus-per-node", help="GPUs per node (default 0: none requested)")
-    cluster.add_argument("--slurm-cpus", help="CPUs per job, also its OMP_NUM_THREADS unless that is set "
-                         "(default: what a local item of the stage uses: the CPUs here / --jobs or --train-jobs)")
+    cluster.add_argument("--slurm-cpus", help="CPUs per job, also the OMP_NUM_THREADS of a job without GPUs unless "
+                         "that is set (default: what a local item of the stage uses: the CPUs here / --jobs or "
+                         "--train-jobs)")
     cluster.add_argument("--slurm-time", help="time limit per job (minutes, HH:MM:SS, D-HH:MM:SS)")
     cluster.add_argument("--slurm-args", help="more sbatch flags for every job, e.g. '--account=x --mem=64G'")
     cluster.add_argument("--slurm-train-args", help="more sbatch flags for training jobs only, e.g. '--exclusive'")
