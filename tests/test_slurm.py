@@ -258,6 +258,7 @@ def test_cancelled_job_fails_the_chain_and_a_rerun_resubmits_only_it(cluster, ch
         in message
     )
     assert f"log {log}; Slurm's output {submitted / 'mini.out'}" in message
+    assert f"JOB {mini_job} ON" in message and "CANCELLED AT" in message  # the tail of what Slurm wrote
     assert f"still in Slurm: job {b_job} (B); a rerun waits on them" in message
     assert not chain.is_done("train", "mini") and not chain.is_done("train", "B")
 

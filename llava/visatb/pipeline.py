@@ -6,7 +6,8 @@ command's output to WORK_DIR/logs/<stage>/<item>.log. An item (one model to trai
 validation set in one process, one score) is marked done in WORK_DIR/.done/ only after its command succeeded
 and its outputs exist, so running the chain again skips everything finished and resumes a crashed or killed
 run where it stopped (inference also resumes inside a validation set). A failed command stops the chain with
-the stage, the item and the log named.
+the stage, the item and the log named. With `--executor slurm` every item is an sbatch job instead, waited on
+through squeue under the same rules (llava/visatb/slurm.py).
 
     bash scripts_visatb/run_visatb.sh                       # configured by the variables at its top
     python -m llava.visatb.pipeline --work-dir work/academic --data data/Academic_train-475k.json \
@@ -730,6 +731,15 @@ class Pipeline:
             self.say(f"    submitted: Slurm job {job_id} ({resources.describe()}); log {log}")
             in_flight[job_id] = item
 
+        try:
+            self._wait_for_jobs(stage, prefix, in_flight, files, total, still_in_slurm)
+        except KeyboardInterrupt:
+            raise PipelineError(f"{prefix} interrupted{still_in_slurm()}") from None
+
+    def _wait_for_jobs(self, stage: str, prefix: str, in_flight: dict[str, Item], files: dict[str, slurm.JobFiles],
+                       total: int, still_in_slurm: Callable[[], str]) -> None:  # fmt: skip
+        """Poll squeue until every job in `in_flight` has ended; mark each finished item done as it ends."""
+        assert self.slurm is not None
         watcher = slurm.JobWatcher(say=self.say)
         ended_at: dict[str, float] = {}
         failures: list[PipelineError] = []
@@ -751,9 +761,10 @@ class Pipeline:
                         if time.monotonic() - first_seen < slurm.STATUS_GRACE_SECONDS:
                             continue  # a network file system may show the status file a little later
                     ended = slurm.describe_end(state[0] if state else None)
+                    said = f"\n{_tail(job_files.output, 5)}" if job_files.output.is_file() else ""
                     failures.append(PipelineError(
                         f"{item.key}: Slurm job {job_id} {ended} without an exit status (cancelled, out of time "
-                        f"or killed); log {log}; Slurm's output {job_files.output}"))  # fmt: skip
+                        f"or killed); log {log}; Slurm's output {job_files.output}{said}"))  # fmt: skip
                 else:
                     code, seconds = status
                     try:
