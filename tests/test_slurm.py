@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -72,6 +73,19 @@ def test_slurm_flags_without_the_slurm_executor_are_refused(chain_inputs, capsys
     assert pipeline.main(chain_args(chain_inputs, "--slurm-cpus", "4")) == 2
     assert "--slurm-cpus need(s) --executor slurm (the executor is local)" in capsys.readouterr().err
     assert not chain_inputs["work"].exists()
+
+
+def test_redo_forgets_the_recorded_jobs_of_the_stages_it_redoes(chain_inputs):
+    # Otherwise a rerun would take an earlier job's exit code 0 for the redone item.
+    chain = pipeline.Pipeline(
+        pipeline.resolve_config(pipeline.build_parser().parse_args(chain_args(chain_inputs)))
+    )
+    for stage in ("score", "report"):
+        files = slurm.JobFiles.of(chain.slurm_dir / stage, "x")
+        files.submitted.parent.mkdir(parents=True)
+        files.submitted.write_text('{"job_id": "7", "name": "n"}')
+    chain.redo_from("report")
+    assert not (chain.slurm_dir / "report").exists() and (chain.slurm_dir / "score" / "x.job.json").is_file()
 
 
 def test_multi_node_training_launches_one_torchrun_per_node_through_srun():
@@ -279,6 +293,48 @@ def test_cancelled_job_fails_the_chain_and_a_rerun_resubmits_only_it(cluster, ch
     assert json.loads(rerun.marker("train", "B").read_text())["slurm_job"] == b_job
     assert "with 1 thread(s)" in log.read_text()  # --slurm-cpus 1 became the job's OMP_NUM_THREADS
     assert not list(submitted.glob("*.job.json"))  # every job accounted for
+
+
+def test_rerun_after_the_chain_was_killed_waits_on_running_jobs_and_takes_finished_ones(
+    cluster, chain_inputs
+):
+    # The chain process dies (SIGKILL) right after submitting the three trainings; A and B then finish while no
+    # chain runs, mini is still running when the chain is started again. Nothing is submitted twice.
+    env = {**os.environ, "SLEEP_ON": "mini:15 A-plus-mini:2 B-plus-mini:2"}
+    command = [sys.executable, "-m", "llava.visatb.pipeline", *chain_args(chain_inputs), "--executor", "slurm",
+               "--slurm-cpus", "1"]  # fmt: skip
+    chain = subprocess.Popen(
+        command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    folder = chain_inputs["work"] / "slurm" / "train"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(list(folder.glob("*.job.json"))) < 3:
+            time.sleep(0.1)
+    finally:
+        chain.kill()
+        output = chain.communicate()[0]
+    jobs = {k: slurm.submitted_job(slurm.JobFiles.of(folder, k)) for k in ("mini", "A", "B")}
+    assert all(jobs.values()), output
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all((folder / f"{k}.status").is_file() for k in ("A", "B")):
+        time.sleep(0.2)
+    assert not (folder / "mini.status").is_file()  # still sleeping
+
+    out = io.StringIO()
+    rerun = pipeline.Pipeline(pipeline.resolve_config(pipeline.build_parser().parse_args(chain_args(chain_inputs))),
+                              out=out, slurm_settings=slurm.SlurmSettings(cpus={"": 1}, poll_seconds=0.5))  # fmt: skip
+    _, items, _ = rerun._train_items(rerun.cfg.prep_keys, final=False)
+    rerun._run_items("train", "[stage 2/9] train", items, 2)
+    text = out.getvalue()
+    assert "submitted:" not in text
+    assert f"Slurm job {jobs['mini'][0]} of an earlier run is RUNNING; waiting on it" in text
+    for key in ("A", "B"):
+        assert (
+            f"Slurm job {jobs[key][0]} of an earlier run finished with exit code 0; taking its result" in text
+        )
+    for key in ("mini", "A", "B"):
+        assert json.loads(rerun.marker("train", key).read_text())["slurm_job"] == jobs[key][0]
 
 
 # The preparation models of the local run, taken over as finished items (the skip rule across executors).
