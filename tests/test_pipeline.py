@@ -1,9 +1,10 @@
 """The VisATB chain, its report and the toy demo.
 
 Fast tests cover configuration, failure handling, the report's tables and learning checks, and the toy
-model's parts. One module-scoped run of the reduced demo (`DEMO_REDUCED=1 scripts_visatb/demo.sh`: the real
+model's parts. One session-wide run of the reduced demo (`DEMO_REDUCED=1 scripts_visatb/demo.sh`: the real
 chain on the tiny model, few samples and steps, a few minutes on 2 CPU cores) backs the end-to-end tests,
-including a second run that must skip every finished stage.
+including a second run that must skip every finished stage (the `demo` fixture of conftest.py, which
+tests/test_slurm.py shares).
 """
 
 from __future__ import annotations
