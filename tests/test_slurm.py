@@ -47,6 +47,11 @@ def test_stage_values_take_a_default_kinds_and_single_stages():
     assert slurm.SlurmSettings().resources("infer", default_cpus=3).cpus == 3  # the local executor's share
 
 
+def test_slurm_knows_the_pipeline_stages():
+    assert slurm.SLURM_STAGES == pipeline.STAGES
+    assert {s for stages in slurm.STAGE_KINDS.values() for s in stages} <= set(pipeline.STAGES)
+
+
 def test_training_only_args_reach_training_jobs_only():
     settings = slurm.SlurmSettings.from_flags(args="--mem=4G --account='my lab'", train_args="--exclusive")
     assert settings.resources("final-train", 1).args == ("--mem=4G", "--account=my lab", "--exclusive")

@@ -24,22 +24,11 @@ from typing import TypeVar
 from llava.utils import atomic_write_json, load_json
 
 # A key of a per-stage value: one of these kinds (both stages of that kind) or a stage name.
-STAGE_KINDS = {
-    "train": ("train", "final-train"),
-    "infer": ("infer", "final-infer"),
-    "score": ("score", "final-score"),
-}
-SLURM_STAGES = (
-    "subsets",
-    "train",
-    "infer",
-    "score",
-    "weights",
-    "final-train",
-    "final-infer",
-    "final-score",
-    "report",
-)
+STAGE_KINDS = {"train": ("train", "final-train"), "infer": ("infer", "final-infer"),
+               "score": ("score", "final-score")}  # fmt: skip
+# pipeline.STAGES (not imported from there: the pipeline imports this module; a test keeps them equal).
+SLURM_STAGES = ("subsets", "train", "infer", "score", "weights", "final-train", "final-infer", "final-score",
+                "report")  # fmt: skip
 TRAIN_STAGES = STAGE_KINDS["train"]
 # squeue states of a job that has ended (Slurm keeps it listed for MinJobAge seconds, then forgets it).
 ENDED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
