@@ -2,7 +2,8 @@
 #
 # The calling script sets its variables, then calls `visatb_finetune "$@"` or `visatb_pretrain "$@"`.
 # With GPUs the `deepspeed` launcher runs llava.train.train_mem with ${ZERO_CONFIG} (multi-node when
-# HOSTFILE is set); without GPUs (or NUM_GPUS=0) training falls back to the CPU: fp32, no DeepSpeed,
+# HOSTFILE is set; inside a Slurm job of several nodes: one torchrun per node through srun, see below); without
+# GPUs (or NUM_GPUS=0) training falls back to the CPU: fp32, no DeepSpeed,
 # `python` (or `torchrun` when NUM_PROCS > 1). The user's own flags come last, so they override any default.
 # DRY_RUN=1 prints the command without running it.
 #
@@ -20,13 +21,40 @@ visatb_gpu_count() {
     fi
 }
 
+# visatb_slurm_nodes_command NUM_GPUS: sets VISATB_NODES_COMMAND to one torchrun per node of this Slurm job, through srun.
+# torchrun learns its node's rank from SLURM_NODEID inside each srun task; the first node of the allocation is
+# the rendezvous (MASTER_ADDR), on MASTER_PORT (default 29500 + job id % 1000, so that jobs sharing a node
+# differ). DeepSpeed itself runs inside train_mem.py (--deepspeed), as under the deepspeed launcher.
+visatb_slurm_nodes_command() {
+    local num_gpus="$1" nodes="$SLURM_JOB_NUM_NODES" master port
+    if [ -n "${MASTER_ADDR:-}" ]; then
+        master="$MASTER_ADDR"
+    else
+        command -v scontrol >/dev/null 2>&1 || { echo "[visatb] scontrol not found: set MASTER_ADDR" >&2; return 1; }
+        master="$(scontrol show hostnames "${SLURM_JOB_NODELIST:?SLURM_JOB_NODELIST is not set}" | head -n1)"
+    fi
+    port="${MASTER_PORT:-$((29500 + ${SLURM_JOB_ID:-0} % 1000))}"
+    VISATB_NODES_COMMAND=(srun --nodes "$nodes" --ntasks-per-node 1 --kill-on-bad-exit=1)
+    [ -z "${SLURM_CPUS_PER_TASK:-}" ] || VISATB_NODES_COMMAND+=(--cpus-per-task "$SLURM_CPUS_PER_TASK")
+    [ -z "${SLURM_GPUS_PER_NODE:-}" ] || VISATB_NODES_COMMAND+=(--gpus-per-node "$SLURM_GPUS_PER_NODE")
+    # shellcheck disable=SC2016  # $SLURM_NODEID and $@ expand in each srun task, not here
+    VISATB_NODES_COMMAND+=(bash -c 'exec torchrun --node_rank "$SLURM_NODEID" "$@"' torchrun
+        --nnodes "$nodes" --nproc_per_node "$num_gpus" --master_addr "$master" --master_port "$port")
+}
+
 # visatb_run USER_FLAGS... : launch training with VISATB_FLAGS (set by the caller), then USER_FLAGS.
 visatb_run() {
     local num_gpus="${NUM_GPUS:-}"
     [ -n "$num_gpus" ] || num_gpus="$(visatb_gpu_count)"
     export PYTHONPATH="${VISATB_ROOT}${PYTHONPATH:+:$PYTHONPATH}"
     local command=()
-    if [ "$num_gpus" -gt 0 ]; then
+    if [ "$num_gpus" -gt 0 ] && [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ]; then
+        # A Slurm job of several nodes (run_visatb.sh EXECUTOR=slurm SLURM_NODES=train=N, or your own sbatch).
+        visatb_slurm_nodes_command "$num_gpus" || return 1
+        command=("${VISATB_NODES_COMMAND[@]}" --module llava.train.train_mem "${VISATB_FLAGS[@]}"
+            --deepspeed "${ZERO_CONFIG:-$VISATB_ROOT/scripts_visatb/zero3.json}"
+            --bf16 True --tf32 True --dataloader_num_workers "${DATALOADER_WORKERS:-4}")
+    elif [ "$num_gpus" -gt 0 ]; then
         command=(deepspeed)
         if [ -n "${HOSTFILE:-}" ]; then
             command+=(--hostfile "$HOSTFILE")
@@ -37,6 +65,11 @@ visatb_run() {
             --deepspeed "${ZERO_CONFIG:-$VISATB_ROOT/scripts_visatb/zero3.json}"
             --bf16 True --tf32 True --dataloader_num_workers "${DATALOADER_WORKERS:-4}")
     else
+        if [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ]; then
+            echo "[visatb] this Slurm job has ${SLURM_JOB_NUM_NODES} nodes but no GPU (NUM_GPUS=0): the CPU" \
+                "fallback trains on one node only; request 1 node (SLURM_NODES) or GPUs (SLURM_GPUS_PER_NODE)" >&2
+            return 1
+        fi
         local procs="${NUM_PROCS:-1}"
         echo "[visatb] no GPU (NUM_GPUS=0): falling back to the CPU with ${procs} process(es): fp32, no DeepSpeed" >&2
         if [ "$procs" -gt 1 ]; then

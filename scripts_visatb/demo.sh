@@ -9,6 +9,8 @@
 # Rerunning reuses every finished stage. DEMO_REDUCED=1 leaves out the EW baseline (CI runs it).
 # The chain's own variables pass through, e.g. M3IT's setting on the toy (task groups, large subsets):
 #   TASK_GROUPS="Describe=ToyCaption,ToyCaptionList;Locate=ToyCellQA,ToyBBox" LARGE_FRACTION=0.5 bash scripts_visatb/demo.sh
+# EXECUTOR=slurm runs the chain's items as Slurm jobs (the run_visatb.sh SLURM_* variables pass through; on this
+# machine scripts_visatb/local_slurm.sh starts a one-node cluster); the toy benchmark and model build here.
 # SEED changes the benchmark, the starting checkpoint and every training; bash scripts_visatb/demo_seeds.sh
 # measures how much the results move with it.
 set -euo pipefail
@@ -90,7 +92,7 @@ FINETUNE_SCRIPT=scripts_visatb/finetune_academic.sh MINI_FRACTION="$DEMO_MINI_FR
 TRAIN_ARGS="--num_train_epochs $DEMO_EPOCHS --freeze_mm_mlp_adapter True --gradient_checkpointing False --save_strategy no --logging_steps 10 --disable_tqdm True --seed $SEED" \
 PREP_TRAIN_ARGS="" FINAL_TRAIN_ARGS="" \
 INFER_ARGS="--batch-size 64 --quiet" MAX_NEW_TOKENS="caption=48,caption_list=16,qa=6,grounding=24" \
-JOBS="$DEMO_JOBS" TRAIN_JOBS="$DEMO_JOBS" EW_BASELINE="$DEMO_EW_BASELINE" EVAL_FINAL=1 \
+JOBS="$DEMO_JOBS" TRAIN_JOBS="$DEMO_JOBS" EW_BASELINE="$DEMO_EW_BASELINE" EVAL_FINAL=1 EXECUTOR="${EXECUTOR:-local}" \
     bash scripts_visatb/run_visatb.sh "$@"
 
 echo "[demo] finished in $(( $(date +%s) - start_time )) s; in $OUTPUT_DIR: report.md, scores.json, weights.json, heatmap.png, answers/"

@@ -86,6 +86,22 @@ EVAL_FINAL="${EVAL_FINAL:-1}"                        # 1: score the final model(
 JOBS="${JOBS:-1}"                                    # inference / metric commands at the same time
 TRAIN_JOBS="${TRAIN_JOBS:-1}"                        # training runs at the same time (CPU only)
 
+# Where the items run. EXECUTOR=local: here, as subprocesses (JOBS / TRAIN_JOBS at a time). EXECUTOR=slurm:
+# every training, inference and metric item is an sbatch job (its script in WORK_DIR/slurm/<stage>/); a
+# stage's items are all submitted once the stage before has finished, and the chain waits on them through
+# squeue (a rerun waits on jobs still in flight and resubmits only what did not finish). Each SLURM_* value
+# is VALUE for every stage, STAGE=VALUE pairs, or both: "1,train=8" (STAGE: train, infer, score = both
+# stages of that kind, or one stage: subsets, final-train, ...). Note: inside a Slurm allocation, Slurm
+# itself sets SLURM_GPUS_PER_NODE; set it explicitly when you start the chain from within a job.
+EXECUTOR="${EXECUTOR:-local}"
+SLURM_PARTITION="${SLURM_PARTITION:-}"               # e.g. "cpu,train=gpu" (default: the cluster's default)
+SLURM_NODES="${SLURM_NODES:-}"                       # nodes per job, e.g. "train=8" (more than 1: training only)
+SLURM_GPUS_PER_NODE="${SLURM_GPUS_PER_NODE:-}"       # e.g. "train=8,infer=1,score=0" (default 0)
+SLURM_CPUS="${SLURM_CPUS:-}"                         # CPUs per job (its OMP_NUM_THREADS without GPUs; default: nproc / JOBS)
+SLURM_TIME="${SLURM_TIME:-}"                         # time limit per job, e.g. "2:00:00,train=1-00:00:00"
+SLURM_ARGS="${SLURM_ARGS:-}"                         # more sbatch flags for every job, e.g. "--account=x --mem=64G"
+SLURM_TRAIN_ARGS="${SLURM_TRAIN_ARGS:-}"             # ... for training jobs only, e.g. "--exclusive"
+
 args=(--work-dir "$WORK_DIR" --data "$DATA_PATH" --image-folder "$IMAGE_FOLDER"
       --finetune-script "$FINETUNE_SCRIPT" --run-name "$RUN_NAME" --mini-fraction "$MINI_FRACTION" --seed "$SEED"
       --conv-mode "$CONV_MODE" --temperature "$TEMPERATURE" --gain-tolerance "$GAIN_TOLERANCE"
@@ -118,6 +134,16 @@ read -r -a alpha <<< "$ALPHA"
 [ -z "$FINAL_TRAIN_ARGS" ] || args+=(--final-train-args "$FINAL_TRAIN_ARGS")
 [ -z "$INFER_ARGS" ] || args+=(--infer-args "$INFER_ARGS")
 [ -z "$MAX_NEW_TOKENS" ] || args+=(--max-new-tokens "$MAX_NEW_TOKENS")
+args+=(--executor "$EXECUTOR")
+if [ "$EXECUTOR" = "slurm" ]; then
+    [ -z "$SLURM_PARTITION" ] || args+=(--slurm-partition "$SLURM_PARTITION")
+    [ -z "$SLURM_NODES" ] || args+=(--slurm-nodes "$SLURM_NODES")
+    [ -z "$SLURM_GPUS_PER_NODE" ] || args+=(--slurm-gpus-per-node "$SLURM_GPUS_PER_NODE")
+    [ -z "$SLURM_CPUS" ] || args+=(--slurm-cpus "$SLURM_CPUS")
+    [ -z "$SLURM_TIME" ] || args+=(--slurm-time "$SLURM_TIME")
+    [ -z "$SLURM_ARGS" ] || args+=(--slurm-args "$SLURM_ARGS")
+    [ -z "$SLURM_TRAIN_ARGS" ] || args+=(--slurm-train-args "$SLURM_TRAIN_ARGS")
+fi
 
 # The project's environment when none is active (scripts_visatb/setup_env.sh creates it).
 if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then

@@ -1,9 +1,10 @@
 """The VisATB chain, its report and the toy demo.
 
 Fast tests cover configuration, failure handling, the report's tables and learning checks, and the toy
-model's parts. One module-scoped run of the reduced demo (`DEMO_REDUCED=1 scripts_visatb/demo.sh`: the real
+model's parts. One session-wide run of the reduced demo (`DEMO_REDUCED=1 scripts_visatb/demo.sh`: the real
 chain on the tiny model, few samples and steps, a few minutes on 2 CPU cores) backs the end-to-end tests,
-including a second run that must skip every finished stage.
+including a second run that must skip every finished stage (the `demo` fixture of conftest.py, which
+tests/test_slurm.py shares).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from demo_helpers import run_demo
 
 from llava.visatb import pipeline, report
 from llava.visatb.tasks import TOY
@@ -718,19 +720,7 @@ def test_pretraining_data_is_deterministic_and_disjoint_from_the_benchmark(tmp_p
 # ---------------------------------------------------------------------------------------------- reduced demo
 
 
-def run_demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OUTPUT_DIR": str(out), "DEMO_REDUCED": "1", "VISATB_SETUP": "skip",
-           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}  # fmt: skip
-    return subprocess.run(["bash", str(REPO / "scripts_visatb" / "demo.sh"), *extra], env=env, cwd=REPO,
-                          capture_output=True, text=True, check=False)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    first = run_demo(out)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    return {"out": out, "first": first}
+# `demo` (tests/conftest.py): one session-wide run of the reduced demo, shared with tests/test_slurm.py.
 
 
 # The demo scores every toy task but the text-only one, which trains with weight 1.0.

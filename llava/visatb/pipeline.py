@@ -6,7 +6,8 @@ command's output to WORK_DIR/logs/<stage>/<item>.log. An item (one model to trai
 validation set in one process, one score) is marked done in WORK_DIR/.done/ only after its command succeeded
 and its outputs exist, so running the chain again skips everything finished and resumes a crashed or killed
 run where it stopped (inference also resumes inside a validation set). A failed command stops the chain with
-the stage, the item and the log named.
+the stage, the item and the log named. With `--executor slurm` every item is an sbatch job instead, waited on
+through squeue under the same rules (llava/visatb/slurm.py).
 
     bash scripts_visatb/run_visatb.sh                       # configured by the variables at its top
     python -m llava.visatb.pipeline --work-dir work/academic --data data/Academic_train-475k.json \
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from llava.utils import atomic_write_json, load_json
+from llava.visatb import slurm
 from llava.visatb.scores import ALONE_PREFIX, MINI_ALONE_PREFIX, STL, group_scores
 from llava.visatb.tasks import (
     CHAIN_METRIC_TYPES,
@@ -505,13 +507,16 @@ def model_slug(key: str) -> str:
 class Pipeline:
     """Runs the stages of one configuration, skipping what is marked done."""
 
-    def __init__(self, cfg: PipelineConfig, python: str = sys.executable, out=sys.stdout):
+    def __init__(self, cfg: PipelineConfig, python: str = sys.executable, out=None,
+                 slurm_settings: slurm.SlurmSettings | None = None):  # fmt: skip
         self.cfg = cfg
+        self.slurm = slurm_settings  # None: items run here as subprocesses; else each one is a Slurm job
         self.python = python
-        self.out = out
+        self.out = sys.stdout if out is None else out  # the stdout of the time of the run, not of the import
         self.work = cfg.work_dir
         self.done_dir = self.work / ".done"
         self.log_dir = self.work / "logs"
+        self.slurm_dir = self.work / "slurm"
         self.subsets_dir = self.work / "subsets"
         self.review_dir = self.subsets_dir / "review"  # the gpt_review tasks' validation files
         self.reviews_dir = self.work / "reviews"  # the judge's reviews, kept by --redo (reused while unchanged)
@@ -593,6 +598,7 @@ class Pipeline:
         for name in stages[stages.index(stage):]:
             self.marker(name).unlink(missing_ok=True)
             shutil.rmtree(self.done_dir / name, ignore_errors=True)
+            shutil.rmtree(self.slurm_dir / name, ignore_errors=True)  # earlier jobs' results must not be taken
             for path in self._stage_outputs(name):
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -691,6 +697,9 @@ class Pipeline:
         total = len(pending)
         if not total:
             return
+        if self.slurm is not None:
+            self._run_items_slurm(stage, prefix, pending, jobs)
+            return
         failures: list[PipelineError] = []
         finished = 0
         with ThreadPoolExecutor(max_workers=max(1, min(jobs, total))) as pool:
@@ -717,11 +726,20 @@ class Pipeline:
         if failures:
             raise PipelineError(f"{prefix} failed: {failures[0]}")
 
+    def item_log(self, stage: str, item: Item) -> Path:
+        return self.log_dir / stage / f"{_safe(item.key)}.log"
+
+    def _item_env(self, item: Item) -> dict[str, str]:
+        """What an item's process gets on top of the chain's environment: its own variables and PYTHONPATH."""
+        env = dict(item.env)
+        inherited = item.env.get("PYTHONPATH", os.environ.get("PYTHONPATH"))
+        env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + inherited if inherited else "")
+        return env
+
     def _run_item(self, stage: str, item: Item, jobs: int) -> tuple[float, dict[str, Any]]:
-        log = self.log_dir / stage / f"{_safe(item.key)}.log"
+        log = self.item_log(stage, item)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **item.env}
-        env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env = {**os.environ, **self._item_env(item)}
         if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
             # Parallel CPU processes share the cores instead of each starting one thread per core.
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
@@ -732,20 +750,137 @@ class Pipeline:
             result = subprocess.run(item.command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
                                     check=False)  # fmt: skip
         seconds = time.monotonic() - start
-        if result.returncode != 0:
-            raise PipelineError(f"{item.key}: exit code {result.returncode}; log {log}\n{_tail(log)}")
+        return seconds, self._finish_item(stage, item, log, result.returncode, seconds)
+
+    def _finish_item(self, stage: str, item: Item, log: Path, returncode: int, seconds: float,
+                     job: str = "", record: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+        """Check an item's exit code and outputs, read its log, mark it done; `job` names a Slurm job."""
+        if returncode != 0:
+            tail = _tail(log) if log.is_file() else "    (no log written)"
+            raise PipelineError(f"{item.key}: {job}exit code {returncode}; log {log}\n{tail}")
         missing = [str(p) for p in item.outputs if not p.exists()]
         if missing:
-            raise PipelineError(f"{item.key}: finished but did not write {', '.join(missing)}; log {log}")
+            raise PipelineError(f"{item.key}: {job}finished but did not write {', '.join(missing)}; log {log}")
         text = log.read_text(encoding="utf-8")
         extras = item.collect(text) if item.collect else {}
         extras.update(item_devices(stage, text))
         self.ran_items += 1
         atomic_write_json(self.marker(stage, item.key), {
             "item": item.key, "command": item.command, "env": item.env, "seconds": round(seconds, 1),
-            "log": str(log), **extras,
+            "log": str(log), **(record or {}), **extras,
         })  # fmt: skip
-        return seconds, extras
+        return extras
+
+    def _run_items_slurm(self, stage: str, prefix: str, pending: list[Item], jobs: int) -> None:
+        """Submit every pending item of the stage as one Slurm job (or wait on the job an earlier run submitted),
+        then poll squeue until all have ended. The first failure stops the chain; jobs still in flight keep
+        running and a rerun waits on them."""
+        assert self.slurm is not None
+        total = len(pending)
+        # CPUs per job by default: what a local item of this stage would use, so the jobs' OMP_NUM_THREADS (and
+        # with it the numbers) match the local executor's, and as many jobs share a node as local items run.
+        resources = self.slurm.resources(stage, default_cpus=max(1, (os.cpu_count() or 1) // jobs))
+        files = {item.key: slurm.JobFiles.of(self.slurm_dir / stage, _safe(item.key)) for item in pending}
+        names = {item.key: slurm.job_name(self.work, stage, _safe(item.key)) for item in pending}
+        earlier = {item.key: slurm.submitted_job(files[item.key]) for item in pending}
+        try:
+            known = slurm.job_states([job[0] for job in earlier.values() if job])
+        except slurm.SlurmError as e:
+            raise PipelineError(f"{prefix} failed: {e}") from None
+        in_flight: dict[str, Item] = {}
+
+        def still_in_slurm() -> str:
+            if not in_flight:
+                return ""
+            listed = ", ".join(f"job {job_id} ({item.key})" for job_id, item in in_flight.items())
+            return (f"\n  still in Slurm: {listed}; a rerun waits on them "
+                    f"(`scancel {' '.join(in_flight)}` stops them)")  # fmt: skip
+
+        for index, item in enumerate(pending, 1):
+            self.say(f"  [{index}/{total}] {item.label}")
+            job_files, previous = files[item.key], earlier[item.key]
+            if previous is not None:
+                job_id, name = previous
+                state = known.get(job_id)
+                if state is not None and state[1] == name and slurm.is_live(state[0]):
+                    self.say(f"    Slurm job {job_id} of an earlier run is {state[0]}; waiting on it")
+                    in_flight[job_id] = item
+                    continue
+                status = slurm.read_status(job_files, job_id)
+                if status is not None and status[0] == 0:
+                    self.say(f"    Slurm job {job_id} of an earlier run finished with exit code 0; taking its result")
+                    in_flight[job_id] = item
+                    continue
+                ended = f"exit code {status[0]}" if status else slurm.describe_end(state[0] if state else None)
+                self.say(f"    Slurm job {job_id} of an earlier run ended without success ({ended}); submitting again")
+            log = self.item_log(stage, item)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            env = self._item_env(item)
+            if "OMP_NUM_THREADS" not in os.environ and not resources.gpus_per_node:
+                # A CPU job computes with as many threads as it has CPUs (GPU jobs: the launcher decides).
+                env["OMP_NUM_THREADS"] = str(resources.cpus)
+            if resources.gpus_per_node and "NUM_GPUS" not in os.environ and "NUM_GPUS" not in env:
+                env["NUM_GPUS"] = str(resources.gpus_per_node)
+            slurm.write_job_script(job_files, f"VisATB chain {self.work}: stage {stage}, item {item.key}",
+                                   item.command, env, log, REPO_ROOT)  # fmt: skip
+            try:
+                job_id = slurm.submit(job_files, names[item.key], resources)
+            except slurm.SlurmError as e:
+                raise PipelineError(f"{prefix} failed: {item.key}: {e}{still_in_slurm()}") from None
+            self.say(f"    submitted: Slurm job {job_id} ({resources.describe()}); log {log}")
+            in_flight[job_id] = item
+
+        try:
+            self._wait_for_jobs(stage, prefix, in_flight, files, total, still_in_slurm)
+        except KeyboardInterrupt:
+            raise PipelineError(f"{prefix} interrupted{still_in_slurm()}") from None
+
+    def _wait_for_jobs(self, stage: str, prefix: str, in_flight: dict[str, Item], files: dict[str, slurm.JobFiles],
+                       total: int, still_in_slurm: Callable[[], str]) -> None:  # fmt: skip
+        """Poll squeue until every job in `in_flight` has ended; mark each finished item done as it ends."""
+        assert self.slurm is not None
+        watcher = slurm.JobWatcher(say=self.say)
+        ended_at: dict[str, float] = {}
+        failures: list[PipelineError] = []
+        finished = 0
+        while in_flight:
+            try:
+                states = watcher.states(list(in_flight))
+            except slurm.SlurmError as e:
+                raise PipelineError(f"{prefix} failed: {e}{still_in_slurm()}") from None
+            for job_id, item in list(in_flight.items()) if states is not None else []:
+                state = states.get(job_id)
+                if state is not None and slurm.is_live(state[0]):
+                    continue
+                job_files, log = files[item.key], self.item_log(stage, item)
+                status = slurm.read_status(job_files, job_id)
+                if status is None:
+                    if state is None or state[0] not in slurm.KILLED_STATES:
+                        first_seen = ended_at.setdefault(job_id, time.monotonic())
+                        if time.monotonic() - first_seen < slurm.STATUS_GRACE_SECONDS:
+                            continue  # a network file system may show the status file a little later
+                    ended = slurm.describe_end(state[0] if state else None)
+                    said = f"\n{_tail(job_files.output, 5)}" if job_files.output.is_file() else ""
+                    failures.append(PipelineError(
+                        f"{item.key}: Slurm job {job_id} {ended} without an exit status (cancelled, out of time "
+                        f"or killed); log {log}; Slurm's output {job_files.output}{said}"))  # fmt: skip
+                else:
+                    code, seconds = status
+                    try:
+                        extras = self._finish_item(stage, item, log, code, seconds, job=f"Slurm job {job_id}: ",
+                                                   record={"slurm_job": job_id})  # fmt: skip
+                    except PipelineError as e:
+                        failures.append(e)
+                    else:
+                        job_files.remove()
+                        finished += 1
+                        note = f" ({extras['summary']})" if extras.get("summary") else ""
+                        self.say(f"    done {finished}/{total}: {item.key} in {seconds:.1f} s (Slurm job {job_id}){note}")
+                del in_flight[job_id]
+            if failures:
+                raise PipelineError(f"{prefix} failed: {failures[0]}{still_in_slurm()}")
+            if in_flight:
+                time.sleep(self.slurm.poll_seconds)
 
     # -- cost accounting -----------------------------------------------------------------------
 
@@ -1157,17 +1292,51 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--train-jobs", type=int, default=1, help="training runs at the same time (CPU only; 1 on GPUs)")
     run.add_argument("--run-name", default="visatb", help="checkpoint names: llava-<run-name>-<model>")
     run.add_argument("--redo", help=f"recompute from this stage on ({', '.join(STAGES)})")
+    cluster = parser.add_argument_group(
+        "executor (each --slurm-* value: VALUE for every stage, or STAGE=VALUE pairs, e.g. '1,train=4'; STAGE is "
+        "train, infer, score (both stages of that kind) or a stage name such as final-train)")
+    cluster.add_argument("--executor", choices=("local", "slurm"), default="local",
+                         help="local: every item a subprocess here; slurm: every item an sbatch job, waited on "
+                         "through squeue (a rerun waits on jobs still in flight)")
+    cluster.add_argument("--slurm-partition", help="partition (default: the cluster's default partition)")
+    cluster.add_argument("--slurm-nodes", help="nodes per job (more than 1: training only; launched with srun)")
+    cluster.add_argument("--slurm-gpus-per-node", help="GPUs per node (default 0: none requested)")
+    cluster.add_argument("--slurm-cpus", help="CPUs per job, also the OMP_NUM_THREADS of a job without GPUs unless "
+                         "that is set (default: what a local item of the stage uses: the CPUs here / --jobs or "
+                         "--train-jobs)")
+    cluster.add_argument("--slurm-time", help="time limit per job (minutes, HH:MM:SS, D-HH:MM:SS)")
+    cluster.add_argument("--slurm-args", help="more sbatch flags for every job, e.g. '--account=x --mem=64G'")
+    cluster.add_argument("--slurm-train-args", help="more sbatch flags for training jobs only, e.g. '--exclusive'")
     return parser
+
+
+SLURM_FLAGS = ("slurm_partition", "slurm_nodes", "slurm_gpus_per_node", "slurm_cpus", "slurm_time", "slurm_args",
+               "slurm_train_args")  # fmt: skip
+
+
+def resolve_slurm(args: argparse.Namespace) -> slurm.SlurmSettings | None:
+    """The Slurm settings of --executor slurm (None for local); --slurm-* flags without it are an error."""
+    given = [f"--{name.replace('_', '-')}" for name in SLURM_FLAGS if getattr(args, name)]
+    if args.executor != "slurm":
+        if given:
+            raise ValueError(f"{', '.join(given)} need(s) --executor slurm (the executor is {args.executor})")
+        return None
+    return slurm.SlurmSettings.from_flags(
+        partition=args.slurm_partition, nodes=args.slurm_nodes, gpus_per_node=args.slurm_gpus_per_node,
+        cpus=args.slurm_cpus, time_limit=args.slurm_time, args=args.slurm_args, train_args=args.slurm_train_args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)
-        pipeline = Pipeline(cfg)
+        slurm_settings = resolve_slurm(args)
+        if slurm_settings is not None:
+            slurm_settings.check_cluster()  # before the first job, not after the first stage
+        pipeline = Pipeline(cfg, slurm_settings=slurm_settings)
         if args.redo:
             pipeline.redo_from(args.redo)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, slurm.SlurmError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
