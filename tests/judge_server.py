@@ -29,37 +29,27 @@ def judge_reply(prompt: str) -> str:
     return f"10 {overlap_score(answers['2'], answers['1'])}\nScored by word overlap with assistant 1."
 
 
-class OverlapJudge:
-    """Serves `judge_reply`; with `fail_after` set, every request after that many answered ones gets HTTP 401
-    (the review client does not retry it), as a judge whose key is revoked midway."""
+def completion(body: dict, count: int, text: str) -> dict:
+    """A chat.completion response carrying `text`."""
+    return {
+        "id": f"cmpl-{count}", "object": "chat.completion", "created": 0, "model": body["model"],
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+    }  # fmt: skip
 
-    def __init__(self, fail_after: int | None = None):
-        self.fail_after = fail_after
-        self.answered: list[dict] = []  # request bodies that got a review
-        self.refused = 0
+
+class LoopbackChatServer:
+    """An OpenAI chat-completions endpoint on 127.0.0.1 (a context manager); subclasses answer each request
+    body with `respond(body) -> (HTTP status, JSON payload)`, called from the server's threads."""
+
+    def __init__(self):
         self.lock = threading.Lock()
-        judge = self
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with judge.lock:
-                    if judge.fail_after is not None and len(judge.answered) >= judge.fail_after:
-                        judge.refused += 1
-                        return self._send(
-                            401, {"error": {"message": "key revoked", "type": "invalid_request_error"}}
-                        )
-                    judge.answered.append(body)
-                    count = len(judge.answered)
-                reply = judge_reply(body["messages"][1]["content"])
-                return self._send(200, {
-                    "id": f"cmpl-{count}", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": reply}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                })  # fmt: skip
-
-            def _send(self, status, payload):
+                status, payload = server.respond(body, self.path, self.headers)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -73,6 +63,9 @@ class OverlapJudge:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def respond(self, body: dict, path: str, headers) -> tuple[int, dict]:
+        raise NotImplementedError
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -85,3 +78,23 @@ class OverlapJudge:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(timeout=5)
+
+
+class OverlapJudge(LoopbackChatServer):
+    """Serves `judge_reply`; with `fail_after` set, every request after that many answered ones gets HTTP 401
+    (the review client does not retry it), as a judge whose key is revoked midway."""
+
+    def __init__(self, fail_after: int | None = None):
+        super().__init__()
+        self.fail_after = fail_after
+        self.answered: list[dict] = []  # request bodies that got a review
+        self.refused = 0
+
+    def respond(self, body: dict, path: str, headers) -> tuple[int, dict]:
+        with self.lock:
+            if self.fail_after is not None and len(self.answered) >= self.fail_after:
+                self.refused += 1
+                return 401, {"error": {"message": "key revoked", "type": "invalid_request_error"}}
+            self.answered.append(body)
+            count = len(self.answered)
+        return 200, completion(body, count, judge_reply(body["messages"][1]["content"]))

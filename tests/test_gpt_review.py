@@ -4,11 +4,10 @@ its resumption, retries and key check, and the summary numbers worked out by han
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from judge_server import LoopbackChatServer, completion
 
 from llava.eval import eval_gpt_review_bench as review
 from llava.eval import summarize_gpt_review as summary
@@ -18,62 +17,27 @@ JUDGE = "fake-judge-1"
 MAX_REQUESTS = 20
 
 
-class FakeJudge:
+class FakeJudge(LoopbackChatServer):
     """A chat-completions endpoint on 127.0.0.1 that scores by a marker in the question text."""
 
     def __init__(self, scores: dict[str, str], fail_first: int = 0, fail_status: int = 500):
+        super().__init__()
         self.scores = scores
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.requests: list[dict] = []
-        self.lock = threading.Lock()
-        judge = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with judge.lock:
-                    judge.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-                    count = len(judge.requests)
-                if count > MAX_REQUESTS:
-                    return self._send(400, {"error": {"message": "too many requests in this test"}})
-                if count <= judge.fail_first:
-                    return self._send(judge.fail_status, {"error": {"message": "try again", "type": "server_error"}})
-                user = body["messages"][1]["content"]
-                reply = next((text for marker, text in judge.scores.items() if marker in user), "no idea")
-                return self._send(200, {
-                    "id": f"cmpl-{count}", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": reply}}],
-                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                })  # fmt: skip
-
-            def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+    def respond(self, body: dict, path: str, headers) -> tuple[int, dict]:
+        with self.lock:
+            self.requests.append({"path": path, "body": body, "auth": headers.get("Authorization")})
+            count = len(self.requests)
+        if count > MAX_REQUESTS:
+            return 400, {"error": {"message": "too many requests in this test"}}
+        if count <= self.fail_first:
+            return self.fail_status, {"error": {"message": "try again", "type": "server_error"}}
+        user = body["messages"][1]["content"]
+        reply = next((text for marker, text in self.scores.items() if marker in user), "no idea")
+        return 200, completion(body, count, reply)
 
 
 # Canned judge replies, keyed by a marker in each question. By category:
