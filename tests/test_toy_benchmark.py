@@ -18,13 +18,12 @@ from llava.visatb.tasks import CAPTION, CAPTION_LIST, GROUNDING, QA, get_preset,
 SCALE = 0.05
 IMAGE_SIZE = 64
 BOX_TEXT = re.compile(r"^\[(\d\.\d\d), (\d\.\d\d), (\d\.\d\d), (\d\.\d\d)\]$")
-# The test's own reading of the cell names: compass points in captions -> (row, column); zone letters in
-# region descriptions, in reading order.
+# The test's own reading of grid position names.
+ROWS = {"top": 0, "center": 1, "bottom": 2}
+COLS = {"left": 0, "center": 1, "right": 2}
+# ... and of the compass points that name cells in region descriptions: (row, column).
 COMPASS = {"north-west": (0, 0), "north": (0, 1), "north-east": (0, 2), "west": (1, 0), "middle": (1, 1),
            "east": (1, 2), "south-west": (2, 0), "south": (2, 1), "south-east": (2, 2)}
-ZONE_LETTERS = ("alfa", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india")
-# The alignment captions' cell words, which no task's text uses.
-ALIGNMENT_WORDS = ("top", "bottom", "left", "right", "center")
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +75,9 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in match.groups())
 
 
-def _cell_pixel(row: int, col: int, side: int) -> tuple[int, int]:
-    """(x, y) of the centre of grid cell (row, col)."""
+def _cell_center(position: str, side: int) -> tuple[int, int]:
+    words = position.split()
+    row, col = (1, 1) if words == ["center"] else (ROWS[words[0]], COLS[words[1]])
     return int((col + 0.5) * side / 3), int((row + 0.5) * side / 3)
 
 
@@ -262,13 +262,6 @@ def test_captions_name_exactly_the_colours_drawn_and_the_background(bench):
         drawn = {c for c in toy.COLORS if _mask(pixels, c).any()}
         named = {w.strip(".") for w in caption.split() if w.strip(".") in toy.COLORS}
         assert named == drawn, record["id"]
-        # Every shape's cell by compass point: the named colour is drawn at the centre of that cell.
-        shapes = re.findall(r"(small|large) (\w+) (\w+) in the ([\w-]+)", caption)
-        assert len(shapes) == len(drawn), record["id"]
-        for _, color, _, compass in shapes:
-            x, y = _cell_pixel(*COMPASS[compass], IMAGE_SIZE)
-            assert tuple(pixels[y, x]) == toy.COLORS[color], record["id"]
-        assert not any(word in caption.split() for word in ALIGNMENT_WORDS), record["id"]
         assert caption.startswith("The image shows one " if len(drawn) == 1 else "The image shows two shapes.")
         top_row = pixels[0]
         assert (len(np.unique(top_row.reshape(-1, 3), axis=0)) == 1) == ("plain" in caption), record["id"]
@@ -279,17 +272,16 @@ def test_region_description_box_points_at_the_described_shape(bench):
     for record in _val(bench, "ToyCaptionList"):
         question, references = (turn["value"] for turn in record["conversations"])
         x1, y1, x2, y2 = _parse_box(question.rsplit(": ", 1)[1])
-        color, kind, letter = re.fullmatch(r"(\w+) (\w+) in zone (\w+)", references[0]).groups()
+        color, kind, compass = re.fullmatch(r"(\w+) (\w+) in the (.+)", references[0]).groups()
         mask = _mask(_pixels(out, record), color)
         assert np.allclose((x1, y1, x2, y2), _mask_box(mask), atol=0.005 + 1e-9)
         assert _shape_of(mask) == kind
-        assert all(ref.endswith(f" in zone {letter}") for ref in references)
-        # The zone letters count cells in reading order; no caption's cell words (compass or alignment).
-        row, col = divmod(ZONE_LETTERS.index(letter), 3)
-        x, y = _cell_pixel(row, col, IMAGE_SIZE)
-        assert tuple(_pixels(out, record)[y, x]) == toy.COLORS[color]
-        words = {w for ref in references for w in ref.split()}
-        assert not words & set(ALIGNMENT_WORDS) and not words & set(COMPASS), references
+        assert all(ref.endswith(f" in the {compass}") for ref in references)
+        # The cell is named by compass point, never by the words of the captions ("top left").
+        assert not any(word in ref for ref in references for word in ("top", "bottom", "left", "right", "center"))
+        row, col = COMPASS[compass]
+        cx, cy = int((col + 0.5) * IMAGE_SIZE / 3), int((row + 0.5) * IMAGE_SIZE / 3)
+        assert tuple(_pixels(out, record)[cy, cx]) == toy.COLORS[color]
 
 
 def test_other_image_size_scales_boxes(tmp_path):
