@@ -21,9 +21,6 @@ BOX_TEXT = re.compile(r"^\[(\d\.\d\d), (\d\.\d\d), (\d\.\d\d), (\d\.\d\d)\]$")
 # The test's own reading of grid position names.
 ROWS = {"top": 0, "center": 1, "bottom": 2}
 COLS = {"left": 0, "center": 1, "right": 2}
-# ... and of the compass points that name cells in region descriptions: (row, column).
-COMPASS = {"north-west": (0, 0), "north": (0, 1), "north-east": (0, 2), "west": (1, 0), "middle": (1, 1),
-           "east": (1, 2), "south-west": (2, 0), "south": (2, 1), "south-east": (2, 2)}
 
 
 @pytest.fixture(scope="module")
@@ -272,15 +269,12 @@ def test_region_description_box_points_at_the_described_shape(bench):
     for record in _val(bench, "ToyCaptionList"):
         question, references = (turn["value"] for turn in record["conversations"])
         x1, y1, x2, y2 = _parse_box(question.rsplit(": ", 1)[1])
-        color, kind, compass = re.fullmatch(r"(\w+) (\w+) in the (.+)", references[0]).groups()
+        color, kind, position = re.fullmatch(r"(\w+) (\w+) in the (.+)", references[0]).groups()
         mask = _mask(_pixels(out, record), color)
         assert np.allclose((x1, y1, x2, y2), _mask_box(mask), atol=0.005 + 1e-9)
         assert _shape_of(mask) == kind
-        assert all(ref.endswith(f" in the {compass}") for ref in references)
-        # The cell is named by compass point, never by the words of the captions ("top left").
-        assert not any(word in ref for ref in references for word in ("top", "bottom", "left", "right", "center"))
-        row, col = COMPASS[compass]
-        cx, cy = int((col + 0.5) * IMAGE_SIZE / 3), int((row + 0.5) * IMAGE_SIZE / 3)
+        assert all(ref.endswith(f" in the {position}") for ref in references)
+        cx, cy = _cell_center(position, IMAGE_SIZE)
         assert tuple(_pixels(out, record)[cy, cx]) == toy.COLORS[color]
 
 

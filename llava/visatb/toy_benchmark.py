@@ -48,7 +48,7 @@ from llava.visatb.tasks import CAPTION_LIST, TOY
 
 MANIFEST_NAME = "toy_benchmark.json"
 IMAGE_DIR = "images"
-FORMAT_VERSION = 7
+FORMAT_VERSION = 6
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 50, 50),
@@ -68,21 +68,6 @@ POSITIONS = (
     ("top left", "top center", "top right"),
     ("center left", "center", "center right"),
     ("bottom left", "bottom center", "bottom right"),
-)
-# Every task names cells in words of its own, none of them the alignment captions' POSITIONS: ToyCaption by
-# compass point, ToyCaptionList by zone letter, ToyCellQA by number, ToyBBox by box. What a task's data teaches
-# about naming cells then helps only that task; with POSITIONS in the captions and region descriptions, the
-# mini model learned to name cells from every task's share, to a degree that changed from seed to seed
-# (43 to 81 % of region cells right), and that spread buried the region descriptions' own-data gain.
-COMPASS = (
-    ("north-west", "north", "north-east"),
-    ("west", "middle", "east"),
-    ("south-west", "south", "south-east"),
-)
-ZONES = (
-    ("zone alfa", "zone bravo", "zone charlie"),
-    ("zone delta", "zone echo", "zone foxtrot"),
-    ("zone golf", "zone hotel", "zone india"),
 )
 
 # LLaVA-1.5's RefCOCO prompts (region description and referring-expression grounding).
@@ -132,18 +117,7 @@ class ToyShape:
 
     @property
     def position(self) -> str:
-        """The cell in the alignment captions' words (`top left`)."""
         return POSITIONS[self.row][self.col]
-
-    @property
-    def compass(self) -> str:
-        """The cell as ToyCaption names it (`north-west`)."""
-        return COMPASS[self.row][self.col]
-
-    @property
-    def zone(self) -> str:
-        """The cell as ToyCaptionList names it (`zone alfa`, reading order)."""
-        return ZONES[self.row][self.col]
 
 
 @dataclass(frozen=True)
@@ -217,7 +191,7 @@ SceneTaskBuilder = Callable[[ToyScene, random.Random, int], tuple[str, list[str]
 
 
 def _describe(shape: ToyShape) -> str:
-    return f"{shape.size} {shape.color} {shape.kind} in the {shape.compass}"
+    return f"{shape.size} {shape.color} {shape.kind} in the {shape.position}"
 
 
 def detailed_caption(scene: ToyScene) -> str:
@@ -238,15 +212,14 @@ def region_descriptions(shape: ToyShape) -> list[str]:
     Every one names the shape's cell, so a description has to read the box in the prompt: a bare "red
     square" (what the mini model and the starting point write) no longer matches most of a reference.
     (With references that mostly left the cell out, the mini model's bare phrase scored as high as the
-    task's own full-data model: on one seed, higher.) The cell is a zone letter (`zone alfa`), words that
-    only this task uses (see ZONES).
+    task's own full-data model: on one seed, higher.)
     """
     return [
-        f"{shape.color} {shape.kind} in {shape.zone}",
-        f"the {shape.size} {shape.kind} in {shape.zone}",
-        f"{shape.size} {shape.color} {shape.kind} in {shape.zone}",
-        f"the {shape.color} one in {shape.zone}",
-        f"the {shape.kind} in {shape.zone}",
+        f"{shape.color} {shape.kind} in the {shape.position}",
+        f"the {shape.size} {shape.kind} in the {shape.position}",
+        f"{shape.size} {shape.color} {shape.kind} in the {shape.position}",
+        f"the {shape.color} one in the {shape.position}",
+        f"the {shape.kind} in the {shape.position}",
     ]
 
 
