@@ -3,7 +3,7 @@
     python benchmarks/bench_toy_generation.py                  # scale 0.05 (the tests' size), 64-pixel images
     python benchmarks/bench_toy_generation.py --scale 1 --image-size 48   # the demo's benchmark
 
-The baseline runs in the same process just before: one grey image saved once per image the benchmark
+The baseline runs in the same process right after: one grey image saved once per image the benchmark
 writes, so the ratio is what scene drawing, noise and the record files cost on top of PNG encoding and disk.
 (This replaced a test that asserted a wall time, which failed whenever the machine was busy.)
 """

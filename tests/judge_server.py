@@ -64,6 +64,7 @@ class LoopbackChatServer:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def respond(self, body: dict, path: str, headers) -> tuple[int, dict]:
+        """(HTTP status, JSON reply) for one request; each fake judge defines its own."""
         raise NotImplementedError
 
     @property
