@@ -31,7 +31,7 @@ else
     DEMO_EW_BASELINE="${DEMO_EW_BASELINE:-1}"
 fi
 DEMO_UNSCORED="${DEMO_UNSCORED:-ToyText}"            # trained, not scored (weight 1.0), as Academic's ShareGPT
-DEMO_MINI_FRACTION="${DEMO_MINI_FRACTION:-0.125}"   # 1/8 of each task (the paper: 1/32 of far bigger tasks)
+DEMO_MINI_FRACTION="${DEMO_MINI_FRACTION:-0.08333333333333333}"  # 1/12 of each task (the paper: 1/32 of far bigger tasks)
 DEMO_IMAGE_SIZE="${DEMO_IMAGE_SIZE:-48}"
 DEMO_JOBS="${DEMO_JOBS:-2}"                          # commands at the same time (training, inference, metrics)
 DEMO_TOY_MODEL="${DEMO_TOY_MODEL:-}"                 # a finished toy_model folder to reuse instead of building one

@@ -212,11 +212,16 @@ def test_images_exist_with_the_stated_size_and_train_val_are_disjoint(bench):
 def test_grounding_boxes_are_where_the_named_shape_was_drawn(bench):
     out, _ = bench
     records = [r for r in _all_records(bench) if r["task"] == "ToyBBox"]
+    shape_records = 0
     for record in records:
         question, answer = (turn["value"] for turn in record["conversations"])
         assert question.startswith(
             "<image>\nPlease provide the bounding box coordinate of the region this sentence describes: "
         )
+        if question.endswith(": the whole image."):
+            assert answer == "[0.00, 0.00, 1.00, 1.00]", record["id"]
+            continue
+        shape_records += 1
         color, kind = question.rsplit(": ", 1)[1].removesuffix(".").split()
         x1, y1, x2, y2 = box = _parse_box(answer)
         assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
@@ -229,6 +234,17 @@ def test_grounding_boxes_are_where_the_named_shape_was_drawn(bench):
         for dx, dy in ((0, 0), (1, 0), (-1, 0), (0, 1)):
             assert tuple(pixels[cy + dy, cx + dx]) == toy.COLORS[color]
         assert _shape_of(mask) == kind, record["id"]
+    assert shape_records >= len(records) * 7 // 8
+
+
+def test_every_eighth_grounding_record_asks_for_the_whole_image(bench):
+    # Records ToyBBox-<split>-000007, -000015, ... (every 8th in each split), and no other, ask for the whole image.
+    for split, records in (("train", [r for r in _train(bench) if r["task"] == "ToyBBox"]),
+                           ("val", _val(bench, "ToyBBox"))):  # fmt: skip
+        assert len(records) >= 8
+        whole = {r["id"] for r in records if r["conversations"][0]["value"].endswith(": the whole image.")}
+        expected = {r["id"] for r in records if int(r["id"].rsplit("-", 1)[1]) % 8 == 7}
+        assert whole == expected and len(whole) == len(records) // 8, split
 
 
 def _cell_of(mask: np.ndarray, side: int) -> int:
