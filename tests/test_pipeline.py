@@ -807,7 +807,7 @@ def test_demo_records_every_commands_time_and_devices_and_reports_the_cost(demo)
     prep = sum(e["seconds"] for e in trained.values() if e["part"] == "preparation")
     ratio = prep / trained["VisATB"]["seconds"]
     assert f"Preparation training: {ratio:.2f}x the final training here" in text
-    assert "R_large + N * R_mini = 1 + 4 x 0.125 = 1.50x" in text
+    assert "R_large + N * R_mini = 1 + 4 x 0.0833333 = 1.33x" in text
 
 
 def test_demo_passes_every_learning_check(demo):
@@ -867,9 +867,9 @@ def test_grouped_toy_chain_with_large_subsets_runs_end_to_end(demo, tmp_path):
     assert "reusing" in run.stdout and not (out / "toy_model").exists()
     manifest = json.loads((out / "subsets" / "subsets.json").read_text())
     # Quarter scale: ToyCaption 300, ToyCaptionList 500, ToyCellQA 400, ToyBBox 800, ToyText 200 records; half of
-    # each of the group's tasks, plus the minis (1/8) of the other tasks.
+    # each of the group's tasks, plus the minis (1/12, rounded: 33.3, 66.7, 16.7) of the other tasks.
     assert manifest["plus_mini"]["Describe"]["per_task"] == {
-        "ToyCaption": 150, "ToyCaptionList": 250, "ToyCellQA": 50, "ToyBBox": 100, "ToyText": 25}  # fmt: skip
+        "ToyCaption": 150, "ToyCaptionList": 250, "ToyCellQA": 33, "ToyBBox": 67, "ToyText": 17}  # fmt: skip
     scores = json.loads((out / "scores.json").read_text())
     assert {"start", "mini", "Describe", "Locate", "VisATB"} <= set(scores)
     assert sorted(scores["Locate"]) == sorted(DEMO_SCORED)

@@ -293,6 +293,18 @@ def test_region_description_box_points_at_the_described_shape(bench):
         assert tuple(_pixels(out, record)[cy, cx]) == toy.COLORS[color]
 
 
+def test_region_descriptions_are_asked_of_two_shape_images_only(bench):
+    # With one shape the image alone says where it is; with two, only the box in the prompt says which.
+    out, _ = bench
+    records = [r for r in _all_records(bench) if r["task"] == "ToyCaptionList"]
+    assert records
+    for record in records:
+        pixels = _pixels(out, record)
+        assert sum(_mask(pixels, c).any() for c in toy.COLORS) == 2, record["id"]
+    other = [r for r in _all_records(bench) if r["task"] == "ToyCaption"]
+    assert any(sum(_mask(_pixels(out, r), c).any() for c in toy.COLORS) == 1 for r in other)
+
+
 def test_other_image_size_scales_boxes(tmp_path):
     manifest = toy.generate_toy_benchmark(tmp_path, seed=3, scale=0.002, image_size=48)
     record = _load(tmp_path / manifest["val_files"]["ToyBBox"])[0]

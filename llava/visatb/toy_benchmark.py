@@ -6,8 +6,10 @@ task-id order:
 
     ToyCaption      detailed templated description of the image          caption (CIDEr)
     ToyCaptionList  short description of a region given by its box      caption list (CIDEr vs references)
+                    (two-shape images only: the box says which shape)
     ToyCellQA       grid cell (1-9, reading order) of the shape of a colour qa (exact match)
     ToyBBox         box of the shape a phrase names, "[x1, y1, x2, y2]"   grounding (IoU > 0.5)
+                    (every 8th record: "the whole image", [0.00, 0.00, 1.00, 1.00])
     ToyText         arithmetic and word reversal, no image                trained, not scored
 
 Everything follows from the seed. Train and validation images are disjoint files; tasks share images
@@ -80,9 +82,10 @@ DETAIL_PROMPTS = (
 )
 
 # Records per task at scale 1.0. Sizes differ on purpose, as in the Academic mix. Grounding gets the largest
-# share: the tiny model needs a few hundred boxes (its mini share) before it writes any box right, and a few
-# thousand to find the named shape among two. Region descriptions get 2000: with 1000, the mini model's share
-# (125) left its CIDEr there moving by 0.4-0.9 between seeds, against an own-data gain of 1.3-3.
+# share: the tiny model needs a few hundred boxes before it places a lone shape, which its whole task teaches
+# it; no model here learns to pick the named one of two shapes (the own model's two-shape score is what a
+# random pick of the two gives). Region descriptions get 2000: with 1000, the mini model's share (125 at the
+# 1/8 mini of then) left its CIDEr there moving by 0.4-0.9 between seeds, against an own-data gain of 1.3-3.
 TRAIN_SIZES: dict[str, int] = {
     "ToyCaption": 1200,
     "ToyCaptionList": 2000,
@@ -277,7 +280,11 @@ TEXT_TASKS = ("ToyText",)
 WHOLE_IMAGE_EVERY: dict[str, int] = {"ToyBBox": 8}
 WHOLE_IMAGE_PHRASE = "the whole image"
 WHOLE_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0)
-# Tasks asked only about images with at least this many shapes (none so far: every task takes any image).
+# Tasks asked only about images with at least this many shapes. Region descriptions of one-shape images
+# were answered from the image alone, as the captions place the shape: even the ToyCaption-plus-mini model
+# placed 91-135 of 115-139 such regions right, so the own data's gain there was whether the mini model had
+# carried that over to the region prompt (41 to 120 of them at a 1/12 mini), which moved with the seed.
+# On two-shape images only the box tells which shape to describe, and that the own data teaches.
 MIN_SHAPES: dict[str, int] = {"ToyCaptionList": 2}
 if set(SCENE_TASKS) | set(TEXT_TASKS) != set(TOY.tasks):
     raise RuntimeError("the toy task builders and the TOY preset in llava/visatb/tasks.py name different tasks")
