@@ -11,3 +11,5 @@ DEFAULT_IMAGE_PATCH_TOKEN = "<im_patch>"
 DEFAULT_IM_START_TOKEN = "<im_start>"
 DEFAULT_IM_END_TOKEN = "<im_end>"
 IMAGE_PLACEHOLDER = "<image-placeholder>"
+# A LoRA checkpoint keeps its trainable non-LoRA weights (the projector) in this file, as LLaVA names it.
+NON_LORA_NAME = "non_lora_trainables.bin"

@@ -19,7 +19,12 @@ import warnings
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
+from llava.constants import (
+    DEFAULT_IM_END_TOKEN,
+    DEFAULT_IM_START_TOKEN,
+    DEFAULT_IMAGE_PATCH_TOKEN,
+    NON_LORA_NAME,
+)
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.llava_arch import load_projector_into, load_projector_weights
 
@@ -89,9 +94,6 @@ def _quantization_kwargs(load_8bit: bool, load_4bit: bool, device: str) -> dict:
             bnb_4bit_quant_type="nf4",
         ),
     }
-
-
-NON_LORA_NAME = "non_lora_trainables.bin"
 
 
 ADAPTER_WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")

@@ -27,6 +27,7 @@ from transformers.trainer import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from llava.constants import NON_LORA_NAME
 from llava.model.llava_arch import load_projector_into, load_projector_weights
 from llava.train.weight_methods import Weighter
 from llava.train.zero_utils import get_peft_state_non_lora_maybe_zero_3, save_projector
@@ -37,7 +38,6 @@ WEIGHTER_STATE_NAME = "weighter_state.json"
 TRUNCATION_WARN_FRACTION = 0.02
 # ... once at least this many of its samples have been seen (mid-run; the end-of-run summary always warns).
 TRUNCATION_WARN_MIN_SAMPLES = 50
-NON_LORA_NAME = "non_lora_trainables.bin"
 
 
 # ---------------------------------------------------------------------------------------------
