@@ -228,6 +228,25 @@ def test_chat_form_names_every_missing_row(chain_inputs):
         chain._weights_items()
 
 
+def test_chat_form_without_a_start_model_stops_before_any_training(chain_inputs, capsys):
+    assert pipeline.main(chain_args(chain_inputs, "--form", "chat")) == 1
+    err = capsys.readouterr().err
+    assert "no 'start' score on A, B: pass --start-model" in err
+    work = chain_inputs["work"]
+    assert not (work / "checkpoints").exists() and not (work / "subsets").exists()
+    # Start scores recorded by hand beforehand (one task short, then both) are what the check accepts.
+    chain = pipeline.Pipeline(config(chain_args(chain_inputs, "--form", "chat")))
+    work.mkdir(parents=True)
+    chain.scores_file.write_text(json.dumps({"start": {"A": 0.1}}))
+    with pytest.raises(pipeline.PipelineError, match=r"no 'start' score on B: pass --start-model"):
+        chain._check_start_scores()
+    chain.scores_file.write_text(json.dumps({"start": {"A": 0.1, "B": 0.2}}))
+    chain._check_start_scores()
+    # The academic form never needs the start model.
+    chain.scores_file.unlink()
+    pipeline.Pipeline(config(chain_args(chain_inputs)))._check_start_scores()
+
+
 def test_forms_and_difficulty_decide_which_preparation_models_train(chain_inputs):
     assert config(chain_args(chain_inputs)).prep_keys == ["mini", "A", "B"]
     assert config(chain_args(chain_inputs, "--stl", "1")).prep_keys == ["mini", "A", "B", "alone:A", "alone:B"]

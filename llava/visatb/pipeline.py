@@ -629,8 +629,28 @@ class Pipeline:
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
 
+    def _check_start_scores(self) -> None:
+        """The chat form computes contributions against the starting model: without --start-model its scores
+        must already be in scores.json, checked before any training rather than at the weights stage."""
+        cfg = self.cfg
+        if cfg.start_model or "weights" not in cfg.stages or START not in self.weight_model_keys():
+            return
+        scores = load_json(self.scores_file) if self.scores_file.is_file() else {}
+        if cfg.groups:
+            scores = group_scores(scores, cfg.groups)
+        row = scores.get(START)
+        absent = [u for u in cfg.units if not isinstance(row, dict) or u not in row]
+        if absent:
+            raise PipelineError(
+                f"--form {cfg.form} measures contributions against the starting model, and {self.scores_file} has "
+                f"no '{START}' score on {', '.join(absent)}: pass --start-model (START_MODEL= in "
+                "run_visatb.sh) so that the chain scores it, or record those scores first (the eval scripts' "
+                f"--scores FILE --model-key {START} --task NAME)"
+            )
+
     def run(self) -> None:
         """Run every stage in order; finished stages and items are skipped."""
+        self._check_start_scores()
         self.work.mkdir(parents=True, exist_ok=True)
         self._record_config()
         stages = self.cfg.stages
