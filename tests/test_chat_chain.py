@@ -191,6 +191,7 @@ def test_run_visatb_sh_wires_the_chat_preset_review_set_and_judge(chat_inputs):
            "IMAGE_FOLDER": str(chat_inputs["tmp"]), "REVIEW_SET": str(chat_inputs["review"]),
            "JUDGE_MODEL": "judge-from-env", "FINETUNE_SCRIPT": str(failing),
            "PRETRAIN_MM_MLP_ADAPTER": str(chat_inputs["data"]), "VIRTUAL_ENV": sys.prefix,  # only checked to exist
+           "START_MODEL": str(chat_inputs["data"]),  # the chat form needs it; only checked to exist before training
            "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}  # fmt: skip
     for name in ("FORM", "VAL_DIR", "VAL_FILES", "VAL_MANIFEST", "VAL_PER_TASK", "REVIEW_IMAGE_FOLDER"):
         env.pop(name, None)
