@@ -635,11 +635,7 @@ class Pipeline:
         cfg = self.cfg
         if cfg.start_model or "weights" not in cfg.stages or START not in self.weight_model_keys():
             return
-        scores = load_json(self.scores_file) if self.scores_file.is_file() else {}
-        if cfg.groups:
-            scores = group_scores(scores, cfg.groups)
-        row = scores.get(START)
-        absent = [u for u in cfg.units if not isinstance(row, dict) or u not in row]
+        absent = self._missing_extra_scores().get(START)
         if absent:
             raise PipelineError(
                 f"--form {cfg.form} measures contributions against the starting model, and {self.scores_file} has "

@@ -274,10 +274,11 @@ SCENE_TASKS: dict[str, SceneTaskBuilder] = {
 TEXT_TASKS = ("ToyText",)
 # Every WHOLE_IMAGE_EVERY-th ToyBBox record (train and validation) asks for the whole image, whose box is
 # [0.00, 0.00, 1.00, 1.00] on every image. A model that cannot yet place a shape usually still learns that
-# box and scores that share (1/4), not a seed-dependent 0 to 5 % (not always: the README's seed table). Without it, a mini model at 1/12 or 1/16 of every
-# task wrote no right box at all on some seeds (boxes stitched from several cells, "[0.08, 0.08, 0.92, 0.98]"),
-# which fails the check that every trained model beats the start; with every 8th record, the 1/12 mini model
-# of seed 1 still wrote "[0.00, 0.00, 0.98, 0.00]" for the whole image (0 of 200 right).
+# box and scores that share (1/4), not a seed-dependent 0 to 5 % (not always: the README's seed table).
+# Without it, a mini model at 1/12 or 1/16 of every task wrote no right box at all on some seeds (boxes
+# stitched from several cells, "[0.08, 0.08, 0.92, 0.98]"), which fails the check that every trained model
+# beats the start; with every 8th record, the 1/12 mini model of seed 1 still wrote "[0.00, 0.00, 0.98, 0.00]"
+# for the whole image (0 of 200 right).
 WHOLE_IMAGE_EVERY: dict[str, int] = {"ToyBBox": 4}
 WHOLE_IMAGE_PHRASE = "the whole image"
 WHOLE_IMAGE_BOX = (0.0, 0.0, 1.0, 1.0)
