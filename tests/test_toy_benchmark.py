@@ -20,6 +20,8 @@ BOX_TEXT = re.compile(r"^\[(\d\.\d\d), (\d\.\d\d), (\d\.\d\d), (\d\.\d\d)\]$")
 # The test's own reading of grid position names.
 ROWS = {"top": 0, "center": 1, "bottom": 2}
 COLS = {"left": 0, "center": 1, "right": 2}
+# ... and of the compass words of region descriptions ("north west", "north", ..., "middle", ..., "south east").
+COMPASS_WORDS = {"north", "south", "east", "west", "middle"}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,15 @@ def _cell_center(position: str, side: int) -> tuple[int, int]:
     return int((col + 0.5) * side / 3), int((row + 0.5) * side / 3)
 
 
+def _region_cell_center(position: str, side: int) -> tuple[int, int]:
+    words = position.split()
+    assert set(words) <= COMPASS_WORDS and len(words) == len(set(words)) <= 2, position
+    assert words == ["middle"] or "middle" not in words, position
+    row = 0 if "north" in words else 2 if "south" in words else 1
+    col = 0 if "west" in words else 2 if "east" in words else 1
+    return int((col + 0.5) * side / 3), int((row + 0.5) * side / 3)
+
+
 def _shape_of(mask: np.ndarray) -> str:
     """Classify a solid shape by how much of its bounding box it fills (square 1, circle ~pi/4, triangle ~1/2)."""
     ys, xs = np.nonzero(mask)
@@ -99,18 +110,18 @@ def test_manifest_lists_tasks_metrics_files_and_counts(bench):
     }
     assert manifest["unscored"] == ["ToyText"]
     assert (manifest["seed"], manifest["scale"], manifest["image_size"]) == (0, SCALE, IMAGE_SIZE)
-    # 0.05 x (1200, 2000, 1600, 3200, 800) and 0.05 x (150, 250, 200, 200), rounded half up, at least 4.
+    # 0.05 x (1200, 2000, 1600, 4000, 800) and 0.05 x (150, 250, 200, 200), rounded half up, at least 4.
     assert manifest["train_counts"] == {
-        "ToyCaption": 60, "ToyCaptionList": 100, "ToyCellQA": 80, "ToyBBox": 160, "ToyText": 40,
+        "ToyCaption": 60, "ToyCaptionList": 100, "ToyCellQA": 80, "ToyBBox": 200, "ToyText": 40,
     }  # fmt: skip
     assert manifest["val_counts"] == {"ToyCaption": 8, "ToyCaptionList": 13, "ToyCellQA": 10, "ToyBBox": 10}
-    assert manifest["train_count"] == 440 and manifest["train_file"] == "toy_train-440.json"
+    assert manifest["train_count"] == 480 and manifest["train_file"] == "toy_train-480.json"
     assert manifest["val_files"]["ToyBBox"] == "ToyBBox_val-10.json"
-    # Enough scenes for the largest task of each split (160 train, 13 val).
+    # Enough scenes for the largest task of each split (200 train, 13 val).
     num = manifest["num_images"]
-    assert num["train"] >= 160 and num["val"] >= 13 and num["train"] + num["val"] == len(list((out / "images").iterdir()))
+    assert num["train"] >= 200 and num["val"] >= 13 and num["train"] + num["val"] == len(list((out / "images").iterdir()))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["images", toy.MANIFEST_NAME, "toy_train-440.json", *manifest["val_files"].values()]
+        ["images", toy.MANIFEST_NAME, "toy_train-480.json", *manifest["val_files"].values()]
     )
 
 
@@ -139,7 +150,7 @@ def test_toy_preset_is_registered():
 
 def test_task_sizes_scale_and_have_a_floor():
     train, val = toy.toy_task_sizes(0.5)
-    assert train["ToyBBox"] == 1600 and train["ToyCaption"] == 600 and val["ToyCellQA"] == 100 and val["ToyCaption"] == 75
+    assert train["ToyBBox"] == 2000 and train["ToyCaption"] == 600 and val["ToyCellQA"] == 100 and val["ToyCaption"] == 75
     train, val = toy.toy_task_sizes(0.001)
     assert set(train.values()) == {4} and set(val.values()) == {4}
 
@@ -234,17 +245,17 @@ def test_grounding_boxes_are_where_the_named_shape_was_drawn(bench):
         for dx, dy in ((0, 0), (1, 0), (-1, 0), (0, 1)):
             assert tuple(pixels[cy + dy, cx + dx]) == toy.COLORS[color]
         assert _shape_of(mask) == kind, record["id"]
-    assert shape_records >= len(records) * 3 // 4
+    assert shape_records >= len(records) // 2
 
 
-def test_every_fourth_grounding_record_asks_for_the_whole_image(bench):
-    # Records ToyBBox-<split>-000003, -000007, ... (every 4th in each split), and no other, ask for the whole image.
+def test_every_second_grounding_record_asks_for_the_whole_image(bench):
+    # Records ToyBBox-<split>-000001, -000003, ... (every 2nd in each split), and no other, ask for the whole image.
     for split, records in (("train", [r for r in _train(bench) if r["task"] == "ToyBBox"]),
                            ("val", _val(bench, "ToyBBox"))):  # fmt: skip
         assert len(records) >= 4
         whole = {r["id"] for r in records if r["conversations"][0]["value"].endswith(": the whole image.")}
-        expected = {r["id"] for r in records if int(r["id"].rsplit("-", 1)[1]) % 4 == 3}
-        assert whole == expected and len(whole) == len(records) // 4, split
+        expected = {r["id"] for r in records if int(r["id"].rsplit("-", 1)[1]) % 2 == 1}
+        assert whole == expected and len(whole) == len(records) // 2, split
 
 
 def _cell_of(mask: np.ndarray, side: int) -> int:
@@ -289,8 +300,21 @@ def test_region_description_box_points_at_the_described_shape(bench):
         assert np.allclose((x1, y1, x2, y2), _mask_box(mask), atol=0.005 + 1e-9)
         assert _shape_of(mask) == kind
         assert all(ref.endswith(f" in the {position}") for ref in references)
-        cx, cy = _cell_center(position, IMAGE_SIZE)
+        cx, cy = _region_cell_center(position, IMAGE_SIZE)
         assert tuple(_pixels(out, record)[cy, cx]) == toy.COLORS[color]
+
+
+def test_only_region_descriptions_use_compass_words(bench):
+    # Their cell words are their own: no caption, question, box phrase or text answer says north or middle.
+    seen = set()
+    for record in _all_records(bench):
+        words = set(re.findall(r"[a-z]+", json.dumps(record["conversations"]).lower()))
+        if record["task"] == "ToyCaptionList":
+            seen |= words & COMPASS_WORDS
+            assert not words & {"top", "bottom", "left", "right", "center"}, record["id"]
+        else:
+            assert not words & COMPASS_WORDS, record["id"]
+    assert seen == COMPASS_WORDS
 
 
 def test_region_descriptions_are_asked_of_two_shape_images_only(bench):
@@ -330,7 +354,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
     assert first == again
     # The same files apart from images, whose numbering follows the seed's scene pool.
     assert {k for k in first if not k.startswith("images/")} == {k for k in other if not k.startswith("images/")}
-    assert first["toy_train-176.json"] != other["toy_train-176.json"]
+    assert first["toy_train-192.json"] != other["toy_train-192.json"]
     differing = [k for k in first if k.startswith("images/") and first[k] != other.get(k)]
     assert len(differing) > len([k for k in first if k.startswith("images/")]) // 2
 
@@ -339,13 +363,13 @@ def test_existing_benchmark_is_reused_and_other_settings_need_overwrite(tmp_path
     toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)
     manifest_path = tmp_path / toy.MANIFEST_NAME
     stamp = manifest_path.stat().st_mtime_ns
-    assert toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)["train_count"] == 88
+    assert toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.01)["train_count"] == 96
     assert manifest_path.stat().st_mtime_ns == stamp
     with pytest.raises(ValueError, match=r"toy_benchmark\.json: holds a toy benchmark with seed 0, scale 0\.01"):
         toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.02)
     manifest = toy.generate_toy_benchmark(tmp_path, seed=0, scale=0.02, overwrite=True)
-    assert manifest["train_count"] == 176
-    assert not (tmp_path / "toy_train-88.json").exists()
+    assert manifest["train_count"] == 192
+    assert not (tmp_path / "toy_train-96.json").exists()
     assert len(list((tmp_path / "images").iterdir())) == sum(manifest["num_images"].values())
 
 
@@ -411,7 +435,7 @@ def test_cli_writes_prints_a_table_and_reports_errors(tmp_path, capsys):
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "2", "--scale", "0.01", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert re.search(r"^ToyCellQA\s+qa\s+16\s+4$", printed, re.M)
-    assert f"wrote {tmp_path / toy.MANIFEST_NAME} (88 train records" in printed
+    assert f"wrote {tmp_path / toy.MANIFEST_NAME} (96 train records" in printed
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "2", "--scale", "0.01", "--quiet"]) == 0
     assert "reused" in capsys.readouterr().out
     assert toy.main(["--output-dir", str(tmp_path), "--seed", "3", "--quiet"]) == 1
