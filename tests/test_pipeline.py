@@ -885,10 +885,10 @@ def test_grouped_toy_chain_with_large_subsets_runs_end_to_end(demo, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "reusing" in run.stdout and not (out / "toy_model").exists()
     manifest = json.loads((out / "subsets" / "subsets.json").read_text())
-    # Quarter scale: ToyCaption 300, ToyCaptionList 500, ToyCellQA 400, ToyBBox 800, ToyText 200 records; half of
-    # each of the group's tasks, plus the minis (1/12, rounded: 33.3, 66.7, 16.7) of the other tasks.
+    # Quarter scale: ToyCaption 300, ToyCaptionList 500, ToyCellQA 400, ToyBBox 1000, ToyText 200 records; half of
+    # each of the group's tasks, plus the minis (1/12, rounded: 33.3, 83.3, 16.7) of the other tasks.
     assert manifest["plus_mini"]["Describe"]["per_task"] == {
-        "ToyCaption": 150, "ToyCaptionList": 250, "ToyCellQA": 33, "ToyBBox": 67, "ToyText": 17}  # fmt: skip
+        "ToyCaption": 150, "ToyCaptionList": 250, "ToyCellQA": 33, "ToyBBox": 83, "ToyText": 17}  # fmt: skip
     scores = json.loads((out / "scores.json").read_text())
     assert {"start", "mini", "Describe", "Locate", "VisATB"} <= set(scores)
     assert sorted(scores["Locate"]) == sorted(DEMO_SCORED)
