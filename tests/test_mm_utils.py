@@ -97,3 +97,38 @@ def test_keyword_stopping_waits_for_every_sequence(tokenizer):
     assert criteria(first, None) is False
     second = torch.cat([first, torch.tensor([[8] + stop_ids, [8] + stop_ids])], dim=1)
     assert criteria(second, None) is True
+
+
+def test_vision_check_is_cached_and_preprocessing_unchanged(monkeypatch):
+    import importlib.metadata
+
+    import numpy as np
+    import transformers.image_utils
+    from transformers.utils import import_utils
+
+    from llava.mm_utils import cache_transformers_vision_check, process_images
+
+    cache_transformers_vision_check()
+    cache_transformers_vision_check()  # idempotent: still one cache over the original
+    cached = import_utils.is_vision_available
+    assert hasattr(cached, "cache_info") and not hasattr(cached.__wrapped__, "cache_info")
+    assert transformers.image_utils.is_vision_available is cached
+    assert import_utils.BACKENDS_MAPPING["vision"][0] is cached
+    assert cached() is True
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 48), (48, 30))]
+    processor = CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
+    cfg = type("Cfg", (), {"image_aspect_ratio": "pad"})()
+    calls = []
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: calls.append(name) or real_version(name))
+    fast = process_images(images, processor, cfg)
+    assert calls == []  # no metadata read per image any more
+    # The uncached original gives the same pixels (and reads Pillow's metadata on every call).
+    monkeypatch.setattr(transformers.image_utils, "is_vision_available", cached.__wrapped__)
+    monkeypatch.setattr(import_utils, "BACKENDS_MAPPING",
+                        {**import_utils.BACKENDS_MAPPING, "vision": (cached.__wrapped__, "")})  # fmt: skip
+    slow = process_images(images, processor, cfg)
+    assert "Pillow" in calls
+    assert torch.equal(fast, slow) and fast.shape == (2, 3, 48, 48)
