@@ -818,13 +818,15 @@ class Pipeline:
             if previous is not None:
                 job_id, name = previous
                 state = known.get(job_id)
-                if state is not None and state[1] == name and slurm.is_live(state[0]):
-                    self.say(f"    Slurm job {job_id} of an earlier run is {state[0]}; waiting on it")
-                    in_flight[job_id] = item
-                    continue
+                # The status file first: its job script writes it as its last step, so a job that wrote it has
+                # done its work even while Slurm still lists it (RUNNING or COMPLETING for a moment after).
                 status = slurm.read_status(job_files, job_id)
                 if status is not None and status[0] == 0:
                     self.say(f"    Slurm job {job_id} of an earlier run finished with exit code 0; taking its result")
+                    in_flight[job_id] = item
+                    continue
+                if status is None and state is not None and state[1] == name and slurm.is_live(state[0]):
+                    self.say(f"    Slurm job {job_id} of an earlier run is {state[0]}; waiting on it")
                     in_flight[job_id] = item
                     continue
                 ended = f"exit code {status[0]}" if status else slurm.describe_end(state[0] if state else None)
