@@ -6,7 +6,7 @@
 # scripts_visatb/run_visatb.sh: sub-datasets, the mini and 4 task-plus-mini models, inference, metrics,
 # contribution heatmap and weights, the final VisATB model and an EW baseline. Everything lands in
 # OUTPUT_DIR: scores.json, weights.json, heatmap.png, answers/, report.md (printed at the end).
-# Rerunning reuses every finished stage. DEMO_REDUCED=1 leaves out the EW baseline (CI runs it).
+# Rerunning reuses every finished stage. DEMO_REDUCED=1 leaves out the EW baseline.
 # The chain's own variables pass through, e.g. M3IT's setting on the toy (task groups, large subsets):
 #   TASK_GROUPS="Describe=ToyCaption,ToyCaptionList;Locate=ToyCellQA,ToyBBox" LARGE_FRACTION=0.5 bash scripts_visatb/demo.sh
 # EXECUTOR=slurm runs the chain's items as Slurm jobs (the run_visatb.sh SLURM_* variables pass through; on this
@@ -21,7 +21,8 @@ SEED="${SEED:-0}"
 DEMO_REDUCED="${DEMO_REDUCED:-0}"
 # The same data, starting point and models either way: with less data or a shorter pretraining the mini
 # model writes no right box and the learning checks fail (measured on earlier versions of the toy), so the
-# CI version only drops the EW baseline, whose training is a sixth of the run.
+# reduced version only drops the EW baseline, whose training is a sixth of the run on a machine where it does
+# not share the final stage with VisATB's (test.sh, OMP_NUM_THREADS=1, runs both side by side).
 DEMO_SCALE="${DEMO_SCALE:-1.0}"                      # records per task relative to the full toy benchmark
 DEMO_PRETRAIN_STEPS="${DEMO_PRETRAIN_STEPS:-1500}"
 DEMO_EPOCHS="${DEMO_EPOCHS:-1}"

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny offline LLaVA checkpoints and the reduced demo, each built once per test session."""
+"""Shared fixtures: tiny offline LLaVA checkpoints and the demo, each built once per test session."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def tiny_llava(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> dict:
-    """One run of the reduced demo (`DEMO_REDUCED=1 scripts_visatb/demo.sh`, local executor) for the whole session.
+    """One run of the demo (`scripts_visatb/demo.sh`, local executor, the test command's threads) for the session.
 
     `scores` and `report` are kept as the first run wrote them: later tests add models to the folder."""
     from demo_helpers import run_demo

@@ -1,9 +1,9 @@
 """The VisATB chain, its report and the toy demo.
 
 Fast tests cover configuration, failure handling, the report's tables and learning checks, and the toy
-model's parts. One session-wide run of the reduced demo (`DEMO_REDUCED=1 scripts_visatb/demo.sh`: the real
-chain on the tiny model, few samples and steps, a few minutes on 2 CPU cores) backs the end-to-end tests,
-including a second run that must skip every finished stage (the `demo` fixture of conftest.py, which
+model's parts. One session-wide run of the demo (`scripts_visatb/demo.sh`: the real chain on the toy
+benchmark and model, EW baseline included, under the test command's OMP_NUM_THREADS=1) backs the end-to-end
+tests, including a second run that must skip every finished stage (the `demo` fixture of conftest.py, which
 tests/test_slurm.py shares).
 """
 
@@ -736,17 +736,16 @@ def test_pretraining_data_is_deterministic_and_disjoint_from_the_benchmark(tmp_p
     assert records[0]["conversations"][0]["value"] == "<image>"
 
 
-# ---------------------------------------------------------------------------------------------- reduced demo
+# -------------------------------------------------------------------------------------------------------- demo
 
 
-# `demo` (tests/conftest.py): one session-wide run of the reduced demo, shared with tests/test_slurm.py.
+# `demo` (tests/conftest.py): one session-wide run of the demo, shared with tests/test_slurm.py.
 
 
 # The demo scores every toy task but the text-only one, which trains with weight 1.0.
 DEMO_SCORED = ["ToyCaption", "ToyCaptionList", "ToyCellQA", "ToyBBox"]
 DEMO_UNSCORED = ["ToyText"]
-# The reduced demo trains the full demo's models but for the EW baseline.
-ALL_MODELS = ["start", "mini", *DEMO_SCORED, "VisATB"]
+ALL_MODELS = ["start", "mini", *DEMO_SCORED, "VisATB", "EW"]
 
 
 def test_demo_prints_every_stage_and_the_table(demo):
@@ -816,9 +815,10 @@ def test_demo_records_every_commands_time_and_devices_and_reports_the_cost(demo)
     record = json.loads((demo["out"] / "pipeline.json").read_text())
     items = record["costs"]["items"]
     trained = {e["item"]: e for e in items.values() if e["stage"] in ("train", "final-train")}
-    assert sorted(trained) == sorted(["mini", *DEMO_SCORED, "VisATB"])
+    assert sorted(trained) == sorted(["mini", *DEMO_SCORED, "VisATB", "EW"])
     assert all(e["gpus"] == 0 and e["processes"] == 1 and e["seconds"] > 0 for e in trained.values())
     assert trained["VisATB"]["part"] == "final" and trained["mini"]["part"] == "preparation"
+    assert trained["EW"]["part"] == "other"  # a baseline: neither VisATB's preparation nor its final model
     inferred = [e for e in items.values() if e["stage"] == "infer"]
     assert {e["item"]: e["part"] for e in inferred}["start"] == "other"  # the academic form's weights skip it
     assert all(e["gpus"] == 0 and e["processes"] == 1 for e in inferred)
@@ -851,8 +851,8 @@ def test_demo_passes_every_learning_check(demo):
 
 def test_demo_rerun_skips_every_finished_stage(demo):
     out = demo["out"]
-    watched = (out / "scores.json", out / "report.md", out / "checkpoints" / "llava-toy-visatb" / "config.json")
-    assert not (out / "checkpoints" / "llava-toy-ew").exists()
+    watched = (out / "scores.json", out / "report.md", out / "checkpoints" / "llava-toy-visatb" / "config.json",
+               out / "checkpoints" / "llava-toy-ew" / "config.json")  # fmt: skip
     before = {p: p.stat().st_mtime_ns for p in watched}
     second = run_demo(out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -921,34 +921,36 @@ def test_grouped_toy_chain_with_large_subsets_runs_end_to_end(demo, tmp_path):
 
 def test_compare_methods_reuses_the_demo_and_compares_against_stl(demo, tmp_path):
     # Runs last among the demo tests: it adds models to the demo's folder. Seed 0 of compare_methods.sh is
-    # the demo's own folder, so the preparation models and VisATB are reused and only the STL models and
-    # the other methods train.
+    # the demo's own folder, so the preparation models, VisATB and EW are reused and only the four STL models
+    # train (a method the demo lacks, e.g. TLA, would train too; each method's training settings are checked
+    # by test_methods_stl_and_ablations_train_the_right_models).
     out = demo["out"]
     (tmp_path / "seed0").symlink_to(out, target_is_directory=True)
-    mini_config = out / "checkpoints" / "llava-toy-mini" / "config.json"
-    before = mini_config.stat().st_mtime_ns
-    env = {**os.environ, "OUTPUT_DIR": str(tmp_path), "SEEDS": "0", "METHODS": "VisATB,EW,TLA",
+    reused = [out / "checkpoints" / f"llava-toy-{slug}" / "config.json" for slug in ("mini", "visatb", "ew")]
+    before = [config.stat().st_mtime_ns for config in reused]
+    env = {**os.environ, "OUTPUT_DIR": str(tmp_path), "SEEDS": "0", "METHODS": "VisATB,EW",
            "VISATB_SETUP": "skip", "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}  # fmt: skip
     env.pop("DEMO_REDUCED", None)
     run = subprocess.run(["bash", str(REPO / "scripts_visatb" / "compare_methods.sh")], env=env, cwd=REPO,
                          capture_output=True, text=True, check=False)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert mini_config.stat().st_mtime_ns == before  # not retrained
+    assert [config.stat().st_mtime_ns for config in reused] == before  # not retrained
     assert "[stage 2/9] train: done earlier; new item(s) for this configuration" in run.stdout
     assert "5 of 9 item(s) done earlier, skipped" in run.stdout  # mini, 4 task-plus-mini; 4 alone: new
+    assert "[stage 6/9] final-train: done earlier, skipped" in run.stdout
     scores = json.loads((out / "scores.json").read_text())
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["baseline"] == "STL" and comparison["tasks"] == DEMO_SCORED
-    assert list(comparison["models"]) == ["VisATB", "EW", "TLA"]
+    assert list(comparison["models"]) == ["VisATB", "EW"]
     for model, entry in comparison["models"].items():
         relative = [(scores[model][t] - scores[f"alone:{t}"][t]) / scores[f"alone:{t}"][t] for t in DEMO_SCORED]
         assert entry["delta_I"] == pytest.approx(100 * sum(relative) / len(relative))
         assert entry["delta_E"] == pytest.approx(100 * sum(max(0.0, -r) for r in relative) / len(relative))
     assert (out / "comparison.png").read_bytes()[:8] == PNG_SIGNATURE
     assert "| STL (baseline) |" in (out / "comparison.md").read_text()
-    assert "## Against STL" in (out / "report.md").read_text() and "| TLA |" in run.stdout
-    marker = json.loads((out / ".done" / "final-train" / "TLA.json").read_text())
-    assert marker["env"]["WEIGHT_METHOD"] == "EWTB" and marker["env"]["VISATB_WEIGHTS_FILE"] == ""
+    assert "## Against STL" in (out / "report.md").read_text() and "| EW |" in run.stdout
+    marker = json.loads((out / ".done" / "final-train" / "EW.json").read_text())
+    assert marker["env"]["WEIGHT_METHOD"] == "EW" and marker["env"]["VISATB_WEIGHTS_FILE"] == ""
 
 
 def test_pretraining_progress_bar_follows_the_logged_losses(tmp_path, capfd):

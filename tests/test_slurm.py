@@ -3,7 +3,7 @@
 A module fixture starts slurmctld, slurmd and munge on this machine (scripts_visatb/local_slurm.sh, as root);
 without them the cluster tests are skipped, or fail when VISATB_REQUIRE_SLURM=1 (CI sets it). Nothing is mocked:
 jobs go through the real sbatch, squeue and scancel. Covered: a failing job, a cancelled job and the rerun that
-resubmits only it, and the reduced toy chain through Slurm with the same scores and report as the local run.
+resubmits only it, and the demo's toy chain through Slurm with the same scores and report as the local run.
 """
 
 from __future__ import annotations
@@ -347,10 +347,10 @@ DEMO_PREP = {"mini": "mini", "ToyCaption": "ToyCaption-plus-mini", "ToyCaptionLi
              "ToyCellQA": "ToyCellQA-plus-mini", "ToyBBox": "ToyBBox-plus-mini"}  # fmt: skip
 
 
-def test_reduced_demo_through_slurm_gives_the_local_scores_and_report(cluster, demo, tmp_path):
+def test_demo_through_slurm_gives_the_local_scores_and_report(cluster, demo, tmp_path):
     # Same benchmark, starting model and thread count (OMP_NUM_THREADS of the test run) as the local demo.
     # Its five preparation trainings are reused as finished items (as a rerun reuses them); every other
-    # item, including the final VisATB training, runs as a Slurm job.
+    # item, including the final VisATB and EW trainings (two jobs side by side), runs as a Slurm job.
     local, out = demo["out"], tmp_path / "demo"
     shutil.copytree(local / "data", out / "data")
     shutil.copytree(local / "toy_model", out / "toy_model")
@@ -363,8 +363,9 @@ def test_reduced_demo_through_slurm_gives_the_local_scores_and_report(cluster, d
     run = run_demo(out, env={"EXECUTOR": "slurm"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "5 of 5 item(s) done earlier, skipped" in run.stdout
-    # subsets 1, inference 6 models, metrics 6 x 4, weights 1, VisATB training 1, its inference 1 and 4 metrics, report 1
-    assert run.stdout.count("    submitted: Slurm job ") == 1 + 6 + 24 + 1 + 1 + 1 + 4 + 1
+    # subsets 1, inference 6 models, metrics 6 x 4, weights 1, VisATB and EW: training 2, inference 2, metrics 8;
+    # report 1
+    assert run.stdout.count("    submitted: Slurm job ") == 1 + 6 + 24 + 1 + 2 + 2 + 8 + 1
     assert json.loads((out / "scores.json").read_text()) == demo["scores"]
     assert score_table((out / "report.md").read_text()) == score_table(demo["report"])
     assert json.loads((out / "weights.json").read_text())["visatb_weights"] == \
