@@ -38,6 +38,33 @@ def test_image_token_at_start_and_tensor_output(tokenizer):
         tokenizer_image_token("<image>", tokenizer, return_tensors="np")
 
 
+def test_chunk_memo_gives_the_tokenizers_own_ids_and_follows_added_tokens(tiny_llava):
+    from llava import mm_utils
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llava["full"], use_fast=False)  # its own memo
+    prompt = "A chat. USER: <image>\nWhat colour is the <new_word> circle? ASSISTANT:"
+    first = tokenizer_image_token(prompt, tokenizer)
+    memo = mm_utils._chunk_caches[tokenizer]
+    assert len(memo) == 2  # one entry per text chunk
+    first.append(12345)  # the caller's list is its own: the memo is not changed through it
+    second = tokenizer_image_token(prompt, tokenizer)
+    expected = (tokenizer("A chat. USER: ").input_ids + [IMAGE_TOKEN_INDEX]
+                + tokenizer("\nWhat colour is the <new_word> circle? ASSISTANT:").input_ids[1:])  # fmt: skip
+    assert second == expected and len(memo) == 2
+    # A token added afterwards changes the ids of text containing it: the old entry must not answer.
+    tokenizer.add_tokens(["<new_word>"])
+    new_id = tokenizer.convert_tokens_to_ids("<new_word>")
+    third = tokenizer_image_token(prompt, tokenizer)
+    assert new_id in third and new_id not in second
+    assert third == tokenizer("A chat. USER: ").input_ids + [IMAGE_TOKEN_INDEX] + tokenizer(
+        "\nWhat colour is the <new_word> circle? ASSISTANT:").input_ids[1:]  # fmt: skip
+    # Bounded: the oldest entries go first.
+    for i in range(mm_utils.CHUNK_CACHE_SIZE + 5):
+        mm_utils._chunk_ids(tokenizer, f"word {i}")
+    assert len(memo) == mm_utils.CHUNK_CACHE_SIZE
+    assert ("word 0", len(tokenizer), tokenizer.add_bos_token, tokenizer.add_eos_token) not in memo
+
+
 def test_expand2square_pads_symmetrically_with_the_fill_colour():
     image = Image.new("RGB", (40, 20), (255, 0, 0))
     square = expand2square(image, (1, 2, 3))
