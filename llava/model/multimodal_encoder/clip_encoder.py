@@ -33,16 +33,35 @@ class CLIPVisionTower(nn.Module):
         self.is_loaded = True
 
     def feature_select(self, outputs) -> torch.Tensor:
-        features = outputs.hidden_states[self.select_layer]
+        """The selected layer's features of a full `CLIPVisionModel` output (`output_hidden_states=True`)."""
+        return self._select_tokens(outputs.hidden_states[self.select_layer])
+
+    def _select_tokens(self, features: torch.Tensor) -> torch.Tensor:
         if self.select_feature == "patch":
             return features[:, 1:]  # drop the CLS token
         return features
 
+    def selected_hidden_state(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`hidden_states[select_layer]` of the tower's forward, computed without the layers after it.
+
+        The same operations as `CLIPVisionModel(..., output_hidden_states=True)` up to that layer, so the
+        same numbers; LLaVA-1.5's layer -2 leaves the last layer's output unused (on the toy's two-layer tower,
+        half of the tower's time in every training step). The layers stay in the model (and its checkpoints).
+        """
+        vision = self.vision_tower.vision_model
+        layers = vision.encoder.layers
+        index = self.select_layer if self.select_layer >= 0 else len(layers) + 1 + self.select_layer
+        if not 0 <= index <= len(layers):
+            raise ValueError(f"mm_vision_select_layer {self.select_layer} is outside the tower's "
+                             f"{len(layers) + 1} hidden states (embeddings and {len(layers)} layers)")  # fmt: skip
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+        for layer in layers[:index]:
+            hidden = layer(hidden, None, None)[0]
+        return hidden
+
     def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        outputs = self.vision_tower(
-            pixel_values.to(device=self.device, dtype=self.dtype), output_hidden_states=True
-        )
-        return self.feature_select(outputs).to(pixel_values.dtype)
+        features = self.selected_hidden_state(pixel_values.to(device=self.device, dtype=self.dtype))
+        return self._select_tokens(features).to(pixel_values.dtype)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
