@@ -224,6 +224,7 @@ def pretrain_vision_tower(
     from transformers import CLIPImageProcessor, CLIPVisionModel
 
     from llava.mm_utils import cache_transformers_vision_check
+    from llava.model.multimodal_encoder.clip_encoder import selected_hidden_state
 
     cache_transformers_vision_check()  # 3000 images: about 17 s of Pillow metadata reads otherwise
     processor = CLIPImageProcessor.from_pretrained(str(tower_dir))
@@ -248,7 +249,7 @@ def pretrain_vision_tower(
     bar = tqdm(range(steps), desc="vision tower pretraining", unit="step", file=sys.stderr)
     for step in bar:
         index = torch.randint(num_images, (TOWER_BATCH,), generator=generator)
-        features = tower(pixels[index], output_hidden_states=True).hidden_states[select_layer][:, 1:]
+        features = selected_hidden_state(tower, pixels[index], select_layer)[:, 1:]  # the layers after it: unused
         loss = torch.zeros(())
         for name, head in heads.items():
             logits = head(features)

@@ -42,22 +42,8 @@ class CLIPVisionTower(nn.Module):
         return features
 
     def selected_hidden_state(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`hidden_states[select_layer]` of the tower's forward, computed without the layers after it.
-
-        The same operations as `CLIPVisionModel(..., output_hidden_states=True)` up to that layer, so the
-        same numbers; LLaVA-1.5's layer -2 leaves the last layer's output unused (on the toy's two-layer tower,
-        half of the tower's time in every training step). The layers stay in the model (and its checkpoints).
-        """
-        vision = self.vision_tower.vision_model
-        layers = vision.encoder.layers
-        index = self.select_layer if self.select_layer >= 0 else len(layers) + 1 + self.select_layer
-        if not 0 <= index <= len(layers):
-            raise ValueError(f"mm_vision_select_layer {self.select_layer} is outside the tower's "
-                             f"{len(layers) + 1} hidden states (embeddings and {len(layers)} layers)")  # fmt: skip
-        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
-        for layer in layers[:index]:
-            hidden = layer(hidden, None, None)[0]
-        return hidden
+        """`hidden_states[select_layer]` of the tower, without the layers after it (see `selected_hidden_state`)."""
+        return selected_hidden_state(self.vision_tower, pixel_values, self.select_layer)
 
     def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         features = self.selected_hidden_state(pixel_values.to(device=self.device, dtype=self.dtype))
@@ -96,3 +82,24 @@ class CLIPVisionTower(nn.Module):
     @property
     def num_patches(self) -> int:
         return self.num_patches_per_side**2
+
+
+def selected_hidden_state(model: CLIPVisionModel, pixel_values: torch.Tensor, select_layer: int) -> torch.Tensor:
+    """`model(pixel_values, output_hidden_states=True).hidden_states[select_layer]`, computed without the layers
+    after it.
+
+    The same operations as the full forward up to that layer, so the same numbers (and, in training, the same
+    gradients: the later layers' outputs are never used). LLaVA-1.5's layer -2 leaves the last layer out; on the
+    toy's two-layer tower that is half of the tower's time in every training step. The layers stay in the model
+    and its checkpoints.
+    """
+    vision = model.vision_model
+    layers = vision.encoder.layers
+    index = select_layer if select_layer >= 0 else len(layers) + 1 + select_layer
+    if not 0 <= index <= len(layers):
+        raise ValueError(f"mm_vision_select_layer {select_layer} is outside the tower's {len(layers) + 1} hidden "
+                         f"states (embeddings and {len(layers)} layers)")  # fmt: skip
+    hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+    for layer in layers[:index]:
+        hidden = layer(hidden, None, None)[0]
+    return hidden
