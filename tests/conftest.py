@@ -22,7 +22,7 @@ def tiny_llava(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory) -> dict:
-    """One run of the demo (`scripts_visatb/demo.sh`, local executor, the test command's threads) for the session.
+    """One run of the demo (`scripts_visatb/demo.sh`, local executor, the README's default threads) for the session.
 
     `scores` and `report` are kept as the first run wrote them: later tests add models to the folder."""
     from demo_helpers import run_demo

@@ -2,7 +2,7 @@
 
 Fast tests cover configuration, failure handling, the report's tables and learning checks, and the toy
 model's parts. One session-wide run of the demo (`scripts_visatb/demo.sh`: the real chain on the toy
-benchmark and model, EW baseline included, under the test command's OMP_NUM_THREADS=1) backs the end-to-end
+benchmark and model, EW baseline included, with the README's default threads) backs the end-to-end
 tests, including a second run that must skip every finished stage (the `demo` fixture of conftest.py, which
 tests/test_slurm.py shares).
 """
@@ -339,6 +339,24 @@ def test_a_finished_stage_runs_again_for_new_items_only(chain_inputs):
     trained = sorted(p.name for p in (chain.work / "checkpoints").iterdir())
     assert trained == ["llava-visatb-A-alone", "llava-visatb-B-alone"]  # mini, A, B were done: not retrained
 
+
+
+def test_a_stage_starts_its_largest_items_first(chain_inputs):
+    # 8 records per task, mini fraction 0.25: A and B plus mini 10 records each, A and B alone 8, mini 4. With
+    # one slot the labels come out in the order the items start: largest first, ties in the stage's order.
+    out = io.StringIO()
+    chain = pipeline.Pipeline(config(chain_args(chain_inputs, "--stl", "1")), out=out)
+    chain.work.mkdir(parents=True)
+    chain._run_items("subsets", "[test]", chain._subsets_items()[1], 1)
+    _, train, _ = chain._train_items(chain.cfg.prep_keys, final=False)
+    assert [i.key for i in train] == ["mini", "A", "B", "alone:A", "alone:B"]
+    assert [i.size for i in train] == [4, 10, 10, 8, 8]
+    chain._run_items("train", "[test]", train, 1)
+    started = re.findall(r"^  \[(\d)/5\] (\S+):", out.getvalue(), flags=re.M)
+    assert started == [("1", "A"), ("2", "B"), ("3", "alone:A"), ("4", "alone:B"), ("5", "mini")]
+    # Final trainings are all on the entire data: they keep their order.
+    _, final, _ = chain._train_items(chain.cfg.final_keys, final=True)
+    assert {i.size for i in final} == {0}
 
 
 def _four_task_args(inputs: dict, tmp_path: Path, *extra: str) -> list[str]:

@@ -176,6 +176,7 @@ for pair in ${SLEEP_ON:-}; do
 done
 if [ "$name" = "llava-visatb-${FAIL_ON:-}" ]; then echo 'boom: out of memory' >&2; exit 3; fi
 echo "trained on $DATA_PATH with $OMP_NUM_THREADS thread(s)"
+echo "weighting: WEIGHT_METHOD=${WEIGHT_METHOD:-} VISATB_WEIGHTS_FILE=${VISATB_WEIGHTS_FILE:-}"
 echo '{}' > "$OUTPUT_DIR/config.json"
 """
 
@@ -342,33 +343,55 @@ def test_rerun_after_the_chain_was_killed_waits_on_running_jobs_and_takes_finish
         assert json.loads(rerun.marker("train", key).read_text())["slurm_job"] == jobs[key][0]
 
 
-# The preparation models of the local run, taken over as finished items (the skip rule across executors).
-DEMO_PREP = {"mini": "mini", "ToyCaption": "ToyCaption-plus-mini", "ToyCaptionList": "ToyCaptionList-plus-mini",
-             "ToyCellQA": "ToyCellQA-plus-mini", "ToyBBox": "ToyBBox-plus-mini"}  # fmt: skip
+def test_final_trainings_run_as_jobs_side_by_side_each_with_its_weighting(cluster, chain_inputs):
+    # The demo's Slurm test below reuses the local final models; here the final VisATB and EW trainings run as two
+    # Slurm jobs at once, VisATB's with the path of weights.json, EW's with WEIGHT_METHOD=EW and no weights file.
+    out = io.StringIO()
+    chain = pipeline.Pipeline(pipeline.resolve_config(pipeline.build_parser().parse_args(chain_args(chain_inputs))),
+                              out=out, slurm_settings=slurm.SlurmSettings(cpus={"": 1}, poll_seconds=0.5))  # fmt: skip
+    chain.work.mkdir(parents=True)
+    _, items, jobs = chain._train_items(chain.cfg.final_keys, final=True)
+    assert [i.key for i in items] == ["VisATB", "EW"] and jobs == 2
+    chain._run_items("final-train", "[stage 6/9] final-train", items, jobs)
+    ids = submitted_ids(out.getvalue())
+    assert sorted(ids) == ["EW", "VisATB"] and ids["EW"] != ids["VisATB"]
+    expected = {"VisATB": f"WEIGHT_METHOD=EW VISATB_WEIGHTS_FILE={chain.weights_file}",
+                "EW": "WEIGHT_METHOD=EW VISATB_WEIGHTS_FILE="}  # VisATB's weighter reads the file's weights
+    for key, line in expected.items():
+        log = (chain.log_dir / "final-train" / f"{key}.log").read_text()
+        assert f"trained on {chain_inputs['data']} with 1 thread(s)" in log and f"weighting: {line}\n" in log, log
+        marker = json.loads(chain.marker("final-train", key).read_text())
+        assert marker["slurm_job"] == ids[key] and (chain.model_dir(key) / "config.json").is_file()
+
+
+# The local run's models the Slurm run takes over as finished items (the skip rule across executors): every
+# trained model but the mini one, as (stage, item, checkpoint name).
+DEMO_REUSED = [("train", t, f"{t}-plus-mini") for t in ("ToyCaption", "ToyCaptionList", "ToyCellQA", "ToyBBox")] + [
+    ("final-train", "VisATB", "visatb"), ("final-train", "EW", "ew")]
 
 
 def test_demo_through_slurm_gives_the_local_scores_and_report(cluster, demo, tmp_path):
-    # Same benchmark, starting model and thread count (OMP_NUM_THREADS of the test run) as the local demo.
-    # Its five preparation trainings are reused as finished items (as a rerun reuses them); every other
-    # item, including the final VisATB and EW trainings (two jobs side by side), runs as a Slurm job.
+    # Same benchmark, starting model and threads per item as the local demo. Its four task-plus-mini models and
+    # its final VisATB and EW models are reused as finished items (as a rerun reuses them; the final trainings
+    # as jobs: the test above); the mini model trains as a Slurm job and every other item runs as one, so the
+    # weights are computed again from a mini model trained through Slurm and its scores.
     local, out = demo["out"], tmp_path / "demo"
     shutil.copytree(local / "data", out / "data")
     shutil.copytree(local / "toy_model", out / "toy_model")
-    for key, slug in DEMO_PREP.items():
+    for stage, key, slug in DEMO_REUSED:
         shutil.copytree(
             local / "checkpoints" / f"llava-toy-{slug}", out / "checkpoints" / f"llava-toy-{slug}"
         )
-        (out / ".done" / "train").mkdir(parents=True, exist_ok=True)
-        shutil.copy(local / ".done" / "train" / f"{key}.json", out / ".done" / "train" / f"{key}.json")
+        (out / ".done" / stage).mkdir(parents=True, exist_ok=True)
+        shutil.copy(local / ".done" / stage / f"{key}.json", out / ".done" / stage / f"{key}.json")
     run = run_demo(out, env={"EXECUTOR": "slurm"})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "5 of 5 item(s) done earlier, skipped" in run.stdout
-    # subsets 1, inference 6 models, metrics 6 x 4, weights 1, VisATB and EW: training 2, inference 2, metrics 8;
+    assert "4 of 5 item(s) done earlier, skipped" in run.stdout and "2 of 2 item(s) done earlier, skipped" in run.stdout
+    # subsets 1, mini 1, inference 6 models, metrics 6 x 4, weights 1, VisATB and EW: inference 2, metrics 8;
     # report 1
-    assert run.stdout.count("    submitted: Slurm job ") == 1 + 6 + 24 + 1 + 2 + 2 + 8 + 1
+    assert run.stdout.count("    submitted: Slurm job ") == 1 + 1 + 6 + 24 + 1 + 2 + 8 + 1
+    assert json.loads((out / ".done" / "train" / "mini.json").read_text())["slurm_job"].isdigit()
     assert json.loads((out / "scores.json").read_text()) == demo["scores"]
     assert score_table((out / "report.md").read_text()) == score_table(demo["report"])
     assert json.loads((out / "weights.json").read_text())["visatb_weights"] == \
         json.loads((local / "weights.json").read_text())["visatb_weights"]  # fmt: skip
-    marker = json.loads((out / ".done" / "final-train" / "VisATB.json").read_text())
-    assert marker["slurm_job"].isdigit() and marker["env"]["VISATB_WEIGHTS_FILE"] == str(out / "weights.json")

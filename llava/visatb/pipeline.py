@@ -482,6 +482,7 @@ class Item:
     env: dict[str, str] = field(default_factory=dict)
     outputs: list[Path] = field(default_factory=list)
     collect: Callable[[str], dict[str, Any]] | None = None  # reads the log, returns marker extras
+    size: int = 0  # the work it is, e.g. its training records: a stage starts its larger items first
 
 
 def _safe(name: str) -> str:
@@ -713,6 +714,11 @@ class Pipeline:
         total = len(pending)
         if not total:
             return
+        # Largest first: with more items than parallel slots, a large item started last runs alone at the end
+        # while the other slots idle (the toy's ToyBBox-plus-mini, about a third of its stage's work, was the
+        # stage's last item). Stable, so items of one size keep their order; no item's result depends on when
+        # it runs.
+        pending.sort(key=lambda item: -item.size)
         if self.slurm is not None:
             self._run_items_slurm(stage, prefix, pending, jobs)
             return
@@ -1036,7 +1042,8 @@ class Pipeline:
                 extra = cfg.prep_train_args
             command = ["bash", cfg.finetune_script, *cfg.train_args, *extra]
             label = f"{key}: {what} -> {output.name} (log: {self.log_dir / ('final-train' if final else 'train') / (_safe(key) + '.log')})"
-            items.append(Item(key, label, command, env=env, outputs=[output / "config.json"]))
+            items.append(Item(key, label, command, env=env, outputs=[output / "config.json"],
+                              size=0 if final else int(entry["count"])))  # fmt: skip
         if final:
             title = f"final training on the entire data: {', '.join(keys)} through {Path(cfg.finetune_script).name}"
         else:
