@@ -462,19 +462,23 @@ def test_cost_section_by_hand():
 
 
 def test_failed_stage_stops_the_chain_naming_stage_item_and_log(chain_inputs, capsys):
-    os.environ["FAIL_ON"] = "A-plus-mini"
+    # The items start largest first (A and B plus mini, then mini), one at a time: A finishes, B fails, and
+    # the stage starts nothing after a failure.
+    os.environ["FAIL_ON"] = "B-plus-mini"
     try:
         code = pipeline.main(chain_args(chain_inputs))
     finally:
         del os.environ["FAIL_ON"]
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     work = chain_inputs["work"]
-    log = work / "logs" / "train" / "A.log"
+    log = work / "logs" / "train" / "B.log"
     assert code == 1
     assert "[stage 2/9] train failed" in err and str(log) in err and "boom: out of memory" in err
     assert (work / ".done" / "subsets.json").is_file()  # the finished stage stays done
-    assert (work / ".done" / "train" / "mini.json").is_file()
-    assert not (work / ".done" / "train" / "A.json").exists()  # no marker for the failed item
+    assert (work / ".done" / "train" / "A.json").is_file()  # and so does the finished item
+    assert not (work / ".done" / "train" / "B.json").exists()  # no marker for the failed item
+    assert not (work / ".done" / "train" / "mini.json").exists() and "] mini:" not in captured.out
     assert not (work / ".done" / "train.json").exists()
 
 
