@@ -852,14 +852,17 @@ def test_demo_records_every_commands_time_and_devices_and_reports_the_cost(demo)
 
 
 def test_demo_passes_every_learning_check(demo):
-    # The starting point answers every question with an alignment caption ("white background: large red
-    # circle, top left"), never with a cell number; every trained model beats it everywhere, the full-data
-    # models beat the mini model, and no task is flat.
+    # The starting point answers (almost) every question with an alignment caption ("white background: large
+    # red circle, top left"), hardly ever with a cell number (seed 0 with the default threads on the Xeon: one
+    # "8" in 200 answers, none under OMP_NUM_THREADS=1), and scores no cell question; every trained model beats
+    # it everywhere, the full-data models beat the mini model, and no task is flat.
     out = demo["out"]
     answers = [p for p in (out / "answers" / "start").glob("ToyCellQA-val*.json") if not p.name.endswith(".provenance.json")]
     start_answers = json.loads(answers[0].read_text())
-    assert not any(re.fullmatch(r"[1-9]", r["conversations"][1]["generative_value"]) for r in start_answers)
+    numbers = sum(bool(re.fullmatch(r"[1-9]", r["conversations"][1]["generative_value"])) for r in start_answers)
+    assert numbers <= 0.02 * len(start_answers), numbers
     scores = json.loads((out / "scores.json").read_text())
+    assert scores["start"]["ToyCellQA"] <= 0.02
     metrics = {t: TOY.metrics[t] for t in DEMO_SCORED}
     for check in report.learning_checks(scores, DEMO_SCORED, metrics):
         assert check.status == "PASS", f"{check.name}: {check.detail}"
