@@ -1,5 +1,5 @@
 """The vision tower's feature time: `CLIPVisionModel`'s whole forward then `hidden_states[select_layer]` (the
-baseline, as upstream LLaVA computes it) against `CLIPVisionTower.selected_hidden_state`, which stops at the
+baseline, as upstream LLaVA computes it) against `clip_encoder.selected_hidden_state` (what `CLIPVisionTower` calls), which stops at the
 selected layer.
 
     python benchmarks/bench_vision_tower.py                      # the toy's tower: 2 layers, 48 px, 12x12 patches

@@ -41,12 +41,9 @@ class CLIPVisionTower(nn.Module):
             return features[:, 1:]  # drop the CLS token
         return features
 
-    def selected_hidden_state(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`hidden_states[select_layer]` of the tower, without the layers after it (see `selected_hidden_state`)."""
-        return selected_hidden_state(self.vision_tower, pixel_values, self.select_layer)
-
     def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        features = self.selected_hidden_state(pixel_values.to(device=self.device, dtype=self.dtype))
+        pixels = pixel_values.to(device=self.device, dtype=self.dtype)
+        features = selected_hidden_state(self.vision_tower, pixels, self.select_layer)  # the later layers: unused
         return self._select_tokens(features).to(pixel_values.dtype)
 
     @torch.no_grad()
