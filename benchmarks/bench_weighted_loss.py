@@ -26,7 +26,7 @@ from transformers import LlamaForCausalLM
 
 from llava.constants import IGNORE_INDEX
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-from llava.train.weight_methods import build_weighter
+from llava.model.weight_methods import build_weighter
 from llava.visatb.tasks import ACADEMIC
 
 VISATB_WEIGHTS = [1.05, 1.10, 0.95, 0.98, 0.92, 0.90, 1.35, 1.0]  # the Academic preset's 8 tasks

@@ -5,10 +5,10 @@ import json
 import pytest
 from train_helpers import TASKS, make_toy_data, train_flags
 
+from llava.model.weight_methods import DynamicWeightAverage, EqualWeighting, TaskBalancedWeighting
 from llava.train import train as train_module
 from llava.train.arguments import parse_weight_method_args, validate_args
 from llava.train.train import parse_args, train
-from llava.train.weight_methods import DynamicWeightAverage, EqualWeighting, TaskBalancedWeighting
 from llava.visatb.tasks import ACADEMIC
 
 # LLaVA-1.5's own arguments and their defaults (haotian-liu/LLaVA llava/train/train.py); `version` defaults to

@@ -17,12 +17,12 @@ from llava.constants import IGNORE_INDEX
 from llava.conversation import get_conv_template
 from llava.model.builder import load_pretrained_model
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+from llava.model.weight_methods import build_weighter
 from llava.train.arguments import TrainingArguments
 from llava.train.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, scan_data
 from llava.train.llama_sdpa_attn_monkey_patch import restore_llama_attention, sdpa_installed
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.train import train
-from llava.train.weight_methods import build_weighter
 
 
 @pytest.fixture(scope="module", autouse=True)

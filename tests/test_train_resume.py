@@ -101,7 +101,7 @@ def test_a_truncated_newest_checkpoint_falls_back_and_all_damaged_is_an_error(fi
 
 
 def test_a_weighter_state_of_another_method_is_named_before_loading(finished_run, tmp_path):
-    from llava.train.weight_methods import build_weighter
+    from llava.model.weight_methods import build_weighter
 
     run = copy_run(finished_run, tmp_path)
     state = json.loads((run / "checkpoint-4" / "weighter_state.json").read_text())

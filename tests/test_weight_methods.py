@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from llava.constants import IGNORE_INDEX
-from llava.train.weight_methods import (
+from llava.model.weight_methods import (
     WEIGHT_METHODS,
     DynamicWeightAverage,
     EqualWeighting,

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llava.train.weight_methods import DynamicWeightAverage, RandomLossWeighting
+from llava.model.weight_methods import DynamicWeightAverage, RandomLossWeighting
 
 WORLD_SIZE = 2
 NUM_TASKS = 3

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-from llava.train.weight_methods import build_weighter, reduce_token_loss
+from llava.model.weight_methods import build_weighter, reduce_token_loss
 
 
 class WeightedLlama(LlamaForCausalLM):

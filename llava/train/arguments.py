@@ -15,7 +15,7 @@ import torch
 import transformers
 
 from llava.conversation import SeparatorStyle, conv_templates
-from llava.train.weight_methods import (
+from llava.model.weight_methods import (
     EWTB_DENOMINATORS,
     WEIGHT_METHODS,
     TaskBalancedWeighting,

@@ -29,7 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from llava.constants import NON_LORA_NAME
 from llava.model.llava_arch import load_projector_into, load_projector_weights
-from llava.train.weight_methods import Weighter
+from llava.model.weight_methods import Weighter
 from llava.train.zero_utils import get_peft_state_non_lora_maybe_zero_3, save_projector
 from llava.utils import atomic_write_json, load_json
 

@@ -9,7 +9,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.constants import IGNORE_INDEX
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
-from llava.train.weight_methods import reduce_token_loss
+from llava.model.weight_methods import reduce_token_loss
 
 
 class LlavaConfig(LlamaConfig):
@@ -26,7 +26,7 @@ class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
 class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
     """LLaMA causal LM that accepts `images` and reduces its token loss with an optional `weighter`.
 
-    The trainer sets `model.weighter` (a `llava.train.weight_methods.Weighter`) and passes `task_ids`
+    The trainer sets `model.weighter` (a `llava.model.weight_methods.Weighter`) and passes `task_ids`
     with each batch; without them the loss is the usual mean token loss.
     """
 
