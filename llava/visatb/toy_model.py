@@ -66,9 +66,10 @@ PRETRAIN_TASK = "ToyAlign"
 # whole cell per patch the tiny model learned colours and positions but not kinds in the time budget.
 PATCHES_PER_SIDE = 2 * GRID
 
-# Sized on the 2-core CPU the demo targets: a training step of batch 16 takes about 0.1 s. The alignment
-# pretraining sits on a plateau for ~250 steps (the LM learning to read image tokens at all) before the
-# loss falls; a constant learning rate gets it over the plateau within the default steps, a cosine one not.
+# Sized on the 2-core CPUs the demo targets: a training step of batch 16 takes 0.04 to 0.12 s (1500 steps in 58
+# to 177 s on the project's Xeon VMs, 2026-12-03 and -06). The alignment pretraining sits on a plateau for ~250
+# steps (the LM learning to read image tokens at all) before the loss falls; a constant learning rate gets it
+# over the plateau within the default steps, a cosine one not.
 TOY_SIZES: dict[str, int] = {
     "vocab_size": 1000,
     "hidden_size": 128,
@@ -87,7 +88,7 @@ DEFAULT_PRETRAIN_STEPS = 1500
 DEFAULT_PRETRAIN_BATCH = 16
 DEFAULT_PRETRAIN_LR = 1e-3
 PRETRAIN_LOGGING_STEPS = 25
-# The tower's attribute pretraining: about 30 s for the 300 steps on the demo's 2-core CPU.
+# The tower's attribute pretraining: 13 to 36 s for the 300 steps on the demo's 2-core CPUs.
 DEFAULT_TOWER_STEPS = 300
 TOWER_BATCH = 64
 TOWER_LR = 1e-3
