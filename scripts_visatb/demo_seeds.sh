@@ -5,6 +5,7 @@
 #   bash scripts_visatb/demo_seeds.sh                                  # about 6 x the demo's time
 #   bash scripts_visatb/demo_seeds.sh --seeds 0 1 2 --output-dir outputs/seeds3
 #   bash scripts_visatb/demo_seeds.sh --runs outputs/seeds/seed0 outputs/seeds/seed1   # tabulate finished runs
+#   bash scripts_visatb/demo_seeds.sh --cpu-path avx2 --output-dir outputs/seeds-avx2  # another floating-point path (x86)
 # Exit code 0 when every gain and every check passed, 3 when not.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -71,3 +71,36 @@ def test_a_folder_without_results_is_named(tmp_path, capsys):
     _write_run(tmp_path / "ok", 0.5, 0.9)
     assert main(["--runs", str(tmp_path / "empty"), str(tmp_path / "ok")]) == 1
     assert "empty/scores.json: missing" in capsys.readouterr().err
+
+
+def test_cpu_path_runs_every_demo_on_capped_kernels_and_labels_them(tmp_path, monkeypatch):
+    from llava.visatb import seed_spread
+
+    calls = []
+
+    def fake_run_demo(output_dir, seed, threads, extra_env, log):
+        calls.append((output_dir.name, seed, threads, dict(extra_env)))
+        _write_run(output_dir, 0.5 + 0.01 * seed, 0.9)
+        return 1.0
+
+    monkeypatch.setattr(seed_spread, "run_demo", fake_run_demo)
+    monkeypatch.setattr(seed_spread.platform, "machine", lambda: "x86_64")
+    args = ["--seeds", "0", "1", "--threads-variant", "1", "--output-dir", str(tmp_path), "--cpu-path", "avx2"]
+    assert main(args) == 0
+    capped = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    assert calls == [("seed0-avx2", 0, None, capped), ("seed1-avx2", 1, None, capped),
+                     ("seed0-threads1-avx2", 0, 1, capped)]  # fmt: skip
+    assert "Runs: seed0-avx2, seed1-avx2, seed0-threads1-avx2" in (tmp_path / "seed_spread.md").read_text()
+
+
+def test_cpu_path_is_refused_off_x86_and_with_finished_runs(tmp_path, monkeypatch, capsys):
+    from llava.visatb import seed_spread
+
+    monkeypatch.setattr(seed_spread, "run_demo", lambda *a: pytest.fail("no demo may run"))
+    monkeypatch.setattr(seed_spread.platform, "machine", lambda: "aarch64")
+    assert main(["--output-dir", str(tmp_path), "--cpu-path", "avx2"]) == 1
+    assert "caps x86 kernels; this machine is aarch64" in capsys.readouterr().err
+    _write_run(tmp_path / "a", 0.5, 0.9)
+    _write_run(tmp_path / "b", 0.5, 0.9)
+    assert main(["--runs", str(tmp_path / "a"), str(tmp_path / "b"), "--cpu-path", "avx2"]) == 1
+    assert "not to --runs" in capsys.readouterr().err

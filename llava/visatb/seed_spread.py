@@ -10,6 +10,10 @@ final weights) as mean +- std.
 
     python -m llava.visatb.seed_spread --seeds 0 1 2 3 4 --threads-variant 1 --output-dir outputs/seeds
     python -m llava.visatb.seed_spread --runs outputs/seeds/seed0 outputs/seeds/seed1 ...   # tabulate only
+
+Two VMs with one CPU type give the same digits; another CPU takes other kernels and every number moves.
+`--cpu-path avx2` shows that second case on one x86 machine: every run uses PyTorch's, MKL's and oneDNN's
+AVX2 kernels (what a CPU without AVX-512 runs), another floating-point path with the same seeds.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -32,6 +37,11 @@ from llava.visatb.report import EW, MINI, VISATB, learning_checks
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REQUIRED_RATIO = 3.0
+# --cpu-path: the environment that caps x86 kernels at an instruction set, and the machines it applies to.
+CPU_PATHS: dict[str, dict[str, str]] = {
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+X86_MACHINES = ("x86_64", "amd64", "i686", "i386")
 
 
 @dataclass
@@ -176,8 +186,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="+", help="tabulate these finished demo folders instead of running")
     parser.add_argument("--extra-runs", nargs="*", default=[], help="with --runs: runs that join gains/checks only")
     parser.add_argument("--output", help="also write the markdown here (default: OUTPUT_DIR/seed_spread.md)")
+    parser.add_argument("--cpu-path", choices=sorted(CPU_PATHS),
+                        help="run every demo on x86 kernels capped at this instruction set (labels get -avx2)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
+        if args.cpu_path and args.runs:
+            raise ValueError("--cpu-path applies to the runs this command makes, not to --runs")
+        if args.cpu_path and platform.machine().lower() not in X86_MACHINES:
+            raise ValueError(f"--cpu-path {args.cpu_path} caps x86 kernels; this machine is {platform.machine()}")
+        cpu_env = CPU_PATHS.get(args.cpu_path or "", {})
+        suffix = f"-{args.cpu_path}" if args.cpu_path else ""
         if args.runs:
             seed_runs = [load_run(f) for f in args.runs]
             extra_runs = [load_run(f) for f in args.extra_runs]
@@ -185,13 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             root = Path(args.output_dir)
             root.mkdir(parents=True, exist_ok=True)
-            plan = [(f"seed{s}", s, None) for s in args.seeds]
+            plan = [(f"seed{s}{suffix}", s, None) for s in args.seeds]
             if args.threads_variant is not None:
-                plan.append((f"seed{args.seeds[0]}-threads{args.threads_variant}", args.seeds[0], args.threads_variant))
+                plan.append((f"seed{args.seeds[0]}-threads{args.threads_variant}{suffix}", args.seeds[0],
+                             args.threads_variant))  # fmt: skip
             seed_runs, extra_runs = [], []
             for label, seed, threads in plan:
                 print(f"[seeds] {label}: bash scripts_visatb/demo.sh -> {root / label}", flush=True)
-                seconds = run_demo(root / label, seed, threads, {}, root / f"{label}.log")
+                seconds = run_demo(root / label, seed, threads, cpu_env, root / f"{label}.log")
                 print(f"[seeds] {label}: finished in {seconds:.0f} s", flush=True)
                 run = load_run(root / label, label, seconds)
                 (extra_runs if threads is not None else seed_runs).append(run)
