@@ -374,7 +374,9 @@ def _load_state(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _settings(manifest: dict[str, Any], pretrain: dict[str, Any], seed: int) -> dict[str, Any]:
+    # The benchmark's format too: its text trains the tokenizer, so a build from an older format is not reused.
     return {
+        "benchmark_format": manifest["format_version"],
         "benchmark_seed": manifest["seed"],
         "benchmark_scale": manifest["scale"],
         "image_size": manifest["image_size"],
