@@ -192,6 +192,19 @@ def test_caption_list_targets_are_reference_lists_in_val_and_strings_in_train(be
         assert isinstance(record["conversations"][1]["value"], str)
 
 
+def _assert_region_described(out, record, question, description):
+    """`description` ("small red square in the north east") is the shape the question's box frames: its colour,
+    kind, box and cell. Returns the cell's words."""
+    _, color, kind, position = re.fullmatch(r"(small|large) (\w+) (\w+) in the (.+)", description).groups()
+    pixels = _pixels(out, record)
+    mask = _mask(pixels, color)
+    assert _shape_of(mask) == kind, record["id"]
+    assert np.allclose(_parse_box(question.rsplit(": ", 1)[1]), _mask_box(mask), atol=0.005 + 1e-9), record["id"]
+    cx, cy = _region_cell_center(position, IMAGE_SIZE)
+    assert tuple(pixels[cy, cx]) == toy.COLORS[color], record["id"]
+    return position
+
+
 def test_region_training_answers_are_the_full_first_phrasing(bench):
     # One phrasing to learn (size, colour, kind, cell), the first of the five references a validation record has.
     out, _ = bench
@@ -199,13 +212,7 @@ def test_region_training_answers_are_the_full_first_phrasing(bench):
     assert records
     for record in records:
         question, answer = (turn["value"] for turn in record["conversations"])
-        size, color, kind, position = re.fullmatch(r"(small|large) (\w+) (\w+) in the (.+)", answer).groups()
-        pixels = _pixels(out, record)
-        mask = _mask(pixels, color)
-        assert _shape_of(mask) == kind, record["id"]
-        assert np.allclose(_parse_box(question.rsplit(": ", 1)[1]), _mask_box(mask), atol=0.005 + 1e-9)
-        cx, cy = _region_cell_center(position, IMAGE_SIZE)
-        assert tuple(pixels[cy, cx]) == toy.COLORS[color], record["id"]
+        _assert_region_described(out, record, question, answer)
     shape = toy.ToyShape(kind="circle", color="red", size="small", row=0, col=2)
     assert toy.region_descriptions(shape)[0] == "small red circle in the north east"
 
@@ -312,14 +319,8 @@ def test_region_description_box_points_at_the_described_shape(bench):
     out, _ = bench
     for record in _val(bench, "ToyCaptionList"):
         question, references = (turn["value"] for turn in record["conversations"])
-        x1, y1, x2, y2 = _parse_box(question.rsplit(": ", 1)[1])
-        _, color, kind, position = re.fullmatch(r"(\w+) (\w+) (\w+) in the (.+)", references[0]).groups()
-        mask = _mask(_pixels(out, record), color)
-        assert np.allclose((x1, y1, x2, y2), _mask_box(mask), atol=0.005 + 1e-9)
-        assert _shape_of(mask) == kind
+        position = _assert_region_described(out, record, question, references[0])
         assert all(ref.endswith(f" in the {position}") for ref in references)
-        cx, cy = _region_cell_center(position, IMAGE_SIZE)
-        assert tuple(_pixels(out, record)[cy, cx]) == toy.COLORS[color]
 
 
 def test_only_region_descriptions_use_compass_words(bench):
