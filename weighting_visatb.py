@@ -15,7 +15,6 @@ import argparse
 import sys
 
 from llava.utils import refuse_same_file
-from llava.visatb import weighting
 from llava.visatb.tasks import (
     check_task_groups,
     get_preset,
@@ -23,6 +22,30 @@ from llava.visatb.tasks import (
     parse_task_names,
     resolve_tasks,
 )
+from llava.visatb.weights.measures import (
+    DEFAULT_GAIN_TOLERANCE,
+    DEFAULT_MAX_CONTRIBUTION,
+    DIFFICULTY_SOURCES,
+    FORMS,
+    check_gain_options,
+    default_unscored,
+    load_scores_table,
+    plan_tasks,
+    split_scored,
+)
+from llava.visatb.weights.paper import PAPER_SETTINGS, get_paper_setting
+from llava.visatb.weights.printout import format_paper_settings, format_report, plot_weights
+from llava.visatb.weights.weights import (
+    DEFAULT_ALPHA,
+    DEFAULT_TEMPERATURE,
+    VisatbWeights,
+    check_alpha,
+    temperature_option,
+    weights_from_group_scores,
+    weights_from_measures,
+    weights_from_scores,
+)
+from llava.visatb.weights.weights_file import write_weights_file
 
 USAGE_HINT = (
     "To weight your own tasks: python weighting_visatb.py --scores scores.json "
@@ -38,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--scores", help="scores table JSON {model key: {task: score}} (see scores.py)")
-    source.add_argument("--paper", help=f"one paper setting: {', '.join(weighting.PAPER_SETTINGS)}")
+    source.add_argument("--paper", help=f"one paper setting: {', '.join(PAPER_SETTINGS)}")
     parser.add_argument("--out-contribution", type=float, nargs="+", help="C_out per scored task, by hand")
     parser.add_argument("--in-contribution", type=float, nargs="+", help="C_in per scored task, by hand")
     parser.add_argument(
@@ -53,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--temperature",
-        default=weighting.DEFAULT_TEMPERATURE,
+        default=DEFAULT_TEMPERATURE,
         help="softmax temperature T (positive), or 'auto': the smallest of 2, 1, 0.5, 0.25, 0.125 keeping every "
         "final weight in [0.5, 2.0]",
     )
@@ -61,29 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--alpha",
         type=float,
         nargs=3,
-        default=list(weighting.DEFAULT_ALPHA),
+        default=list(DEFAULT_ALPHA),
         metavar=("A_OUT", "A_IN", "A_D"),
         help="Eq. 8: final = A_OUT * w_out + A_IN * w_in + A_D * w_diff (each >= 0, summing to 1)",
     )
     parser.add_argument(
         "--form",
-        choices=list(weighting.FORMS),
+        choices=list(FORMS),
         default="academic",
         help="academic: C from the mini and task-plus-mini models; chat (App. C): from start and alone:<task>",
     )
     parser.add_argument(
         "--difficulty-from",
-        choices=list(weighting.DIFFICULTY_SOURCES),
+        choices=list(DIFFICULTY_SOURCES),
         help="real: D = 1 - V_i(mini)/V_i(i+mini); precise (App. F): 1 - V_i(mini-alone:i)/V_i(alone:i) "
         "(default: real for --form academic, precise for chat)",
     )
     parser.add_argument(
-        "--gain-tolerance", type=float, default=weighting.DEFAULT_GAIN_TOLERANCE,
+        "--gain-tolerance", type=float, default=DEFAULT_GAIN_TOLERANCE,
         help="a task's own-data gain V_j(j+mini) - V_j(mini) at or below this fraction of its score counts as no "
         "gain: contributions to it are undefined and it gets a neutral in-weight (with a WARNING)",
     )
     parser.add_argument(
-        "--max-contribution", type=float, default=weighting.DEFAULT_MAX_CONTRIBUTION,
+        "--max-contribution", type=float, default=DEFAULT_MAX_CONTRIBUTION,
         help="an own-data gain so small that some |C[i->j]| would exceed this also counts as no gain",
     )
     parser.add_argument("--strict", action="store_true", help="a task without own-data gain is an error")
@@ -97,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def compute(args: argparse.Namespace) -> weighting.VisatbWeights:
+def compute(args: argparse.Namespace) -> VisatbWeights:
     """Turn the parsed arguments into one weights result."""
     vectors = (args.out_contribution, args.in_contribution, args.difficulty)
     by_hand = any(v is not None for v in vectors)
@@ -110,7 +133,7 @@ def compute(args: argparse.Namespace) -> weighting.VisatbWeights:
     if args.paper:
         if args.tasks or args.task_preset or args.unscored_tasks:
             raise ValueError("--paper fixes its own tasks; drop --tasks/--task-preset/--unscored-tasks")
-        return weighting.get_paper_setting(args.paper).weights(args.temperature, args.alpha)
+        return get_paper_setting(args.paper).weights(args.temperature, args.alpha)
 
     tasks = resolve_tasks(args.tasks, args.task_preset) if (args.tasks or args.task_preset) else None
     if args.unscored_tasks is not None:
@@ -132,27 +155,27 @@ def compute(args: argparse.Namespace) -> weighting.VisatbWeights:
             raise ValueError("--task-groups averages a scores table per group: give --scores")
         groups = parse_task_groups(args.task_groups)
         if tasks is not None:
-            scored = weighting.split_scored(
-                tasks, weighting.default_unscored(tasks) if unscored is None else unscored
+            scored = split_scored(
+                tasks, default_unscored(tasks) if unscored is None else unscored
             )
             check_task_groups(groups, scored)
-        result = weighting.weights_from_group_scores(
-            weighting.load_scores_table(args.scores), groups, tasks, source=args.scores,
+        result = weights_from_group_scores(
+            load_scores_table(args.scores), groups, tasks, source=args.scores,
             temperature=args.temperature, gain_tolerance=args.gain_tolerance, max_contribution=args.max_contribution,
             strict=args.strict, alpha=args.alpha, form=args.form, difficulty_from=args.difficulty_from,
         )  # fmt: skip
     elif args.scores:
-        scores = weighting.load_scores_table(args.scores)
-        all_tasks, scored = weighting.plan_tasks(tasks, unscored, scores, source=args.scores, form=args.form)
-        result = weighting.weights_from_scores(
+        scores = load_scores_table(args.scores)
+        all_tasks, scored = plan_tasks(tasks, unscored, scores, source=args.scores, form=args.form)
+        result = weights_from_scores(
             scores, scored, all_tasks, args.temperature, source=args.scores, gain_tolerance=args.gain_tolerance,
             max_contribution=args.max_contribution, strict=args.strict, alpha=args.alpha, form=args.form,
             difficulty_from=args.difficulty_from,
         )  # fmt: skip
     else:
-        all_tasks, scored = weighting.plan_tasks(tasks, unscored, n_values=len(args.difficulty))
+        all_tasks, scored = plan_tasks(tasks, unscored, n_values=len(args.difficulty))
         measures = (args.out_contribution, args.in_contribution, args.difficulty, scored, all_tasks)
-        result = weighting.weights_from_measures(*measures, args.temperature, alpha=args.alpha)
+        result = weights_from_measures(*measures, args.temperature, alpha=args.alpha)
     result.task_order = order
     return result
 
@@ -168,9 +191,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.temperature = weighting.temperature_option(args.temperature)
+        args.temperature = temperature_option(args.temperature)
         try:
-            args.alpha = weighting.check_alpha(args.alpha)
+            args.alpha = check_alpha(args.alpha)
         except ValueError as e:
             raise ValueError(f"--alpha: {e}") from None
         by_hand = any(v is not None for v in (args.out_contribution, args.in_contribution, args.difficulty))
@@ -178,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             chosen = (args.tasks, args.task_preset, args.unscored_tasks, args.output, args.plot)
             if any(chosen) or args.form != "academic" or args.difficulty_from:
                 raise ValueError("nothing to weight: give --scores, --paper or the three measure vectors")
-            print(weighting.format_paper_settings(args.temperature, args.alpha))
+            print(format_paper_settings(args.temperature, args.alpha))
             print()
             print(USAGE_HINT)
             return 0
-        weighting.check_gain_options(args.gain_tolerance, args.max_contribution)
+        check_gain_options(args.gain_tolerance, args.max_contribution)
         _check_outputs(args)
         result = compute(args)
         for line in result.warnings():
@@ -195,15 +218,15 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         if args.output:
-            weighting.write_weights_file(args.output, result)
+            write_weights_file(args.output, result)
             print(f"wrote {args.output}")
         if args.plot:
-            weighting.plot_weights(result, args.plot)
+            plot_weights(result, args.plot)
             print(f"wrote {args.plot}")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(weighting.format_report(result))
+    print(format_report(result))
     return 0
 
 

@@ -787,7 +787,7 @@ def test_demo_scores_cover_every_model_and_task(demo):
 
 
 def test_demo_weights_file_has_the_schema_training_reads(demo):
-    from llava.visatb.weighting import load_visatb_weights_file
+    from llava.visatb.weights.weights_file import load_visatb_weights_file
 
     weights = json.loads((demo["out"] / "weights.json").read_text())
     assert set(weights) >= {"tasks", "temperature", "scored_tasks", "contribution_matrix", "out_contribution",

@@ -12,20 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llava.visatb import weighting
-from llava.visatb.weighting import (
-    PAPER_SETTINGS,
-    contribution_matrix,
-    difficulty,
-    get_paper_setting,
-    load_visatb_weights_file,
-    out_in_contributions,
-    plan_tasks,
-    plot_weights,
-    weights_from_measures,
-    weights_from_scores,
-    write_weights_file,
-)
+from llava.visatb.weights import measures, printout
+from llava.visatb.weights import weights as weighting
+from llava.visatb.weights.measures import contribution_matrix, difficulty, out_in_contributions, plan_tasks
+from llava.visatb.weights.paper import PAPER_SETTINGS, get_paper_setting
+from llava.visatb.weights.printout import plot_weights
+from llava.visatb.weights.weights import weights_from_measures, weights_from_scores
+from llava.visatb.weights.weights_file import load_visatb_weights_file, write_weights_file
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -745,10 +738,10 @@ def test_chat_form_names_a_missing_model(drop, message):
 
 def test_missing_scores_lists_every_model_a_form_needs():
     table = {k: v for k, v in CHAT_SCORES.items() if k not in ("alone:Y", "mini-alone:X")}
-    assert weighting.missing_scores(table, ["X", "Y", "Z"], form="chat") == {
+    assert measures.missing_scores(table, ["X", "Y", "Z"], form="chat") == {
         "alone:Y": ["X", "Y", "Z"], "mini-alone:X": ["X"]}  # fmt: skip
-    assert weighting.missing_scores(CHAT_SCORES, ["X", "Y", "Z"], form="chat") == {}
-    assert weighting.missing_scores(SCORES, ["A", "B"], difficulty_from="precise") == {
+    assert measures.missing_scores(CHAT_SCORES, ["X", "Y", "Z"], form="chat") == {}
+    assert measures.missing_scores(SCORES, ["A", "B"], difficulty_from="precise") == {
         "mini-alone:A": ["A"], "alone:A": ["A"], "mini-alone:B": ["B"], "alone:B": ["B"]}  # fmt: skip
 
 
@@ -851,7 +844,7 @@ def test_group_weights_by_hand_and_every_task_gets_its_groups_weight():
     assert result.unscored_tasks == ["E"]
     data = result.to_json()
     assert data["task_groups"] == GROUPS and data["group_weights"] == pytest.approx(dict(zip(GROUPS, final)))
-    text = weighting.format_report(result)
+    text = printout.format_report(result)
     assert "N = 2 groups" in text and "G1 = A, B; G2 = C, D" in text
     assert 'TASK_NAMES="A,B,C,D,E"' in text
 

@@ -292,7 +292,7 @@ def _resolve_weights(model_args: ModelArguments, tasks: Sequence[str]) -> list[f
     if model_args.visatb_weights is not None and model_args.visatb_weights_file:
         raise ValueError("give the VisATB weights either as --visatb_weights or as --visatb_weights_file, not both")
     if model_args.visatb_weights_file:
-        from llava.visatb.weighting import load_visatb_weights_file
+        from llava.visatb.weights.weights_file import load_visatb_weights_file
 
         weights = load_visatb_weights_file(model_args.visatb_weights_file, list(tasks))
         source = f"--visatb_weights_file {model_args.visatb_weights_file}"

@@ -388,12 +388,8 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.run_name):
         raise ValueError(f"--run-name {args.run_name!r}: use letters, digits, '.', '_' and '-'")
     # The weighting step's options, checked now rather than after every training has run.
-    from llava.visatb.weighting import (
-        check_alpha,
-        check_gain_options,
-        get_difficulty_source,
-        temperature_option,
-    )
+    from llava.visatb.weights.measures import check_gain_options, get_difficulty_source
+    from llava.visatb.weights.weights import check_alpha, temperature_option
 
     try:
         temperature = temperature_option(args.temperature)
@@ -1103,7 +1099,7 @@ class Pipeline:
         cfg = self.cfg
         if cfg.form == "academic" and cfg.difficulty_from == "real":
             return {}
-        from llava.visatb.weighting import missing_scores
+        from llava.visatb.weights.measures import missing_scores
 
         scores = load_json(self.scores_file) if self.scores_file.is_file() else {}
         if cfg.groups:

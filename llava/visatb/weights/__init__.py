@@ -1,0 +1,1 @@
+"""VisATB task weights: measures, weights, the weights file, the paper's settings, printout."""
