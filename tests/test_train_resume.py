@@ -109,3 +109,19 @@ def test_a_weighter_state_of_another_method_is_named_before_loading(finished_run
     plan = resume.plan_resume(str(run), False, 6, build_weighter("DWA", 3, ["ColorQA", "Caption", "Text"]))
     assert plan.checkpoint.endswith("checkpoint-2")
     assert "weighter state is for method 'RLW'" in plan.warnings[0]
+
+
+def test_a_planted_rng_state_never_runs_and_training_resumes_from_the_previous_checkpoint(finished_run, tiny, toy,
+                                                                                         tmp_path, capsys):  # fmt: skip
+    from test_checkpoint_security import plant
+
+    run = copy_run(finished_run, tmp_path)
+    marker = tmp_path / "payload_ran"
+    plant(run / "checkpoint-4" / "rng_state.pth", marker)
+    capsys.readouterr()
+    train(args=flags(tiny, toy, run, 6))
+    captured = capsys.readouterr()
+    assert "checkpoint-4 is damaged: rng_state.pth was refused: it names posix.system" in captured.err
+    assert f"resuming from {run}/checkpoint-2" in captured.out
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 6
+    assert not marker.exists()

@@ -30,6 +30,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from llava.constants import NON_LORA_NAME
 from llava.model.llava_arch import load_projector_into, load_projector_weights
 from llava.model.weight_methods import Weighter
+from llava.train.resume import checkpoint_safe_globals
 from llava.train.zero_utils import get_peft_state_non_lora_maybe_zero_3, save_projector
 from llava.utils import atomic_write_json, load_json
 
@@ -359,7 +360,8 @@ class LLaVATrainer(Trainer):
 
     def _load_rng_state(self, checkpoint):
         # The Trainer of transformers 4.31 reads its own RNG file with torch.load's defaults, which torch >= 2.6
-        # refuses (the file holds numpy state). The file is this run's own checkpoint, so it is read in full.
+        # refuses (the file holds numpy state). It is read here with the restricted unpickler, allowing numpy's
+        # array classes only: a planted file cannot run code (resume.py refuses such a checkpoint earlier still).
         if checkpoint is None:
             return
         name = f"rng_state_{self.args.process_index}.pth" if self.args.world_size > 1 else "rng_state.pth"
@@ -367,7 +369,8 @@ class LLaVATrainer(Trainer):
         if not os.path.isfile(path):
             warnings.warn(f"{path} not found: the resumed run's random state will differ", stacklevel=2)
             return
-        state = torch.load(path, weights_only=False)
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
         random.setstate(state["python"])
         np.random.set_state(state["numpy"])
         torch.random.set_rng_state(state["cpu"])

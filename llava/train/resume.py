@@ -1,8 +1,15 @@
 """Where a rerun of a training continues, decided before any model is loaded.
 
 A finished run (its final `trainer_state.json` reached the planned number of steps) is not trained again. The
-newest `checkpoint-*` is checked first (trainer state, weighter state, weight files not truncated); a damaged
-one is reported and the previous one used; when every checkpoint is damaged the run stops with their names.
+newest `checkpoint-*` is checked first (trainer state, weighter state, weight files not truncated, pickled files
+holding nothing but tensors and plain data); a damaged or refused one is reported and the previous one used;
+when every checkpoint is damaged the run stops with their names.
+
+Security: the Trainer and DeepSpeed read a checkpoint's `.pt`/`.pth`/`.bin` files with pickle, and DeepSpeed
+does so with `weights_only=False`, which runs whatever code a planted file names. Every such file is therefore
+first read here with torch's restricted unpickler (`weights_only=True`, memory-mapped so the tensors are not
+read), which accepts only tensors, plain data and the few classes listed in `CHECKPOINT_SAFE_GLOBALS`; a file
+that names anything else is refused before any library touches it.
 """
 
 from __future__ import annotations
@@ -11,12 +18,16 @@ import copy
 import json
 import math
 import os
+import pickle
 import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from llava.utils import load_json
 
@@ -25,6 +36,48 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # What a checkpoint (or the final output) holds the model in: full weights, LoRA adapter, projector, ZeRO shards.
 MODEL_FILES = ("pytorch_model.bin", "model.safetensors", "pytorch_model.bin.index.json", "model.safetensors.index.json",
                "adapter_model.bin", "adapter_model.safetensors", "mm_projector.bin")  # fmt: skip
+# The Trainer writes its own arguments here as a full pickle, and never reads the file back on resume.
+NEVER_LOADED = ("training_args.bin",)
+_PICKLED_SUFFIXES = (".bin", ".pt", ".pth")
+
+
+def checkpoint_safe_globals() -> list[Any]:
+    """Classes beyond torch's own safe set that a checkpoint of this project's training legitimately holds."""
+    numpy_2 = int(np.__version__.split(".")[0]) >= 2
+    multiarray = np._core.multiarray if numpy_2 else np.core.multiarray  # numpy 2 renamed np.core
+    allowed: list[Any] = [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    try:  # DeepSpeed's optimizer states: its loss scaler and ZeRO bookkeeping (plain data classes and an enum)
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        allowed += [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    except ImportError:
+        pass
+    return allowed
+
+
+def unpickle_problem(path: Path) -> str | None:
+    """Why `path` must not be unpickled (None when it holds only tensors, plain data and allowed classes).
+
+    Reads the file with torch's restricted unpickler, which checks every class the pickle names before using
+    it, so nothing in the file runs; the tensors are memory-mapped, not read.
+    """
+    allowed = checkpoint_safe_globals()
+    try:
+        with torch.serialization.safe_globals(allowed):
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        with torch.serialization.safe_globals(allowed):
+            try:
+                named = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+            except (ValueError, RuntimeError, OSError):
+                named = []
+        what = f"it names {', '.join(named)}" if named else str(e).strip().splitlines()[-1]
+        return f"{path.name} was refused: {what}, which a checkpoint of this training never holds (nothing was run)"
+    except (RuntimeError, ValueError, OSError, EOFError) as e:
+        return f"{path.name} is not a readable torch.save archive ({str(e).strip().splitlines()[0][:200]})"
+    return None
 
 
 @dataclass
@@ -82,10 +135,26 @@ def _safetensors_problem(path: Path) -> str | None:
 def _file_problem(path: Path) -> str | None:
     if path.stat().st_size == 0:
         return f"{path.name} is empty"
-    if path.suffix in (".bin", ".pt", ".pth"):
-        return _zip_problem(path)
+    if path.suffix in _PICKLED_SUFFIXES:
+        return _zip_problem(path) or unpickle_problem(path)
     if path.suffix == ".safetensors":
         return _safetensors_problem(path)
+    return None
+
+
+def _deepspeed_problem(folder: Path) -> str | None:
+    """DeepSpeed's resume reads `latest` (a tag naming a global_step folder) and that folder's pickled files."""
+    latest = folder / "latest"
+    if latest.is_file():
+        tag = latest.read_text(errors="replace").strip()
+        if not re.fullmatch(r"global_step\d+", tag) or not (folder / tag).is_dir():
+            return f"latest names {tag[:80]!r}, not a global_step folder of this checkpoint"
+    for step_dir in sorted(folder.glob("global_step*")):
+        for path in sorted(step_dir.iterdir()):
+            if path.is_file():
+                problem = _file_problem(path)
+                if problem:
+                    return f"{step_dir.name}/{problem}"
     return None
 
 
@@ -111,11 +180,11 @@ def checkpoint_problem(folder: Path, weighter: Any = None) -> str | None:
     if not has_model:
         return "it holds no model weights"
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix in (".bin", ".pt", ".pth", ".safetensors"):
+        if path.is_file() and path.suffix in (*_PICKLED_SUFFIXES, ".safetensors") and path.name not in NEVER_LOADED:
             problem = _file_problem(path)
             if problem:
                 return problem
-    return None
+    return _deepspeed_problem(folder)
 
 
 def _finished_run(output_dir: Path, planned_steps: int) -> str | None:
