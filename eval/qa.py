@@ -10,7 +10,7 @@ from pathlib import Path
 if importlib.util.find_spec("llava") is None:  # not pip-installed: use this checkout
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from llava.visatb.metrics_cli import main  # noqa: E402
+from llava.visatb.metrics.cli import main  # noqa: E402
 from llava.visatb.tasks import QA  # noqa: E402
 
 if __name__ == "__main__":

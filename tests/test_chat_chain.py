@@ -20,7 +20,7 @@ from judge_server import OverlapJudge, overlap_score
 
 from llava.eval.merge_chunks import read_jsonl
 from llava.visatb import pipeline
-from llava.visatb.review_set import QA90_NAMES
+from llava.visatb.metrics.review_set import QA90_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT_TASKS = ["conversation", "detail", "complex_reasoning"]
@@ -216,7 +216,7 @@ def test_run_visatb_sh_wires_the_chat_preset_review_set_and_judge(chat_inputs):
 
 
 def test_review_set_from_validation_records(tmp_path):
-    from llava.visatb.review_set import locate_review_set, main, write_val_files
+    from llava.visatb.metrics.review_set import locate_review_set, main, write_val_files
 
     val = tmp_path / "val.json"
     val.write_text(json.dumps([
@@ -401,7 +401,7 @@ def toy_chat(tmp_path_factory):
     records = json.loads((out / "data" / manifest["train_file"]).read_text())
     (out / "train.json").write_text(json.dumps([r for r in records if r["task"] in TOY_CHAT]))
     val = ",".join(f"{t}={out / 'data' / manifest['val_files'][t]}" for t in TOY_CHAT)
-    made = _run([sys.executable, "-m", "llava.visatb.review_set", "from-val", "--val", val, "--output-dir",
+    made = _run([sys.executable, "-m", "llava.visatb.metrics.review_set", "from-val", "--val", val, "--output-dir",
                  str(out / "review")], env)  # fmt: skip
     assert made.returncode == 0, made.stderr
     with OverlapJudge(fail_after=FAIL_AFTER) as judge:

@@ -9,7 +9,7 @@ import multiprocessing
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from llava.visatb.metrics import (
+from llava.visatb.metrics.task_metrics import (
     METRICS,
     box_iou,
     cider,

@@ -17,7 +17,7 @@ Work directory: subsets/ (mini and task-plus-mini files), checkpoints/llava-<run
 scores.json (V_j(m) of every model), weights.json + heatmap.png + weights.txt, report.md, pipeline.json.
 
 Tasks scored by `gpt_review` (the Chat preset's) are validated on one review set in LLaVA-Bench-COCO's layout
-(--review-set; a question's category decides its task, llava/visatb/review_set.py): the subsets stage writes
+(--review-set; a question's category decides its task, llava/visatb/metrics/review_set.py): the subsets stage writes
 subsets/review/<task>_val.json from it, every model answers those as any validation set, and the score stage
 has the judge on OPENAI_BASE_URL (OPENAI_API_KEY, checked before anything runs) review each (model, task)
 into reviews/<model>/<task>.jsonl, reused on reruns while answer and judge are unchanged.
@@ -267,7 +267,7 @@ def _resolve_review_set(args: argparse.Namespace, judged: list[str]) -> tuple[di
     """The review set of the gpt_review tasks, checked (questions of every judged task, references, contexts,
     rules, images), and the judge model; the judge's key must be set now, before any training."""
     from llava.eval.eval_gpt_review_bench import DEFAULT_JUDGE_MODEL
-    from llava.visatb.review_set import load_questions_by_task, locate_review_set
+    from llava.visatb.metrics.review_set import load_questions_by_task, locate_review_set
 
     if not judged:
         if args.review_set:
@@ -550,7 +550,7 @@ class Pipeline:
 
     def val_file(self, task: str) -> str:
         if task in self.cfg.judged_tasks:
-            from llava.visatb.review_set import val_file_path
+            from llava.visatb.metrics.review_set import val_file_path
 
             return str(val_file_path(self.review_dir, task))
         if self.cfg.val_per_task:
@@ -986,7 +986,7 @@ class Pipeline:
         items = [item]
         if cfg.judged_tasks:
             review = cfg.review_set or {}
-            split = [self.python, "-m", "llava.visatb.review_set", "split", "--review-set",
+            split = [self.python, "-m", "llava.visatb.metrics.review_set", "split", "--review-set",
                      ",".join(review[k] for k in ("questions", "context", "reference", "rules")),
                      "--review-image-folder", review["image_folder"], "--tasks", ",".join(cfg.judged_tasks),
                      "--output-dir", str(self.review_dir)]  # fmt: skip

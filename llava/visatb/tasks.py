@@ -10,9 +10,9 @@ CAPTION = "caption"
 CAPTION_LIST = "caption_list"
 QA = "qa"
 GROUNDING = "grounding"
-METRIC_TYPES = (CAPTION, CAPTION_LIST, QA, GROUNDING)  # computed from an answer file (llava.visatb.metrics)
-# The Chat benchmark's metric: a GPT judge's relative score (llava.visatb.review_score), per question category
-# of a LLaVA-Bench-COCO-style review set (llava.visatb.review_set).
+METRIC_TYPES = (CAPTION, CAPTION_LIST, QA, GROUNDING)  # computed from an answer file (llava.visatb.metrics.task_metrics)
+# The Chat benchmark's metric: a GPT judge's relative score (llava.visatb.metrics.review_score), per question category
+# of a LLaVA-Bench-COCO-style review set (llava.visatb.metrics.review_set).
 GPT_REVIEW = "gpt_review"
 CHAIN_METRIC_TYPES = (*METRIC_TYPES, GPT_REVIEW)  # what the chain's --task-metrics accepts
 
@@ -49,7 +49,7 @@ ACADEMIC = TaskPreset(
 )
 
 # The Chat benchmark (LLaVA-Instruct's three tasks) is scored by a GPT judge on LLaVA-Bench-COCO (qa90), whose
-# question categories conv, detail and complex name these tasks (llava.visatb.review_set).
+# question categories conv, detail and complex name these tasks (llava.visatb.metrics.review_set).
 CHAT = TaskPreset(
     name="chat",
     tasks=("conversation", "detail", "complex_reasoning"),

@@ -1,6 +1,6 @@
 """The chain's `gpt_review` metric: a GPT judge's relative score of one task's answers on a review set.
 
-The answers are inference_visatb.py's answer file of the task's validation file (llava.visatb.review_set
+The answers are inference_visatb.py's answer file of the task's validation file (llava.visatb.metrics.review_set
 split); each is judged against the reference answer by llava.eval.eval_gpt_review_bench on the endpoint of
 OPENAI_BASE_URL with OPENAI_API_KEY. Reviews go to --reviews as they arrive and are reused while the judge
 model and the prompt (so both answers) are unchanged: a rerun asks only what is not reviewed yet. The score is
@@ -24,7 +24,7 @@ from llava.eval import eval_gpt_review_bench as bench
 from llava.eval.merge_chunks import read_jsonl
 from llava.eval.summarize_gpt_review import summarize_reviews
 from llava.utils import load_json
-from llava.visatb.review_set import load_questions_by_task, locate_review_set
+from llava.visatb.metrics.review_set import load_questions_by_task, locate_review_set
 from llava.visatb.scores import record_score
 
 METRIC_NAME = "gpt_review_relative"

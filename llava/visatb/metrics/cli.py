@@ -9,7 +9,13 @@ from collections.abc import Sequence
 
 from llava.utils import same_file
 from llava.visatb import provenance
-from llava.visatb.metrics import METRIC_NAMES, check_one_generator, check_task, evaluate, load_answers
+from llava.visatb.metrics.task_metrics import (
+    METRIC_NAMES,
+    check_one_generator,
+    check_task,
+    evaluate,
+    load_answers,
+)
 from llava.visatb.scores import record_score
 from llava.visatb.tasks import CAPTION, CAPTION_LIST, GROUNDING, QA
 

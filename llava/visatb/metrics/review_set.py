@@ -7,9 +7,9 @@ decides its task: the task of the same name, or, for qa90's own categories, conv
 detail -> detail, complex -> complex_reasoning (the Chat preset's tasks). Every question must belong to a
 judged task and every judged task needs questions: nothing is dropped without a word.
 
-    python -m llava.visatb.review_set split --review-set data/llava-bench-coco --tasks conversation,detail,\
+    python -m llava.visatb.metrics.review_set split --review-set data/llava-bench-coco --tasks conversation,detail,\
 complex_reasoning --output-dir work/subsets/review      # {task}_val.json per task, for inference_visatb.py
-    python -m llava.visatb.review_set from-val --val ToyCaption=data/toy/ToyCaption_val-150.json,... \
+    python -m llava.visatb.metrics.review_set from-val --val ToyCaption=data/toy/ToyCaption_val-150.json,... \
         --output-dir data/toy-review                       # a review set from LLaVA-format validation records
 
 A review set is given as a folder holding the three files (qa90's names `qa90_questions.jsonl`,
