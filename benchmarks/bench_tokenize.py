@@ -28,7 +28,7 @@ from llava.conversation import conv_templates  # noqa: E402
 from llava.model.tiny import TinyConfig, build_base_lm  # noqa: E402
 from llava.train.data import preprocess, preprocess_multimodal  # noqa: E402
 from llava.utils import load_json  # noqa: E402
-from llava.visatb import toy_benchmark as toy  # noqa: E402
+from llava.visatb.toy import benchmark as toy  # noqa: E402
 
 
 def tokenise_all(records, tokenizer, conv) -> tuple[float, list]:

@@ -22,7 +22,7 @@ from PIL import Image
 if importlib.util.find_spec("llava") is None:  # not pip-installed: use this checkout
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from llava.visatb import toy_benchmark as toy  # noqa: E402
+from llava.visatb.toy import benchmark as toy  # noqa: E402
 
 
 def main() -> None:

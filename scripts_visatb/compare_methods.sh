@@ -3,7 +3,7 @@
 #   bash scripts_visatb/compare_methods.sh                     # the embedded toy, seed 0 (CPU)
 #   SEEDS="0 1 2" bash scripts_visatb/compare_methods.sh       # per seed, then mean +- std over the seeds
 #   ABLATIONS="alpha temperature difficulty" bash scripts_visatb/compare_methods.sh   # and Table 8's rows
-#   DEMO_REDUCED=1 bash scripts_visatb/compare_methods.sh      # a short version (a quarter of the data)
+#   COMPARE_REDUCED=1 bash scripts_visatb/compare_methods.sh   # a short version (a quarter of the data)
 # Per seed it runs scripts_visatb/demo.sh (the same variables) with STL=1 and METHODS (default VisATB, EW, TLA,
 # RLW, DWA and IGB) in OUTPUT_DIR/seed<N>: the preparation models, one model per task alone (alone:<task>), every
 # method's final model, their scores, then comparison.json, comparison.md and comparison.png (dI against dE).
@@ -20,8 +20,8 @@ SEEDS="${SEEDS:-0}"
 METHODS="${METHODS:-VisATB,EW,TLA,RLW,DWA,IGB}"
 ABLATIONS="${ABLATIONS:-}"
 COMPARE_CHAIN="${COMPARE_CHAIN:-scripts_visatb/demo.sh}"   # or scripts_visatb/run_visatb.sh for real data
-DEMO_REDUCED="${DEMO_REDUCED:-0}"
-if [ "$DEMO_REDUCED" = "1" ]; then
+COMPARE_REDUCED="${COMPARE_REDUCED:-0}"
+if [ "$COMPARE_REDUCED" = "1" ]; then
     # A short version: a quarter of the toy data and a shorter alignment pretraining (no learning claims).
     export DEMO_SCALE="${DEMO_SCALE:-0.25}" DEMO_PRETRAIN_STEPS="${DEMO_PRETRAIN_STEPS:-400}"
 fi
@@ -48,7 +48,7 @@ done
 
 if [ "${#comparisons[@]}" -gt 1 ]; then
     echo "[compare] over the seeds ($SEEDS)"
-    python -m llava.visatb.compare --summarize "${comparisons[@]}" --output "$OUTPUT_DIR/comparison_seeds.json" \
+    python -m llava.visatb.results.compare --summarize "${comparisons[@]}" --output "$OUTPUT_DIR/comparison_seeds.json" \
         --markdown "$OUTPUT_DIR/comparison_seeds.md"
 else
     cat "${comparisons[0]%.json}.md"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole VisATB method, for real, on the built-in toy benchmark, on a CPU, in one command:
-#   bash scripts_visatb/demo.sh                 # under 10 minutes on 2 CPU cores that are not otherwise busy
+#   bash scripts_visatb/demo.sh                 # about 5 minutes on 2 CPU cores that are not otherwise busy
 # It sets up .venv if needed, generates the toy benchmark (5 tasks: detailed caption, region caption list,
 # a cell-number VQA task, grounding, text-only), builds the tiny starting checkpoint, then runs
 # scripts_visatb/run_visatb.sh: sub-datasets, the mini and 4 task-plus-mini models, inference, metrics,
@@ -20,7 +20,7 @@ OUTPUT_DIR="${OUTPUT_DIR:-outputs/demo}"
 SEED="${SEED:-0}"
 DEMO_REDUCED="${DEMO_REDUCED:-0}"
 # The same data, starting point and models either way: with less data or a shorter pretraining the mini
-# model writes no right box and the learning checks fail (measured on earlier versions of the toy), so the
+# model writes no right box and the learning checks fail (docs/toy-benchmark-history.md), so the
 # reduced version only drops the EW baseline, whose training is a sixth of the run on a machine where it does
 # not share the final stage with VisATB's (test.sh, OMP_NUM_THREADS=1, runs both side by side).
 DEMO_SCALE="${DEMO_SCALE:-1.0}"                      # records per task relative to the full toy benchmark
@@ -47,7 +47,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$OUTPUT_DIR"
 
 echo "[demo] 1/3 toy benchmark -> $OUTPUT_DIR/data"
-python -m llava.visatb.toy_benchmark --output-dir "$OUTPUT_DIR/data" --seed "$SEED" --scale "$DEMO_SCALE" \
+python -m llava.visatb.toy.benchmark --output-dir "$OUTPUT_DIR/data" --seed "$SEED" --scale "$DEMO_SCALE" \
     --image-size "$DEMO_IMAGE_SIZE" --quiet
 TOY_MODEL="$OUTPUT_DIR/toy_model"
 if [ -n "$DEMO_TOY_MODEL" ]; then
@@ -57,8 +57,8 @@ if [ -n "$DEMO_TOY_MODEL" ]; then
     echo "[demo] 2/3 tiny starting checkpoint: reusing $TOY_MODEL (DEMO_TOY_MODEL)"
     python - "$TOY_MODEL" "$OUTPUT_DIR/data" <<'PY'
 import sys
-from llava.visatb.toy_benchmark import load_toy_manifest
-from llava.visatb.toy_model import load_toy_model
+from llava.visatb.toy.benchmark import load_toy_manifest
+from llava.visatb.toy.model import load_toy_model
 model, bench = load_toy_model(sys.argv[1]), load_toy_manifest(sys.argv[2])
 if model["settings"]["image_size"] != bench["image_size"]:
     sys.exit(f"error: DEMO_TOY_MODEL {sys.argv[1]} was built for {model['settings']['image_size']}-pixel images, "
@@ -66,7 +66,7 @@ if model["settings"]["image_size"] != bench["image_size"]:
 PY
 else
     echo "[demo] 2/3 tiny starting checkpoint (tokenizer, CLIP-style tower, LLaMA, pretrained projector) -> $TOY_MODEL"
-    python -m llava.visatb.toy_model --benchmark "$OUTPUT_DIR/data" --output-dir "$TOY_MODEL" \
+    python -m llava.visatb.toy.model --benchmark "$OUTPUT_DIR/data" --output-dir "$TOY_MODEL" \
         --seed "$SEED" --pretrain-steps "$DEMO_PRETRAIN_STEPS"
 fi
 train_file="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["train_file"])' "$OUTPUT_DIR/data/toy_benchmark.json")"
@@ -74,13 +74,12 @@ train_file="$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["t
 echo "[demo] 3/3 the VisATB chain (scripts_visatb/run_visatb.sh) -> $OUTPUT_DIR"
 # The finetune script's own variables: CPU fp32, a tiny-model learning rate, no checkpoints in between. The
 # projector stays frozen: at the learning rate a tiny model needs, fine-tuning it washes out the alignment
-# pretraining (measured on an earlier version of the toy: captions and grounding several times worse).
-# Batches of 4: twice the optimizer steps of batches of 8 for the same data. With 8, the mini model (some 160
-# steps) was at the edge of writing fluent captions, fluent on some seeds and stuck on "The image shows two
-# shows two" on others; with 4 its scores moved far less from seed to seed (README, across seeds).
+# pretraining. Batches of 4: twice the optimizer steps of batches of 8 for the same data, which the mini model
+# (some 300 steps) needs to write fluent captions on every seed rather than on some; its scores then move far
+# less from seed to seed (docs/toy-benchmark-history.md has the measurements).
 export NUM_GPUS="${NUM_GPUS:-0}" LEARNING_RATE="${LEARNING_RATE:-2e-3}" PER_DEVICE_BATCH_SIZE="${PER_DEVICE_BATCH_SIZE:-4}"
 export MODEL_MAX_LENGTH="${MODEL_MAX_LENGTH:-256}"
-# LLaVA-1.5's modality-grouped batches, with which the demo's seed spread (README) was measured; the finetune
+# LLaVA-1.5's modality-grouped batches, the setting of the demo's published seed spread; the finetune
 # scripts themselves draw batches at random, as the release's VisATB scripts do.
 export GROUP_BY_MODALITY_LENGTH="${GROUP_BY_MODALITY_LENGTH:-True}"
 WORK_DIR="$OUTPUT_DIR" RUN_NAME=toy TASK_PRESET=toy TASK_NAMES="" TASK_METRICS="" UNSCORED_TASKS="$DEMO_UNSCORED" \

@@ -16,4 +16,4 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$#" -eq 0 ]; then
     set -- --seeds 0 1 2 3 4 --threads-variant 1 --output-dir outputs/seeds
 fi
-exec python -m llava.visatb.seed_spread "$@"
+exec python -m llava.visatb.toy.seed_spread "$@"

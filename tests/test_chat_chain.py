@@ -383,14 +383,14 @@ def _chain_env(out: Path, judge: OverlapJudge) -> dict:
 @pytest.fixture(scope="module")
 def toy_chat(tmp_path_factory):
     """The toy Chat-form chain through run_visatb.sh: a first run whose judge fails midway, then a rerun."""
-    from llava.visatb.toy_benchmark import load_toy_manifest
+    from llava.visatb.toy.benchmark import load_toy_manifest
 
     out = tmp_path_factory.mktemp("toy_chat")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     steps = [
-        [sys.executable, "-m", "llava.visatb.toy_benchmark", "--output-dir", str(out / "data"), "--seed", "0",
+        [sys.executable, "-m", "llava.visatb.toy.benchmark", "--output-dir", str(out / "data"), "--seed", "0",
          "--scale", "0.02", "--image-size", "48", "--quiet"],
-        [sys.executable, "-m", "llava.visatb.toy_model", "--benchmark", str(out / "data"), "--output-dir",
+        [sys.executable, "-m", "llava.visatb.toy.model", "--benchmark", str(out / "data"), "--output-dir",
          str(out / "toy_model"), "--seed", "0", "--pretrain-steps", "30", "--pretrain-images", "64",
          "--tower-steps", "20"],
     ]  # fmt: skip
@@ -413,6 +413,8 @@ def toy_chat(tmp_path_factory):
             "answered_first": answered_first}  # fmt: skip
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_toy_chat_chain_stops_when_the_judge_fails_and_completes_on_the_rerun(toy_chat):
     first, second = toy_chat["first"], toy_chat["second"]
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
@@ -427,6 +429,8 @@ def test_toy_chat_chain_stops_when_the_judge_fails_and_completes_on_the_rerun(to
     assert "[visatb] chain complete" in second.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_toy_chat_chain_trains_the_chat_forms_models(toy_chat):
     checkpoints = sorted(p.name for p in (toy_chat["work"] / "checkpoints").iterdir())
     assert checkpoints == sorted(["llava-toy-visatb", *(f"llava-toy-{t}-alone" for t in TOY_CHAT),
@@ -440,6 +444,8 @@ def test_toy_chat_chain_trains_the_chat_forms_models(toy_chat):
     )
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_toy_chat_scores_are_the_judges_overlap_scores_of_the_answers(toy_chat):
     work = toy_chat["work"]
     scores = json.loads((work / "scores.json").read_text())
@@ -456,6 +462,8 @@ def test_toy_chat_scores_are_the_judges_overlap_scores_of_the_answers(toy_chat):
             assert scores[model][task] == pytest.approx(10 * sum(points) / len(points)), (model, task)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_toy_chat_rerun_asked_only_the_unreviewed_questions(toy_chat):
     work, judge = toy_chat["work"], toy_chat["judge"]
     questions = {

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llava.visatb import compare
-from llava.visatb.compare import comparison_markdown, default_models, resolve_baseline
+from llava.visatb.results import compare
+from llava.visatb.results.compare import comparison_markdown, default_models, resolve_baseline
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["cap", "vqa", "err"]  # err: an error rate, lower is better
@@ -195,7 +195,7 @@ def test_cli_errors(tmp_path, capsys):
 def test_module_runs_from_the_command_line(tmp_path):
     scores, out = tmp_path / "scores.json", tmp_path / "comparison.json"
     scores.write_text(json.dumps(SCORES))
-    proc = subprocess.run([sys.executable, "-m", "llava.visatb.compare", "--scores", str(scores), "--baseline",
+    proc = subprocess.run([sys.executable, "-m", "llava.visatb.results.compare", "--scores", str(scores), "--baseline",
                            "STL", "--output", str(out), "--lower-is-better", "err"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -22,7 +22,8 @@ import pytest
 import torch
 from demo_helpers import run_demo
 
-from llava.visatb import pipeline, report
+from llava.visatb import pipeline
+from llava.visatb.results import report
 from llava.visatb.tasks import TOY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def test_academic_preset_gives_the_paper_metrics_and_leaves_sharegpt_unscored(tm
 
 
 def test_toy_manifest_supplies_validation_files_and_metrics(tmp_path, chain_inputs):
-    from llava.visatb.toy_benchmark import generate_toy_benchmark
+    from llava.visatb.toy.benchmark import generate_toy_benchmark
 
     bench = tmp_path / "toy"
     generate_toy_benchmark(bench, seed=0, scale=0.002, image_size=24)
@@ -672,8 +673,8 @@ def test_report_weights_section_states_the_non_default_choices():
 
 
 def test_alignment_caption_lists_shapes_in_reading_order():
-    from llava.visatb.toy_benchmark import ToyScene, ToyShape
-    from llava.visatb.toy_model import alignment_caption
+    from llava.visatb.toy.benchmark import ToyScene, ToyShape
+    from llava.visatb.toy.model import alignment_caption
 
     scene = ToyScene("white", False, (ToyShape("circle", "red", "large", 0, 0), ToyShape("square", "blue", "small", 1, 1)))
     assert alignment_caption(scene) == "white background: large red circle, top left; small blue square, center"
@@ -682,8 +683,8 @@ def test_alignment_caption_lists_shapes_in_reading_order():
 def test_alignment_caption_styles_look_shapes_up_by_cell_or_colour():
     import random
 
-    from llava.visatb.toy_benchmark import ToyScene, ToyShape
-    from llava.visatb.toy_model import alignment_caption
+    from llava.visatb.toy.benchmark import ToyScene, ToyShape
+    from llava.visatb.toy.model import alignment_caption
 
     scene = ToyScene("white", False, (ToyShape("circle", "red", "large", 0, 0), ToyShape("square", "blue", "small", 1, 1)))
     prefix = "white background: "
@@ -704,8 +705,8 @@ def test_alignment_caption_styles_look_shapes_up_by_cell_or_colour():
 
 
 def test_patch_labels_describe_each_patch_cell():
-    from llava.visatb.toy_benchmark import ToyScene, ToyShape
-    from llava.visatb.toy_model import patch_labels
+    from llava.visatb.toy.benchmark import ToyScene, ToyShape
+    from llava.visatb.toy.model import patch_labels
 
     scene = ToyScene("gray", True, (ToyShape("triangle", "yellow", "small", 2, 1),))
     labels = patch_labels(scene)  # 6x6 patches, 2x2 per cell, row-major
@@ -722,7 +723,7 @@ def test_vision_tower_pretraining_learns_the_patch_labels_and_saves_the_tower(tm
     from transformers import CLIPVisionModel
 
     from llava.model.tiny import TinyConfig, build_vision_tower
-    from llava.visatb.toy_model import pretrain_vision_tower, write_pretrain_data
+    from llava.visatb.toy.model import pretrain_vision_tower, write_pretrain_data
 
     cfg = TinyConfig(image_size=24, patch_size=4, vision_hidden_size=32, vision_intermediate_size=64)
     write_pretrain_data(tmp_path / "pre", 48, 24, seed=0)
@@ -738,7 +739,7 @@ def test_vision_tower_pretraining_learns_the_patch_labels_and_saves_the_tower(tm
 
 
 def test_toy_config_needs_two_patches_per_grid_cell():
-    from llava.visatb.toy_model import toy_tiny_config
+    from llava.visatb.toy.model import toy_tiny_config
 
     cfg = toy_tiny_config(48)
     assert (cfg.image_size, cfg.patch_size) == (48, 8)
@@ -747,7 +748,7 @@ def test_toy_config_needs_two_patches_per_grid_cell():
 
 
 def test_pretraining_data_is_deterministic_and_disjoint_from_the_benchmark(tmp_path):
-    from llava.visatb.toy_model import write_pretrain_data
+    from llava.visatb.toy.model import write_pretrain_data
 
     first = write_pretrain_data(tmp_path / "a", 6, 24, seed=3)
     second = write_pretrain_data(tmp_path / "b", 6, 24, seed=3)
@@ -770,6 +771,8 @@ DEMO_UNSCORED = ["ToyText"]
 ALL_MODELS = ["start", "mini", *DEMO_SCORED, "VisATB", "EW"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_prints_every_stage_and_the_table(demo):
     stdout = demo["first"].stdout
     for k, stage in enumerate(pipeline.STAGES, 1):
@@ -778,6 +781,8 @@ def test_demo_prints_every_stage_and_the_table(demo):
     assert re.search(r"\[demo\] finished in \d+ s", stdout)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_scores_cover_every_model_and_task(demo):
     scores = json.loads((demo["out"] / "scores.json").read_text())
     assert sorted(scores) == sorted(ALL_MODELS)
@@ -786,6 +791,8 @@ def test_demo_scores_cover_every_model_and_task(demo):
         assert all(isinstance(v, float) and math.isfinite(v) and v >= 0 for v in scores[model].values())
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_weights_file_has_the_schema_training_reads(demo):
     from llava.visatb.weights.weights_file import load_visatb_weights_file
 
@@ -803,12 +810,16 @@ def test_demo_weights_file_has_the_schema_training_reads(demo):
     assert weights_line == 'VISATB_WEIGHTS="' + " ".join(f"{w:.4f}" for w in weights["visatb_weights"]) + '"'
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_heatmap_is_a_png(demo):
     assert (demo["out"] / "heatmap.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_answers_exist_for_every_model_and_validation_set(demo):
-    from llava.visatb.toy_benchmark import load_toy_manifest
+    from llava.visatb.toy.benchmark import load_toy_manifest
 
     manifest = load_toy_manifest(demo["out"] / "data")
     for model in ALL_MODELS:
@@ -822,6 +833,8 @@ def test_demo_answers_exist_for_every_model_and_validation_set(demo):
             assert {r["generator"] for r in records} == {answer_file.stem.split("_", 1)[1]}
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_report_has_a_row_per_model_and_the_checks(demo):
     text = (demo["out"] / "report.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "(acc %)" not in line]
@@ -833,6 +846,8 @@ def test_demo_report_has_a_row_per_model_and_the_checks(demo):
     assert text.count("** trained models beat the starting point") == 1
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_records_every_commands_time_and_devices_and_reports_the_cost(demo):
     record = json.loads((demo["out"] / "pipeline.json").read_text())
     items = record["costs"]["items"]
@@ -851,6 +866,8 @@ def test_demo_records_every_commands_time_and_devices_and_reports_the_cost(demo)
     assert "R_large + N * R_mini = 1 + 4 x 0.0833333 = 1.33x" in text
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_passes_every_learning_check(demo):
     # The starting point answers (almost) every question with an alignment caption ("white background: large
     # red circle, top left"), hardly ever with a cell number (seed 0 with the default threads on the Xeon: one
@@ -874,6 +891,8 @@ def test_demo_passes_every_learning_check(demo):
     assert "own data brought" not in printed  # no task without own-data gain
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_rerun_skips_every_finished_stage(demo):
     out = demo["out"]
     watched = (out / "scores.json", out / "report.md", out / "checkpoints" / "llava-toy-visatb" / "config.json",
@@ -888,6 +907,8 @@ def test_demo_rerun_skips_every_finished_stage(demo):
     assert "final-train/VisATB" in json.loads((out / "pipeline.json").read_text())["costs"]["items"]  # not lost
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_demo_redo_recomputes_only_the_report(demo):
     out = demo["out"]
     scores_mtime = (out / "scores.json").stat().st_mtime_ns
@@ -897,6 +918,8 @@ def test_demo_redo_recomputes_only_the_report(demo):
     assert (out / "scores.json").stat().st_mtime_ns == scores_mtime
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_grouped_toy_chain_with_large_subsets_runs_end_to_end(demo, tmp_path):
     # M3IT's setting on the toy, at a quarter of the data, reusing the demo's starting checkpoint (read only):
     # two groups of two tasks, task-plus-mini sets of half of each task.
@@ -944,6 +967,8 @@ def test_grouped_toy_chain_with_large_subsets_runs_end_to_end(demo, tmp_path):
     assert "| Describe (CIDEr) | Locate (acc %) |" in report_md and "| Describe-plus-mini |" in report_md
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_compare_methods_reuses_the_demo_and_compares_against_stl(demo, tmp_path):
     # Runs last among the demo tests: it adds models to the demo's folder. Seed 0 of compare_methods.sh is
     # the demo's own folder, so the preparation models, VisATB and EW are reused and only the four STL models
@@ -955,7 +980,8 @@ def test_compare_methods_reuses_the_demo_and_compares_against_stl(demo, tmp_path
     before = [config.stat().st_mtime_ns for config in reused]
     env = {**os.environ, "OUTPUT_DIR": str(tmp_path), "SEEDS": "0", "METHODS": "VisATB,EW",
            "VISATB_SETUP": "skip", "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}  # fmt: skip
-    env.pop("DEMO_REDUCED", None)
+    for name in ("DEMO_REDUCED", "COMPARE_REDUCED"):
+        env.pop(name, None)
     run = subprocess.run(["bash", str(REPO / "scripts_visatb" / "compare_methods.sh")], env=env, cwd=REPO,
                          capture_output=True, text=True, check=False)  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -979,7 +1005,7 @@ def test_compare_methods_reuses_the_demo_and_compares_against_stl(demo, tmp_path
 
 
 def test_pretraining_progress_bar_follows_the_logged_losses(tmp_path, capfd):
-    from llava.visatb.toy_model import run_with_progress
+    from llava.visatb.toy.model import run_with_progress
 
     script = "import time\nfor loss in (2.5, 1.25):\n    print({'loss': loss, 'epoch': 1}); time.sleep(0.05)\n"
     log = tmp_path / "pretrain.log"

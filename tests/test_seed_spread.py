@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from llava.visatb.seed_spread import load_run, main, summarize
+from llava.visatb.toy.seed_spread import load_run, main, summarize
 
 METRICS = {"Cap": "caption", "QA": "qa"}
 
@@ -74,7 +74,7 @@ def test_a_folder_without_results_is_named(tmp_path, capsys):
 
 
 def test_cpu_path_runs_every_demo_on_capped_kernels_and_labels_them(tmp_path, monkeypatch):
-    from llava.visatb import seed_spread
+    from llava.visatb.toy import seed_spread
 
     calls = []
 
@@ -94,7 +94,7 @@ def test_cpu_path_runs_every_demo_on_capped_kernels_and_labels_them(tmp_path, mo
 
 
 def test_cpu_path_is_refused_off_x86_and_with_finished_runs(tmp_path, monkeypatch, capsys):
-    from llava.visatb import seed_spread
+    from llava.visatb.toy import seed_spread
 
     monkeypatch.setattr(seed_spread, "run_demo", lambda *a: pytest.fail("no demo may run"))
     monkeypatch.setattr(seed_spread.platform, "machine", lambda: "aarch64")

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.visatb import toy_benchmark as toy
 from llava.visatb.tasks import CAPTION, CAPTION_LIST, GROUNDING, QA, get_preset, resolve_tasks
+from llava.visatb.toy import benchmark as toy
 
 SCALE = 0.05
 IMAGE_SIZE = 64

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from llava.visatb import toy_benchmark, toy_model
+from llava.visatb.toy import benchmark as toy_benchmark
+from llava.visatb.toy import model as toy_model
 
 
 class BuildStarted(Exception):

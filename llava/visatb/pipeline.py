@@ -1,7 +1,7 @@
 """The chained VisATB method: subsets -> N+1 models -> answers -> scores -> weights -> final models -> report.
 
 Every stage runs the project's own commands (`python -m llava.visatb.subsets`, the finetune script,
-`inference_visatb.py`, `eval/*.py`, `weighting_visatb.py`, `python -m llava.visatb.report`) and writes each
+`inference_visatb.py`, `eval/*.py`, `weighting_visatb.py`, `python -m llava.visatb.results.report`) and writes each
 command's output to WORK_DIR/logs/<stage>/<item>.log. An item (one model to train, one model answering every
 validation set in one process, one score) is marked done in WORK_DIR/.done/ only after its command succeeded
 and its outputs exist, so running the chain again skips everything finished and resumes a crashed or killed
@@ -1162,7 +1162,7 @@ class Pipeline:
     def _report_items(self) -> tuple[str, list[Item], int]:
         cfg = self.cfg
         metrics = ",".join(f"{t}={m}" for t, m in cfg.metrics.items())
-        command = [self.python, "-m", "llava.visatb.report", "--scores", str(self.scores_file), "--tasks",
+        command = [self.python, "-m", "llava.visatb.results.report", "--scores", str(self.scores_file), "--tasks",
                    ",".join(cfg.scored_tasks), "--metrics", metrics, "--weights", str(self.weights_file),
                    "--plot", self.plot_file.name, "--output", str(self.report_file)]  # fmt: skip
         groups = ["--task-groups", format_task_groups(cfg.groups)] if cfg.groups else []
@@ -1171,7 +1171,7 @@ class Pipeline:
                     outputs=[self.report_file])
         items = [item]
         if cfg.needs_alone:
-            compare = [self.python, "-m", "llava.visatb.compare", "--scores", str(self.scores_file), "--baseline",
+            compare = [self.python, "-m", "llava.visatb.results.compare", "--scores", str(self.scores_file), "--baseline",
                        "STL", "--tasks", ",".join(cfg.scored_tasks), "--models", ",".join(cfg.final_keys),
                        "--output", str(self.comparison_file), "--markdown", str(self.comparison_file.with_suffix(".md")),
                        "--plot", str(self.comparison_file.with_suffix(".png")), *groups]  # fmt: skip

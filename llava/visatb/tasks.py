@@ -157,7 +157,7 @@ def resolve_tasks(task_names: str | None = None, task_preset: str | None = None)
     raise ValueError("no task list: pass --task_names A,B,... or --task_preset academic|chat")
 
 
-# The embedded toy benchmark (llava/visatb/toy_benchmark.py), its task types in the Academic preset's order:
+# The embedded toy benchmark (llava/visatb/toy/benchmark.py), its task types in the Academic preset's order:
 # detailed caption, caption list, a VQA task, grounding, and a text-only task that is trained but not scored.
 TOY = TaskPreset(
     name="toy",

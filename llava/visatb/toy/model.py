@@ -25,7 +25,7 @@ into the parts a LLaVA user knows:
                                       loaded with model_base <out>/base (scored as model key `start`)
     <out>/toy_model.json              what was built, written last (a finished build is reused)
 
-    python -m llava.visatb.toy_model --benchmark data/toy --output-dir checkpoints/toy
+    python -m llava.visatb.toy.model --benchmark data/toy --output-dir checkpoints/toy
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 from llava.utils import atomic_write_json, load_json
-from llava.visatb.toy_benchmark import (
+from llava.visatb.toy.benchmark import (
     BACKGROUNDS,
     COLORS,
     GRID,
@@ -66,8 +66,8 @@ PRETRAIN_TASK = "ToyAlign"
 # whole cell per patch the tiny model learned colours and positions but not kinds in the time budget.
 PATCHES_PER_SIDE = 2 * GRID
 
-# Sized on the 2-core CPUs the demo targets: a training step of batch 16 takes 0.04 to 0.12 s (1500 steps in 58
-# to 177 s on the project's Xeon VMs, 2026-12-03 and -06). The alignment pretraining sits on a plateau for ~250
+# Sized for the 2-core CPUs the demo targets: 1500 pretraining steps of batch 16 take one to three minutes
+# there (docs/toy-benchmark-history.md has the timings). The alignment pretraining sits on a plateau for ~250
 # steps (the LM learning to read image tokens at all) before the loss falls; a constant learning rate gets it
 # over the plateau within the default steps, a cosine one not.
 TOY_SIZES: dict[str, int] = {
@@ -88,7 +88,7 @@ DEFAULT_PRETRAIN_STEPS = 1500
 DEFAULT_PRETRAIN_BATCH = 16
 DEFAULT_PRETRAIN_LR = 1e-3
 PRETRAIN_LOGGING_STEPS = 25
-# The tower's attribute pretraining: 13 to 36 s for the 300 steps on the demo's 2-core CPUs.
+# The tower's attribute pretraining: a small part of the build (under a minute on 2 cores).
 DEFAULT_TOWER_STEPS = 300
 TOWER_BATCH = 64
 TOWER_LR = 1e-3

@@ -1,9 +1,9 @@
 """Final models against a baseline (STL by default): the relative improvement dI % and drop dE % (Eq. 9).
 
-    python -m llava.visatb.compare --scores scores.json --baseline STL --output comparison.json \
+    python -m llava.visatb.results.compare --scores scores.json --baseline STL --output comparison.json \
         [--lower-is-better TASK,...] [--tasks A,B,... | --task-preset NAME] [--models EW,VisATB] \
         [--markdown comparison.md] [--plot comparison.png]
-    python -m llava.visatb.compare --summarize seed0/comparison.json seed1/comparison.json ... \
+    python -m llava.visatb.results.compare --summarize seed0/comparison.json seed1/comparison.json ... \
         --output comparison_seeds.json [--markdown comparison_seeds.md]
 
 Model keys of the scores table ({model key: {task: score}}, see llava/visatb/scores.py):

@@ -1,6 +1,6 @@
 """The report of a VisATB run: per-task scores of every model, relative improvements, weights, learning checks.
 
-    python -m llava.visatb.report --scores work/scores.json --task-preset toy --weights work/weights.json \
+    python -m llava.visatb.results.report --scores work/scores.json --task-preset toy --weights work/weights.json \
         --plot heatmap.png --output work/report.md
 
 Rows follow the method: the untrained starting point (`start`, when scored), the `mini` model, each task's
@@ -10,7 +10,7 @@ trained on full task data must beat the mini model on most comparisons, and no t
 its maximum, or at one value) for every model, or its contributions are meaningless. A failed check
 prints a WARNING; `--strict` also makes the exit code 1. When the table holds an STL baseline for every
 scored task (an `STL` row, or `alone:<task>` rows), "Against STL" gives each final model's dI % and dE %
-(llava/visatb/compare.py).
+(llava/visatb/results/compare.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from llava.utils import atomic_write_text, load_json
-from llava.visatb import compare
+from llava.visatb.results import compare
 from llava.visatb.scores import ALONE_PREFIX, MINI_ALONE_PREFIX, STL, group_scores, load_scores
 from llava.visatb.tasks import (
     CAPTION,
@@ -40,7 +40,7 @@ from llava.visatb.tasks import (
 )
 
 START, MINI, EW, VISATB = "start", "mini", "EW", "VisATB"
-# gpt_review scores are already percentages (the judge's relative score, llava.visatb.review_score).
+# gpt_review scores are already percentages (the judge's relative score, llava.visatb.metrics.review_score).
 METRIC_LABELS = {CAPTION: "CIDEr", CAPTION_LIST: "CIDEr", QA: "acc %", GROUNDING: "acc %", GPT_REVIEW: "rel %"}
 ACCURACY_METRICS = (QA, GROUNDING)
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"

@@ -8,8 +8,8 @@ tabulates, per scored task j:
 and per run whether every learning check passed, plus the headline figures (VisATB and EW per task, the
 final weights) as mean +- std.
 
-    python -m llava.visatb.seed_spread --seeds 0 1 2 3 4 --threads-variant 1 --output-dir outputs/seeds
-    python -m llava.visatb.seed_spread --runs outputs/seeds/seed0 outputs/seeds/seed1 ...   # tabulate only
+    python -m llava.visatb.toy.seed_spread --seeds 0 1 2 3 4 --threads-variant 1 --output-dir outputs/seeds
+    python -m llava.visatb.toy.seed_spread --runs outputs/seeds/seed0 outputs/seeds/seed1 ...   # tabulate only
 
 Two VMs with one CPU type give the same digits; another CPU takes other kernels and every number moves.
 `--cpu-path avx2` shows that second case on one x86 machine: every run uses PyTorch's, MKL's and oneDNN's
@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from llava.utils import atomic_write_text, load_json
-from llava.visatb.report import EW, MINI, VISATB, learning_checks
+from llava.visatb.results.report import EW, MINI, VISATB, learning_checks
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 REQUIRED_RATIO = 3.0
 # --cpu-path: the environment that caps x86 kernels at an instruction set, and the machines it applies to.
 CPU_PATHS: dict[str, dict[str, str]] = {
