@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import warnings
 import weakref
 from collections import OrderedDict
 from io import BytesIO
@@ -74,11 +75,31 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _too_large(source: str, error: Exception) -> ImageTooLargeError:
+def _too_large(source: str, error: Exception | str) -> ImageTooLargeError:
     return ImageTooLargeError(
         f"image file {source} is too large to decode safely ({error}); shrink it, or raise "
         "PIL.Image.MAX_IMAGE_PIXELS if the image is genuine"
     )
+
+
+def _open_checked(fp, source: str) -> Image.Image:
+    """`Image.open` with any image over `Image.MAX_IMAGE_PIXELS` refused before its pixels are decoded.
+
+    Pillow raises only above twice its limit and merely warns between one and two times it; here both are
+    an `ImageTooLargeError` naming `source`, so the limit means what it says.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(fp)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise _too_large(source, e) from e
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = image.size[0] * image.size[1]
+    if limit is not None and pixels > limit:  # the warning filter is process-wide: check again
+        image.close()
+        raise _too_large(source, f"{image.size[0]}x{image.size[1]} = {pixels} pixels, over the limit of {limit}")
+    return image
 
 
 def open_image_header(path: str | os.PathLike) -> tuple[int, int]:
@@ -87,10 +108,8 @@ def open_image_header(path: str | os.PathLike) -> tuple[int, int]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        with Image.open(path) as image:
+        with _open_checked(path, path) as image:
             return image.size
-    except Image.DecompressionBombError as e:
-        raise _too_large(path, e) from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot open image file {path}: {e or type(e).__name__}") from e
 
@@ -105,12 +124,14 @@ def load_image(path: str | os.PathLike, exif_orientation: bool = True) -> Image.
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
-        with Image.open(path) as image:
+        with _open_checked(path, path) as image:
             image.load()
             if exif_orientation:
                 image = ImageOps.exif_transpose(image)
             return to_rgb(image)
-    except Image.DecompressionBombError as e:
+    except ImageTooLargeError:
+        raise
+    except Image.DecompressionBombError as e:  # e.g. a GIF frame larger than the declared size
         raise _too_large(path, e) from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"cannot open image file {path}: {e or type(e).__name__}") from e
@@ -119,7 +140,7 @@ def load_image(path: str | os.PathLike, exif_orientation: bool = True) -> Image.
 def load_image_from_base64(data: str) -> Image.Image:
     """Decode a base64 image (MMBench) as RGB, with the same mode handling as `load_image`."""
     try:
-        with Image.open(BytesIO(base64.b64decode(data))) as image:
+        with _open_checked(BytesIO(base64.b64decode(data)), "(base64 data)") as image:
             image.load()
             return to_rgb(image)
     except Image.DecompressionBombError as e:

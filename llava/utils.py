@@ -15,24 +15,42 @@ def _umask() -> int:
     return mask
 
 
+class WriteError(OSError):
+    """A file could not be written; the message names it and says that its previous version is untouched."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError) -> None:
+        reason = cause.strerror or str(cause) or type(cause).__name__
+        existed = "its previous version is left as it was" if os.path.exists(path) else "nothing was written"
+        super().__init__(cause.errno, f"cannot write {os.fspath(path)}: {reason} ({existed})")
+        self.filename = os.fspath(path)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that readers see either the old file or the whole new one.
 
     The file gets the mode a plain `open(path, "w")` would give (0666 minus the umask), not mkstemp's 0600.
+    A failed write (a full disk, a file-size limit) raises an OSError that names `path` and keeps its errno;
+    the previous file at `path`, if any, is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(path, e) from e
         raise
 
 
@@ -46,20 +64,71 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
-def load_json(path: str | os.PathLike) -> Any:
-    """Load a JSON file; a missing file or a syntax error names the file (and line/column)."""
-    path = Path(path)
+JSONL_TO_JSON = "python -m llava.utils jsonl-to-json"
+
+
+def _read_text(path: Path) -> str:
     if path.is_dir():
         raise FileNotFoundError(f"{path} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); JSON files must be UTF-8") from e
+
+
+def _json_lines(text: str) -> list[Any] | None:
+    """The values of a JSON Lines text (one JSON value per non-blank line), or None when it is not one."""
+    values = []
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                values.append(json.loads(line))
+            except json.JSONDecodeError:
+                return None
+    return values if len(values) > 1 else None
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """Load a JSON file; a missing file or a syntax error names the file (and line/column).
+
+    A JSON Lines file (one record per line) is refused with a message that says so and how to convert it:
+    the files read here are one JSON document (LLaVA's training data is a JSON list).
+    """
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and _json_lines(text) is not None:
+            raise ValueError(
+                f"{path}: this is JSON Lines (one JSON value per line); JSON Lines is not accepted here, only "
+                f"one JSON document (a list of records). Convert it with: {JSONL_TO_JSON} {path} OUT.json"
+            ) from e
+        raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+
+
+def load_json_or_lines(path: str | os.PathLike) -> Any:
+    """Load a JSON file, or a JSON Lines file (one record per line, as LLaVA's own eval question files) as a list.
+
+    JSON Lines is told by its content, whatever the file's extension; a bad line names the file and the line.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg != "Extra data":
             raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); JSON files must be UTF-8") from e
+    values = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                values.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: JSON Lines: line {number}, column {e.colno}: {e.msg}") from e
+    return values
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -106,3 +175,36 @@ def disable_torch_init() -> None:
 
     torch.nn.Linear.reset_parameters = lambda self: None
     torch.nn.LayerNorm.reset_parameters = lambda self: None
+
+
+def jsonl_to_json(source: str | os.PathLike, target: str | os.PathLike) -> int:
+    """Write the records of a JSON Lines file as one JSON list (atomically); returns the record count."""
+    records = load_json_or_lines(source)
+    if not isinstance(records, list):
+        raise ValueError(f"{source}: expected JSON Lines records or a JSON list, got {type(records).__name__}")
+    refuse_same_file(target, {"the input": source}, "the output")
+    atomic_write_json(target, records)
+    return len(records)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m llava.utils", description="File helpers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("jsonl-to-json", help="turn a JSON Lines file into one JSON list of records")
+    convert.add_argument("source")
+    convert.add_argument("target")
+    args = parser.parse_args(argv)
+    try:
+        count = jsonl_to_json(args.source, args.target)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {count} records to {args.target}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

@@ -121,7 +121,8 @@ def scan_data(
     if not records:
         raise ValueError(f"{source}: the dataset is empty (no records)")
     tasks = list(tasks)
-    report = check_data.check_records(records, None, None if single_task else tasks, source)
+    # Training never reads the ids: a mix whose ids name images (as LLaVA's) trains as it is.
+    report = check_data.check_records(records, None, None if single_task else tasks, source, allow_duplicate_ids=True)
     problems = report.problems
     known = f"; known tasks: {', '.join(tasks)}"
     if problems[check_data.NOT_A_RECORD].count:

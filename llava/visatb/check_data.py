@@ -37,16 +37,20 @@ IMAGE_TOKEN = "image_token"
 MISSING_IMAGE = "missing_image"
 UNREADABLE_IMAGE = "unreadable_image"
 TOO_LARGE_IMAGE = "too_large_image"
+DUPLICATE_ID = "duplicate_id"
 PROBLEM_TITLES = {
     NO_RECORDS: "data files without records",
     NOT_A_RECORD: "records that are not JSON objects",
     MISSING_TASK: "records without a 'task' name",
     UNKNOWN_TASK: "records whose task is not in the task list",
-    BAD_CONVERSATION: "conversations that do not alternate human/gpt from a human turn (a first gpt turn is dropped)",
+    BAD_CONVERSATION: "malformed conversations (not human/gpt turns from a human turn, or an empty answer; a first "
+    "gpt turn is dropped)",
     IMAGE_TOKEN: "<image> token and 'image' field disagree",
     MISSING_IMAGE: "image files that do not exist",
     UNREADABLE_IMAGE: "image files that cannot be decoded (empty, truncated or not an image)",
-    TOO_LARGE_IMAGE: "images over Pillow's decompression-bomb limit",
+    TOO_LARGE_IMAGE: "images over Pillow's pixel limit (PIL.Image.MAX_IMAGE_PIXELS)",
+    DUPLICATE_ID: "record ids used more than once (a validation set would count those questions twice; "
+    "--allow-duplicate-ids for a training mix whose ids name images, as LLaVA's own mixes do)",
 }
 
 
@@ -169,6 +173,10 @@ def conversation_problem(record: dict, allow_reference_lists: bool = False) -> s
         )
         if not isinstance(value, str) and not is_reference_list:
             return f"turn {k} has a {type(value).__name__} value, expected text"
+        if expected == "gpt" and is_reference_list and (not value or not all(v.strip() for v in value)):
+            return f"turn {k} (gpt) holds an empty reference list or an empty reference"
+        if expected == "gpt" and isinstance(value, str) and not value.strip():
+            return f"turn {k} (gpt) is an empty answer: there is nothing to learn or score"
     if (len(turns) - offset) % 2:
         return "ends with a human turn (nothing to learn from it)"
     return None
@@ -209,8 +217,12 @@ def check_records(
     tasks: Sequence[str] | None = None,
     source: str = "data",
     allow_reference_lists: bool = False,
+    allow_duplicate_ids: bool = False,
 ) -> DataReport:
-    """Check every record; image files under `image_folder` are opened and fully decoded (skipped when it is None)."""
+    """Check every record; image files under `image_folder` are opened and fully decoded (skipped when it is None).
+
+    A record id used twice is a problem unless `allow_duplicate_ids` (training mixes whose ids name images).
+    """
     report = DataReport(
         source=source,
         total=len(records),
@@ -223,11 +235,19 @@ def check_records(
         problems[NO_RECORDS].add(f"{source} holds no records (an empty list): nothing to train on or check")
     exists: dict[str, bool] = {}
     image_errors: dict[str, tuple[str, str] | None] = {}
+    first_with_id: dict[str, int] = {}
     for index, record in enumerate(tqdm(records, desc="checking records", unit="rec", file=sys.stderr)):
         label = _label(index, record)
         if not isinstance(record, dict):
             problems[NOT_A_RECORD].add(f"{label} is a {type(record).__name__}")
             continue
+        if record.get("id") is not None and not allow_duplicate_ids:
+            # The scorer and inference key answers by str(id): 1 and "1" are the same question.
+            key = str(record["id"])
+            if key in first_with_id:
+                problems[DUPLICATE_ID].add(f"{label}: id {record['id']!r} is also record {first_with_id[key]}'s")
+            else:
+                first_with_id[key] = index
         task = record.get("task")
         if not isinstance(task, str) or not task:
             problems[MISSING_TASK].add(label)
@@ -283,14 +303,15 @@ def check_file(
     image_folder: str | os.PathLike | None,
     tasks: Sequence[str] | None = None,
     allow_reference_lists: bool = False,
+    allow_duplicate_ids: bool = False,
 ) -> DataReport:
-    """Load a data file (a JSON list of records) and check it."""
+    """Load a data file (a JSON list of records; JSON Lines is refused, as training refuses it) and check it."""
     records = load_json(path)
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     if image_folder is not None and not os.path.isdir(image_folder):
         raise FileNotFoundError(f"{image_folder}: image folder does not exist")
-    return check_records(records, image_folder, tasks, str(path), allow_reference_lists)
+    return check_records(records, image_folder, tasks, str(path), allow_reference_lists, allow_duplicate_ids)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -305,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept a list of reference strings as the gpt answer (validation files of caption-list tasks)",
     )
+    parser.add_argument(
+        "--allow-duplicate-ids",
+        action="store_true",
+        help="accept a record id used by several records (training mixes whose ids name images, as LLaVA's "
+        "665k mix); never for a validation file, whose answers are matched by id",
+    )
     return parser
 
 
@@ -312,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         tasks = resolve_tasks(args.tasks, args.task_preset) if (args.tasks or args.task_preset) else None
-        report = check_file(args.data, args.image_folder, tasks, args.allow_reference_lists)
+        report = check_file(
+            args.data, args.image_folder, tasks, args.allow_reference_lists, args.allow_duplicate_ids
+        )
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -65,7 +65,7 @@ def _is_score(value: Any) -> bool:
 
 
 def validate_scores(table: Any, source: str = "scores") -> ScoresTable:
-    """Check the table's shape: an object of objects of finite numbers; errors name the model and task."""
+    """Check the table's shape: an object of objects of finite numbers >= 0; errors name the model and task."""
     if not isinstance(table, dict):
         raise ValueError(
             f"{source}: expected a JSON object {{model key: {{task: score}}}}, got {type(table).__name__}"
@@ -79,6 +79,11 @@ def validate_scores(table: Any, source: str = "scores") -> ScoresTable:
             if not _is_score(score):
                 raise ValueError(
                     f"{source}: model {model_key!r}, task {task!r}: score {score!r} is not a finite number"
+                )
+            if score < 0:
+                raise ValueError(
+                    f"{source}: model {model_key!r}, task {task!r}: score {score!r} is negative; every metric "
+                    "(accuracy, CIDEr, the judge's relative score) is at least 0"
                 )
     return table
 
@@ -106,8 +111,8 @@ def record_score(path: str | os.PathLike, model_key: str, task: str, score: floa
         raise ValueError(f"model key must be a non-empty string, got {model_key!r}")
     if not isinstance(task, str) or not task.strip():
         raise ValueError(f"task name must be a non-empty string, got {task!r}")
-    if not _is_score(score):
-        raise ValueError(f"score for model {model_key!r}, task {task!r} is not a finite number: {score!r}")
+    if not _is_score(score) or score < 0:
+        raise ValueError(f"score for model {model_key!r}, task {task!r} is not a finite number >= 0: {score!r}")
     path = Path(path)
     # Parallel metric runs read-modify-write the same table: serialise them so none loses another's entry.
     with _locked(path):

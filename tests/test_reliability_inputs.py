@@ -1,0 +1,206 @@
+"""Inputs that must be refused at the boundary, naming file, record and field; failed writes keep the old file."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from llava import utils
+from llava.mm_utils import ImageTooLargeError, load_image, load_image_from_base64, open_image_header
+from llava.train.data import scan_data
+from llava.utils import WriteError, atomic_write_json, load_json, load_json_or_lines
+from llava.visatb import check_data
+from llava.visatb.scores import load_scores, record_score
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def record(rid, task="A", image=None, answer="red"):
+    question = "<image>\nWhat colour?" if image else "What colour?"
+    r = {"id": rid, "task": task,
+         "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}  # fmt: skip
+    if image is not None:
+        r["image"] = image
+    return r
+
+
+# ------------------------------------------------------------------------------------------ scores
+
+
+def test_a_negative_score_is_refused_naming_file_model_and_task(tmp_path):
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps({"mini": {"A": -0.2, "B": 0.3}, "A": {"A": 0.5, "B": 0.3}}))
+    with pytest.raises(ValueError, match=r"scores\.json: model 'mini', task 'A': score -0\.2 is negative"):
+        load_scores(path)
+    with pytest.raises(ValueError, match=r"model 'mini', task 'B'.*-1"):
+        record_score(tmp_path / "other.json", "mini", "B", -1)
+    assert not (tmp_path / "other.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ check_data
+
+
+def test_check_data_refuses_duplicate_ids_naming_both_records(tmp_path, capsys):
+    data = tmp_path / "val.json"
+    data.write_text(json.dumps([record("q1"), record("q2"), record("q1"), record(2), record("2")]))
+    assert check_data.main(["--data", str(data), "--tasks", "A"]) == 1
+    out = capsys.readouterr().out
+    assert "record ids used more than once" in out and ": 2" in out.split("more than once")[1].splitlines()[0]
+    assert "record 2 (id 'q1'): id 'q1' is also record 0's" in out
+    assert "record 4 (id '2'): id '2' is also record 3's" in out  # the scorer keys answers by str(id)
+    assert check_data.main(["--data", str(data), "--tasks", "A", "--allow-duplicate-ids"]) == 0
+
+
+def test_an_empty_gpt_answer_is_refused_by_check_data_and_by_training(tmp_path, capsys):
+    records = [record("ok"), record("blank", answer="  "),
+               {"id": "late", "task": "A", "conversations": [
+                   {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"},
+                   {"from": "human", "value": "q2"}, {"from": "gpt", "value": ""}]}]  # fmt: skip
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps(records))
+    assert check_data.main(["--data", str(data), "--tasks", "A"]) == 1
+    out = capsys.readouterr().out
+    assert "record 1 (id 'blank'): turn 1 (gpt) is an empty answer" in out
+    assert "record 2 (id 'late'): turn 3 (gpt) is an empty answer" in out
+    with pytest.raises(ValueError, match=r"train\.json: 2 record\(s\) have a malformed conversation: "
+                                         r"record 1 \(id 'blank'\): turn 1 \(gpt\) is an empty answer"):  # fmt: skip
+        scan_data(data, None, ["A"])
+
+
+def test_an_empty_reference_list_is_refused():
+    records = [record("v0", answer=[]), record("v1", answer=["a red square", ""])]
+    report = check_data.check_records(records, None, None, allow_reference_lists=True)
+    assert report.problems[check_data.BAD_CONVERSATION].count == 2
+
+
+def test_training_reads_duplicate_ids_as_they_are(tmp_path):
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([record("img1"), record("img1", answer="blue")]))
+    assert len(scan_data(data, None, ["A"]).records) == 2
+
+
+# ------------------------------------------------------------------------------------------ pixel limit
+
+
+@pytest.fixture
+def small_limit(monkeypatch):
+    """A pixel limit of 1000: a 40x40 image (1600 pixels) is between 1x and 2x, where Pillow only warns."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+
+
+def test_an_image_between_one_and_two_times_the_pixel_limit_is_an_error(tmp_path, small_limit):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 40), (9, 9, 9)).save(path)
+    with pytest.raises(ImageTooLargeError, match=r"big\.png is too large"):
+        load_image(path)
+    with pytest.raises(ImageTooLargeError, match=r"big\.png is too large"):
+        open_image_header(path)
+    import base64
+
+    with pytest.raises(ImageTooLargeError, match="base64"):
+        load_image_from_base64(base64.b64encode(path.read_bytes()).decode())
+    Image.new("RGB", (30, 30)).save(tmp_path / "fine.png")
+    assert load_image(tmp_path / "fine.png").size == (30, 30)
+
+
+def test_check_data_and_training_refuse_an_image_over_the_limit(tmp_path, small_limit, capsys):
+    Image.new("RGB", (40, 40)).save(tmp_path / "big.png")
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([record("r0", image="big.png")]))
+    assert check_data.main(["--data", str(data), "--image-folder", str(tmp_path), "--tasks", "A"]) == 1
+    out = capsys.readouterr().out
+    assert "images over Pillow's pixel limit" in out and "record 0 (id 'r0')" in out and "big.png" in out
+    with pytest.raises(ImageTooLargeError, match=r"train\.json: record 0 \(id 'r0'\).*big\.png"):
+        scan_data(data, tmp_path, ["A"])
+
+
+def test_a_real_10000_square_image_is_refused_without_decoding_it(tmp_path):
+    # 10^8 pixels: over Pillow's default limit (89,478,485) but under twice it, where Pillow only warns.
+    Image.new("1", (10000, 10000)).save(tmp_path / "huge.png")  # 12 kB on disk, 300 MB once decoded as RGB
+    code = ("import resource, sys; from llava.mm_utils import load_image\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n    load_image(sys.argv[1])\nexcept ValueError as e:\n    print('refused:', e)\n"
+            "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "huge.png")], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: image file" in proc.stdout and "huge.png is too large" in proc.stdout
+    assert int(proc.stdout.split("grew_kb")[1]) < 50_000  # nothing near the 300 MB of the decoded image
+
+
+# ------------------------------------------------------------------------------------------ JSON Lines
+
+
+def test_json_lines_is_refused_for_training_data_with_a_conversion_command(tmp_path, capsys):
+    lines = tmp_path / "train.jsonl"
+    lines.write_text("\n".join(json.dumps(record(f"r{k}")) for k in range(3)) + "\n")
+    assert check_data.main(["--data", str(lines), "--tasks", "A"]) == 2
+    err = capsys.readouterr().err
+    assert "train.jsonl: this is JSON Lines" in err and "JSON Lines is not accepted here" in err
+    assert "python -m llava.utils jsonl-to-json" in err
+    with pytest.raises(ValueError, match="JSON Lines is not accepted here"):
+        scan_data(lines, None, ["A"])
+    converted = tmp_path / "train.json"
+    proc = subprocess.run([sys.executable, "-m", "llava.utils", "jsonl-to-json", str(lines), str(converted)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(converted.read_text()) == [record(f"r{k}") for k in range(3)]
+    assert check_data.main(["--data", str(converted), "--tasks", "A"]) == 0
+
+
+def test_json_lines_reader_names_a_bad_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"id": 1}\n\n{"id": 2}\n{"id": 3\n')
+    with pytest.raises(ValueError, match=r"q\.jsonl: JSON Lines: line 4"):
+        load_json_or_lines(path)
+    path.write_text('{"id": 1}\n\n{"id": 2}\n')
+    assert load_json_or_lines(path) == [{"id": 1}, {"id": 2}]
+    path.write_text('[{"id": 1}]')
+    assert load_json_or_lines(path) == [{"id": 1}]
+    path.write_text('[{"id": 1}] x')  # not JSON Lines either: the plain JSON error
+    with pytest.raises(ValueError, match="malformed JSON at line 1"):
+        load_json(path)
+
+
+# ------------------------------------------------------------------------------------------ failed writes
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG])
+def test_a_failed_write_names_the_file_and_keeps_the_previous_one(tmp_path, monkeypatch, code):
+    path = tmp_path / "weights.json"
+    atomic_write_json(path, {"old": 1})
+
+    def full(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(utils.os, "fsync", full)
+    with pytest.raises(WriteError) as caught:
+        atomic_write_json(path, {"new": 2})
+    assert caught.value.errno == code and isinstance(caught.value, OSError)
+    assert str(caught.value) == (f"cannot write {path}: {os.strerror(code)} (its previous version is left as it "
+                                 "was)")  # fmt: skip
+    assert json.loads(path.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.json"]  # no temporary file left behind
+
+
+def test_a_file_size_limit_names_the_file(tmp_path):
+    path = tmp_path / "big.json"
+    path.write_text('"old"')
+    code = ("import sys; from llava.utils import atomic_write_text\n"
+            "try:\n    atomic_write_text(sys.argv[1], 'x' * 300_000)\nexcept OSError as e:\n    print(e.errno, e)\n")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, preexec_fn=limit)  # fmt: skip
+    assert proc.stdout.startswith(f"{errno.EFBIG} cannot write {path}: File too large"), proc.stdout + proc.stderr
+    assert path.read_text() == '"old"'
