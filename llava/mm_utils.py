@@ -256,10 +256,24 @@ class KeywordsStoppingCriteria(StoppingCriteria):
                 ids = ids[1:]
             self.keyword_ids.append(torch.tensor(ids, dtype=torch.long))
         self.start_len = 0 if input_ids is None else input_ids.shape[1]
+        self.prompt_ids = None if input_ids is None else input_ids.detach().cpu()
         self.done: torch.Tensor | None = None
 
-    def _sequence_done(self, sequence: torch.Tensor) -> bool:
-        generated = sequence[self.start_len:]
+    def _generated_part(self, row: int, sequence: torch.Tensor) -> torch.Tensor:
+        """The answer part of `sequence`: after the prompt when the sequence starts with it.
+
+        Callers written for upstream (VLMEvalKit, lmms-eval) pass the prompt, but LLaVA models here return only
+        the new tokens: a sequence that does not start with the prompt is all answer.
+        """
+        if self.prompt_ids is None or sequence.shape[0] < self.start_len:
+            return sequence
+        prompt = self.prompt_ids[min(row, self.prompt_ids.shape[0] - 1)]
+        if torch.equal(sequence[: self.start_len].cpu(), prompt):
+            return sequence[self.start_len:]
+        return sequence
+
+    def _sequence_done(self, sequence: torch.Tensor, row: int = 0) -> bool:
+        generated = self._generated_part(row, sequence)
         for ids in self.keyword_ids:
             n = ids.numel()
             if generated.numel() >= n and torch.equal(generated[-n:].cpu(), ids):
@@ -273,9 +287,41 @@ class KeywordsStoppingCriteria(StoppingCriteria):
             self.done = torch.zeros(output_ids.shape[0], dtype=torch.bool)
         for row in range(output_ids.shape[0]):
             if not self.done[row]:
-                self.done[row] = self._sequence_done(output_ids[row])
+                self.done[row] = self._sequence_done(output_ids[row], row)
         return bool(self.done.all())
 
 
 def count_image_tokens(text: str) -> int:
     return text.count(DEFAULT_IMAGE_TOKEN)
+
+
+def recorded_conv_template(model_path: str) -> str | None:
+    """The conversation template a checkpoint records (`conv_template` in its config.json, written at training
+    time), or None: a hub name, a folder without config.json, or a checkpoint trained before it was recorded."""
+    import json
+
+    config_file = os.path.join(os.path.expanduser(model_path), "config.json")
+    if not os.path.isfile(config_file):
+        return None
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # the loader reports an unreadable config, naming it
+    value = config.get("conv_template") if isinstance(config, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def choose_conv_mode(model_path: str, requested: str | None, guess_from_name) -> tuple[str, str]:
+    """(conversation template, why): `requested` if given, else the checkpoint's recorded one, else the guess
+    `guess_from_name(model name)` that upstream LLaVA makes (only for checkpoints that record none)."""
+    recorded = recorded_conv_template(model_path)
+    if requested is not None:
+        why = "given with --conv-mode"
+        if recorded is not None and recorded != requested:
+            why += f"; the checkpoint was trained with {recorded!r}"
+        return requested, why
+    if recorded is not None:
+        return recorded, f"recorded in {os.path.join(model_path, 'config.json')} at training time"
+    name = get_model_name_from_path(model_path)
+    return guess_from_name(name), f"guessed from the folder name {name!r} (the checkpoint records no conv_template)"

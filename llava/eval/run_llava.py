@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from llava.generation import LlavaGenerator, infer_conv_mode, open_image
-from llava.mm_utils import get_model_name_from_path
+from llava.mm_utils import choose_conv_mode, get_model_name_from_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--query", required=True)
     parser.add_argument(
         "--conv-mode", "--conv_mode", dest="conv_mode", default=None,
-        help="conversation template (default: guessed from the model name, as LLaVA does)",
+        help="conversation template (default: the one the checkpoint records, else guessed from its name)",
     )  # fmt: skip
     parser.add_argument("--sep", default=",", help="separator between several --image-file paths")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
@@ -37,17 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    conv_mode, why = choose_conv_mode(args.model_path, args.conv_mode, infer_conv_mode)
     guessed = infer_conv_mode(get_model_name_from_path(args.model_path))
-    if args.conv_mode is not None and args.conv_mode != guessed:
+    if args.conv_mode is not None and args.conv_mode != guessed and "trained with" not in why:
         print(
             f"[WARNING] the auto inferred conversation mode is {guessed}, while `--conv-mode` is "
             f"{args.conv_mode}, using {args.conv_mode}",
             file=sys.stderr,
         )
+    print(f"[conversation template {conv_mode!r}: {why}]", file=sys.stderr)
     try:
         images = [open_image(path) for path in args.image_file.split(args.sep)]
         generator = LlavaGenerator.from_pretrained(
-            args.model_path, args.model_base, conv_mode=args.conv_mode or guessed, device=args.device,
+            args.model_path, args.model_base, conv_mode=conv_mode, device=args.device,
             temperature=args.temperature, top_p=args.top_p, num_beams=args.num_beams,
             max_new_tokens=args.max_new_tokens, verbose=False,
         )  # fmt: skip

@@ -25,6 +25,7 @@ from llava.constants import (
     DEFAULT_IMAGE_PATCH_TOKEN,
     NON_LORA_NAME,
 )
+from llava.model.attention import apply_attention, requested_attention
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.llava_arch import load_projector_into, load_projector_weights
 
@@ -33,9 +34,68 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+CLIP_MODEL_TYPES = ("clip_vision_model", "clip", "siglip_vision_model", "siglip")
+
+
 def _check_checkpoint(path: str, what: str) -> None:
-    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+    """A local folder must hold a config.json of a model transformers can build; the message says what it is."""
+    if not os.path.isdir(path):
+        return
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
         raise FileNotFoundError(f"{what} folder {path} has no config.json: is this a complete checkpoint?")
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} folder {path}: {config_file} is not readable JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{what} folder {path}: {config_file} holds a {type(config).__name__}, not a JSON object")
+    model_type = config.get("model_type")
+    if model_type in CLIP_MODEL_TYPES:
+        raise ValueError(
+            f"{what} folder {path} is a vision tower ({config_file} says model_type {model_type!r}), not a LLaVA "
+            "checkpoint: give it as --vision_tower when training (a trained checkpoint records it as "
+            "mm_vision_tower), and a LLaVA checkpoint folder as the model"
+        )
+    from transformers import CONFIG_MAPPING
+
+    if not model_type:
+        raise ValueError(
+            f"{what} folder {path}: {config_file} has no model_type, so it is no Hugging Face model config "
+            "(a LLaVA-1.5 checkpoint says model_type 'llava')"
+        )
+    if model_type != "llava" and model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"{what} folder {path}: {config_file} says model_type {model_type!r}, which this transformers does "
+            "not know (a LLaVA-1.5 checkpoint says 'llava', its base language model 'llama')"
+        )
+    if model_type == "llava":
+        lacking = [key for key in ("hidden_size", "num_hidden_layers", "vocab_size") if key not in config]
+        if lacking:
+            raise ValueError(
+                f"{what} folder {path}: {config_file} says model_type 'llava' but lacks {', '.join(lacking)}: "
+                "it is no complete LLaVA config"
+            )
+
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.model", "tokenizer.json")
+
+
+def _check_tokenizer(path: str) -> None:
+    """The folder the tokenizer loads from must hold one (without, transformers fails with a KeyError)."""
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{path} has no tokenizer ({', '.join(TOKENIZER_FILES)}): a full LLaVA checkpoint saves its "
+            "tokenizer beside config.json; a LoRA or projector-only checkpoint loads with --model-base"
+        )
+
+
+def _prepare_config(config, model_path: str, overwrite_config: dict | None) -> None:
+    """Apply `overwrite_config` (field: value) and resolve the vision tower's path."""
+    for key, value in (overwrite_config or {}).items():
+        setattr(config, key, value)
+    _resolve_vision_tower(config, model_path)
 
 
 def _is_multimodal(model_path: str, model_name: str) -> tuple[bool, str]:
@@ -160,6 +220,40 @@ def place_vision_tower(model, dtype: torch.dtype) -> None:
     model.get_vision_tower().to(device=anchor.device, dtype=dtype)
 
 
+# Keyword arguments of `from_pretrained` that pass through unchanged (callers such as LLaVA's own scripts and
+# the harnesses' adapters give them); anything else is refused by name rather than reaching a constructor.
+PASSTHROUGH_LOAD_KWARGS = (
+    "cache_dir", "revision", "local_files_only", "token", "use_auth_token", "max_memory", "offload_folder",
+    "offload_state_dict", "low_cpu_mem_usage",
+)
+# Accepted for compatibility and ignored: the checkpoint's own code is this package's.
+IGNORED_LOAD_KWARGS = ("trust_remote_code",)
+
+
+def _torch_dtype(value, device: str) -> torch.dtype:
+    """`torch_dtype` as a dtype: None or "auto" is fp16 on CUDA and fp32 elsewhere; names such as "bfloat16"."""
+    if value is None or value == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if isinstance(value, torch.dtype):
+        return value
+    dtype = getattr(torch, str(value).replace("torch.", ""), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"torch_dtype {value!r} is not a torch dtype (use float32, float16 or bfloat16)")
+    return dtype
+
+
+def _device_of_map(device_map, device: str | None) -> str:
+    """The device to load on when only a `device_map` names one ("cpu", "cuda:0", {"": "cuda:1"})."""
+    if device is not None:
+        return device
+    if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return device_map
+    if isinstance(device_map, dict) and len(set(map(str, device_map.values()))) == 1:
+        only = str(next(iter(device_map.values())))
+        return f"cuda:{only}" if only.isdigit() else only
+    return default_device()
+
+
 def load_pretrained_model(
     model_path: str,
     model_base: str | None,
@@ -168,17 +262,42 @@ def load_pretrained_model(
     load_4bit: bool = False,
     device_map: str | dict | None = None,
     device: str | None = None,
-    torch_dtype: torch.dtype | None = None,
+    torch_dtype: torch.dtype | str | None = None,
     verbose: bool = True,
+    use_flash_attn: bool = False,
+    attn_implementation: str | None = None,
+    multimodal: bool = False,
+    overwrite_config: dict | None = None,
     **kwargs,
 ):
     """Load tokenizer, model, image processor and context length, as upstream LLaVA's builder does.
 
-    CUDA loads in fp16 (unless `torch_dtype` says otherwise), CPU in fp32.
+    CUDA loads in fp16 (unless `torch_dtype` says otherwise), CPU in fp32. The keyword arguments of upstream's
+    later builders and of the evaluation harnesses are accepted: `use_flash_attn` / `use_flash_attention_2` /
+    `attn_implementation` ("eager", "sdpa"; "flash_attention_2" on CUDA only, see `llava.model.attention`),
+    `multimodal=True` (a LLaVA checkpoint whatever its name), `overwrite_config` (config fields to set),
+    `device_map`, `torch_dtype` (a dtype or its name, "auto"), and `from_pretrained`'s own cache/revision
+    arguments. Any other keyword is a ValueError naming it.
     """
-    device = device or default_device()
-    if torch_dtype is None:
-        torch_dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    use_flash_attention_2 = kwargs.pop("use_flash_attention_2", False)
+    customized_config = kwargs.pop("customized_config", None)
+    if customized_config is not None:
+        raise ValueError(
+            "customized_config (a LLaVA-NeXT builder option) is not supported for LLaVA-1.5 checkpoints: "
+            "pass overwrite_config={field: value} to change config fields"
+        )
+    for name in IGNORED_LOAD_KWARGS:
+        kwargs.pop(name, None)
+    unknown = sorted(set(kwargs) - set(PASSTHROUGH_LOAD_KWARGS))
+    if unknown:
+        raise ValueError(
+            f"load_pretrained_model got unknown keyword argument(s) {', '.join(unknown)}; besides its named "
+            f"parameters it accepts {', '.join(PASSTHROUGH_LOAD_KWARGS + IGNORED_LOAD_KWARGS)}, "
+            "use_flash_attention_2 and customized_config=None"
+        )
+    device = _device_of_map(device_map, device)
+    torch_dtype = _torch_dtype(torch_dtype, device)
+    apply_attention(requested_attention(attn_implementation, use_flash_attn, use_flash_attention_2), device)
     load_kwargs = {"torch_dtype": torch_dtype, "low_cpu_mem_usage": True, **kwargs}
     load_kwargs.update(_quantization_kwargs(load_8bit, load_4bit, device))
     if device_map is not None:
@@ -186,12 +305,17 @@ def load_pretrained_model(
     _check_checkpoint(model_path, "model")
     if model_base is not None:
         _check_checkpoint(model_base, "base model")
+    _check_tokenizer(model_base if model_base is not None else model_path)
 
     def say(message: str) -> None:
         if verbose:
             print(f"[load_pretrained_model] {message}", flush=True)
 
-    multimodal, reason = _is_multimodal(model_path, model_name)
+    if multimodal:
+        is_llava, reason = True, "multimodal=True"
+    else:
+        is_llava, reason = _is_multimodal(model_path, model_name)
+    multimodal = is_llava
     is_lora = "lora" in model_name.lower()
     if multimodal:
         if is_lora and model_base is None:
@@ -207,7 +331,7 @@ def load_pretrained_model(
             model_path = lora_checkpoint_folder(model_path)
 
             config = LlavaConfig.from_pretrained(model_path)
-            _resolve_vision_tower(config, model_path)
+            _prepare_config(config, model_path, overwrite_config)
             tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
             model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
             non_lora = _load_non_lora_trainables(model_path)
@@ -221,7 +345,7 @@ def load_pretrained_model(
         elif model_base is not None:
             say(f"LLaVA projector checkpoint ({reason}, with model_base): base {model_base} + {model_path}")
             config = AutoConfig.from_pretrained(model_path)
-            _resolve_vision_tower(config, model_path)
+            _prepare_config(config, model_path, overwrite_config)
             tokenizer = AutoTokenizer.from_pretrained(model_base, use_fast=False)
             model = LlavaLlamaForCausalLM.from_pretrained(model_base, config=config, **load_kwargs)
             projector_file = os.path.join(model_path, "mm_projector.bin")
@@ -230,7 +354,7 @@ def load_pretrained_model(
         else:
             say(f"full LLaVA checkpoint ({reason}, no model_base): {model_path}")
             config = AutoConfig.from_pretrained(model_path)
-            _resolve_vision_tower(config, model_path)
+            _prepare_config(config, model_path, overwrite_config)
             tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=False)
             model = LlavaLlamaForCausalLM.from_pretrained(model_path, config=config, **load_kwargs)
     else:

@@ -103,7 +103,13 @@ class LlavaMetaForCausalLM:
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         features = self.get_model().get_vision_tower()(images)
-        return self.get_model().mm_projector(features)
+        projector = self.get_model().mm_projector
+        # Harnesses cast pixels to fp16 whatever the model's dtype; the tower takes them in its own dtype and
+        # the projector gets features in its own (an identity projector has no parameters: left as they are).
+        weight = next(projector.parameters(), None)
+        if weight is not None:
+            features = features.to(weight.dtype)
+        return projector(features)
 
     def _image_features(
         self, images, num_needed_with_dummies: int, num_tokens: int

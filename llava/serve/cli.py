@@ -12,7 +12,8 @@ import sys
 
 from transformers import TextStreamer
 
-from llava.generation import LlavaGenerator, open_image
+from llava.generation import LlavaGenerator, infer_conv_mode, open_image
+from llava.mm_utils import choose_conv_mode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument(
         "--conv-mode", "--conv_mode", dest="conv_mode", default=None,
-        help="conversation template (default: guessed from the model name, as LLaVA does)",
+        help="conversation template (default: the one the checkpoint records, else guessed from its name)",
     )  # fmt: skip
     parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=512)
@@ -60,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         image = open_image(args.image_file)
+        conv_mode, why = choose_conv_mode(args.model_path, args.conv_mode, infer_conv_mode)
+        print(f"[conversation template {conv_mode!r}: {why}]", file=sys.stderr)
         generator = LlavaGenerator.from_pretrained(
-            args.model_path, args.model_base, conv_mode=args.conv_mode, device=args.device,
+            args.model_path, args.model_base, conv_mode=conv_mode, device=args.device,
             temperature=args.temperature, max_new_tokens=args.max_new_tokens, load_8bit=args.load_8bit,
             load_4bit=args.load_4bit,
         )  # fmt: skip
-        if args.conv_mode is None:
-            print(f"[conversation mode {generator.conv_mode!r}, guessed from the model name]", file=sys.stderr)
         chat(generator, image, debug=args.debug)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

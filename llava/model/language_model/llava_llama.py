@@ -8,8 +8,25 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.constants import IGNORE_INDEX
+from llava.model.attention import apply_attention, requested_attention
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 from llava.model.weight_methods import reduce_token_loss
+
+# Keyword arguments that harnesses pass to later LLaVA model classes (lmms-eval's `llava` passes `multimodal`
+# and `attn_implementation` through the builder to `from_pretrained`).
+LOADING_OPTIONS = ("multimodal", "attn_implementation", "use_flash_attention_2", "use_flash_attn")
+
+
+def _take_loading_options(kwargs: dict, device: str) -> None:
+    """Remove `LOADING_OPTIONS` from `kwargs`, installing the attention they ask for."""
+    if not any(name in kwargs for name in LOADING_OPTIONS):
+        return
+    kwargs.pop("multimodal", None)  # this class is the multimodal one
+    name = requested_attention(
+        kwargs.pop("attn_implementation", None), kwargs.pop("use_flash_attn", False),
+        kwargs.pop("use_flash_attention_2", False),
+    )  # fmt: skip
+    apply_attention(name, device)
 
 
 class LlavaConfig(LlamaConfig):
@@ -32,7 +49,14 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
 
     config_class = LlavaConfig
 
-    def __init__(self, config):
+    def __init__(self, config, **kwargs):
+        """`kwargs`: the loading options harnesses pass to later LLaVA classes (see `LOADING_OPTIONS`)."""
+        _take_loading_options(kwargs, device="cpu")
+        if kwargs:
+            raise TypeError(
+                f"LlavaLlamaForCausalLM got unknown keyword argument(s) {', '.join(sorted(kwargs))}; it takes a "
+                f"config and {', '.join(LOADING_OPTIONS)}"
+            )
         super(LlamaForCausalLM, self).__init__(config)
         self.model = LlavaLlamaModel(config)
         self.pretraining_tp = getattr(config, "pretraining_tp", 1)
@@ -40,6 +64,20 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         self.lm_head = torch.nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.weighter = None
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, also taking `multimodal`, `attn_implementation` and the flash flags.
+
+        Where a harness passes them, this transformers (4.31) would hand them to `__init__` or the config.
+        """
+        device_map = kwargs.get("device_map")
+        device = device_map if isinstance(device_map, str) and device_map.startswith(("cuda", "cpu")) else "cpu"
+        if isinstance(device_map, dict) and device_map:
+            first = str(next(iter(device_map.values())))
+            device = f"cuda:{first}" if first.isdigit() else first
+        _take_loading_options(kwargs, device=device)
+        return super().from_pretrained(*args, **kwargs)
 
     def get_model(self) -> LlavaLlamaModel:
         return self.model
@@ -58,7 +96,9 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         images: torch.FloatTensor | None = None,
         return_dict: bool | None = None,
         task_ids: torch.LongTensor | None = None,
+        image_sizes: list | None = None,
     ) -> tuple | CausalLMOutputWithPast:
+        """`image_sizes` is accepted for callers written for later LLaVA versions; LLaVA-1.5 does not use it."""
         if inputs_embeds is None:
             input_ids, position_ids, attention_mask, past_key_values, inputs_embeds, labels = (
                 self.prepare_inputs_labels_for_multimodal(
@@ -125,6 +165,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         if "inputs_embeds" in kwargs:
             raise ValueError("pass token ids (and images), not inputs_embeds, to LlavaLlamaForCausalLM.generate")
         kwargs.pop("position_ids", None)
+        kwargs.pop("image_sizes", None)  # later LLaVA versions' argument; LLaVA-1.5 pads every image to a square
         attention_mask = kwargs.pop("attention_mask", None)
         if attention_mask is None:
             attention_mask = torch.ones_like(inputs, dtype=torch.long)
@@ -144,6 +185,7 @@ class LlavaLlamaForCausalLM(LlamaForCausalLM, LlavaMetaForCausalLM):
         self, input_ids, past_key_values=None, attention_mask=None, inputs_embeds=None, **kwargs
     ):
         kwargs.pop("images", None)
+        kwargs.pop("image_sizes", None)
         return super().prepare_inputs_for_generation(
             input_ids, past_key_values=past_key_values, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
             **kwargs,

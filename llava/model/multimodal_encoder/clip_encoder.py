@@ -44,7 +44,8 @@ class CLIPVisionTower(nn.Module):
     def _encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixels = pixel_values.to(device=self.device, dtype=self.dtype)
         features = selected_hidden_state(self.vision_tower, pixels, self.select_layer)  # the later layers: unused
-        return self._select_tokens(features).to(pixel_values.dtype)
+        # In the tower's dtype: pixels a harness cast to fp16 must not round an fp32 model's features.
+        return self._select_tokens(features)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
