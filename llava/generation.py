@@ -6,7 +6,9 @@ Batch inference (inference_visatb.py), the terminal chat (llava/serve/cli.py), o
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -15,6 +17,7 @@ from types import SimpleNamespace
 
 import torch
 from PIL import Image
+from transformers.generation.streamers import BaseStreamer
 
 from llava.constants import (
     DEFAULT_IM_END_TOKEN,
@@ -115,6 +118,7 @@ class LlavaGenerator:
         max_new_tokens: int = 128,
         model_name: str | None = None,
         image_aspect_ratio: str | None = None,
+        stop: str | None = None,
     ):
         get_conv_template(conv_mode)  # fail now, naming the known modes, rather than at the first question
         if temperature < 0:
@@ -142,6 +146,8 @@ class LlavaGenerator:
         self.model_name = model_name
         # None: as the model config's `image_aspect_ratio` says (pad for LLaVA-1.5 checkpoints).
         self.image_aspect_ratio = image_aspect_ratio
+        # None: the conversation template's stop string; "": none (generation ends at EOS or max_new_tokens).
+        self.stop = stop
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.unk_token  # LLaVA's convention: LLaMA tokenizers ship no pad token
         self._special_ids = set(tokenizer.all_special_ids)
@@ -191,7 +197,21 @@ class LlavaGenerator:
 
     @property
     def stop_str(self) -> str:
+        if self.stop is not None:
+            return self.stop
         return stop_string(get_conv_template(self.conv_mode))
+
+    def with_settings(self, **changes) -> LlavaGenerator:
+        """A generator on the same model and tokenizer with other decoding settings (checked as in `__init__`).
+
+        `changes` may set conv_mode, temperature, top_p, num_beams, max_new_tokens, image_aspect_ratio, stop.
+        """
+        current = {**self.settings, "model_name": self.model_name, "image_aspect_ratio": self.image_aspect_ratio,
+                   "stop": self.stop}  # fmt: skip
+        unknown = set(changes) - set(current)
+        if unknown:
+            raise ValueError(f"unknown generation settings: {', '.join(sorted(unknown))}")
+        return LlavaGenerator(self.tokenizer, self.model, self.image_processor, **{**current, **changes})
 
     @property
     def accepts_images(self) -> bool:
@@ -304,7 +324,7 @@ class LlavaGenerator:
                 kwargs["images"] = [t.to(device=device, dtype=dtype) for t in batch.images]
             else:
                 kwargs["images"] = batch.images.to(device=device, dtype=dtype)
-        if self.stop_str != self.tokenizer.eos_token:
+        if self.stop_str and self.stop_str != self.tokenizer.eos_token:
             # generate() already stops rows at EOS; other stop strings need decoding every step (slow).
             kwargs["stopping_criteria"] = [
                 KeywordsStoppingCriteria(
@@ -320,6 +340,40 @@ class LlavaGenerator:
             output_ids = output_ids[:, batch.input_ids.shape[1]:]
         stop = self.stop_str
         return [self._decode(row, stop) for row in output_ids.tolist()]
+
+    def stream_from_prompt(
+        self, prompt: str, images: Sequence[Image.Image] = (), interval: int = 1, timeout: float | None = None
+    ) -> Iterator[str]:
+        """Answer one rendered prompt, yielding the whole answer so far every `interval` new tokens.
+
+        Each text is what `generate_from_prompts` would return had generation ended there (same decoding, cut
+        at EOS and the stop string), so the last one equals its answer. Preparation errors (image count, no
+        vision tower) raise before anything is yielded; an error in `generate` raises after the texts so far.
+        """
+        if interval < 1:
+            raise ValueError(f"the stream interval must be >= 1 token, got {interval}")
+        batch = self.prepare_prompts([prompt], [list(images)])
+        streamer = _AnswerStreamer(self._decode, self.stop_str, interval)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.generate_prepared(batch, streamer=streamer)
+            except BaseException as e:  # handed to the reading thread, which raises it
+                failure.append(e)
+            finally:
+                streamer.finish()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        while True:
+            text = streamer.texts.get(timeout=timeout)
+            if text is None:
+                break
+            yield text
+        thread.join()
+        if failure:
+            raise failure[0]
 
     def _left_padded(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         longest = max(len(ids) for ids in sequences)
@@ -370,3 +424,34 @@ class LlavaGenerator:
         answer = self.generate_from_prompts([prompt], [sample_images if markers else []], streamer=streamer)[0]
         conversation.messages[-1][-1] = answer
         return answer
+
+
+class _AnswerStreamer(BaseStreamer):
+    """Collects the token ids `generate` streams and queues the decoded answer so far (None when done)."""
+
+    def __init__(self, decode, stop: str, interval: int):
+        self._decode, self._stop, self._interval = decode, stop, interval
+        self._ids: list[int] = []
+        self._prompt_seen = False  # generate's first put is the prompt (empty when it gets embeddings)
+        self._since_last = 0
+        self._finished = False
+        self.texts: queue.Queue[str | None] = queue.Queue()
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._ids.extend(value.reshape(-1).tolist())
+        self._since_last += 1
+        if self._since_last >= self._interval:
+            self._since_last = 0
+            self.texts.put(self._decode(self._ids, self._stop))
+
+    def end(self) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self.texts.put(self._decode(self._ids, self._stop))
+            self.texts.put(None)
