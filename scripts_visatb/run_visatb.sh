@@ -11,6 +11,15 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The project's environment when none is active (scripts_visatb/setup_env.sh creates it).
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then
+    source .venv/bin/activate
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# DEFAULT_ALPHA, DEFAULT_TEMPERATURE, ...: llava/visatb/defaults.py, the one source the chain's flags read too.
+defaults="$(python -m llava.visatb.defaults --shell)"
+eval "$defaults"
+
 # Starting point (the finetune script's BASE_MODEL_PATH, VISION_TOWER, PRETRAIN_MM_MLP_ADAPTER).
 BASE_MODEL_PATH="${BASE_MODEL_PATH:-lmsys/vicuna-7b-v1.5}"
 VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
@@ -60,7 +69,7 @@ LARGE_FRACTION="${LARGE_FRACTION:-1}"
 FINETUNE_SCRIPT="${FINETUNE_SCRIPT:-scripts_visatb/finetune_academic.sh}"
 WORK_DIR="${WORK_DIR:-./work/visatb-${TASK_PRESET:-custom}}"
 RUN_NAME="${RUN_NAME:-visatb}"                       # checkpoints: WORK_DIR/checkpoints/llava-RUN_NAME-<model>
-MINI_FRACTION="${MINI_FRACTION:-0.03125}"            # 1/32 of every task, as in the paper
+MINI_FRACTION="${MINI_FRACTION:-$DEFAULT_MINI_FRACTION}"  # share of every task in the mini set (the paper's)
 SEED="${SEED:-0}"
 TRAIN_ARGS="${TRAIN_ARGS:-}"                         # extra finetune flags for every run
 PREP_TRAIN_ARGS="${PREP_TRAIN_ARGS:-}"               # ... for the mini and task-plus-mini runs only
@@ -68,18 +77,18 @@ FINAL_TRAIN_ARGS="${FINAL_TRAIN_ARGS:-}"             # ... for the final VisATB 
 INFER_ARGS="${INFER_ARGS:-}"                         # extra inference_visatb.py flags, e.g. "--batch-size 16"
 MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-}"                 # per metric type or task, e.g. "qa=16,caption=1024"
 CONV_MODE="${CONV_MODE:-vicuna_v1}"
-TEMPERATURE="${TEMPERATURE:-0.5}"                    # or auto: the smallest of 2 1 0.5 0.25 0.125 keeping weights in [0.5, 2]
-ALPHA="${ALPHA:-0.25 0.25 0.5}"                      # a_out a_in a_D of the final weight (Eq. 8), summing to 1
+TEMPERATURE="${TEMPERATURE:-$DEFAULT_TEMPERATURE}"   # or auto: the smallest of 2 1 0.5 0.25 0.125 keeping weights in [0.5, 2]
+ALPHA="${ALPHA:-$DEFAULT_ALPHA}"                     # a_out a_in a_D of the final weight (Eq. 8), summing to 1
 FORM="${FORM:-}"                                     # academic | chat: C from start and alone:<task> models (App. C);
                                                      # empty: chat for TASK_PRESET=chat, academic otherwise
 DIFFICULTY_FROM="${DIFFICULTY_FROM:-}"               # real | precise (App. F); empty: real for academic, precise for chat
 # FORM=chat and DIFFICULTY_FROM=precise read alone:<task> / mini-alone:<task> (and start) rows of
 # WORK_DIR/scores.json; the chain trains and scores those models (start: only with START_MODEL).
-GAIN_TOLERANCE="${GAIN_TOLERANCE:-0.01}"             # own-data gain <= 1% of the score: "no gain" (neutral weight)
-MAX_CONTRIBUTION="${MAX_CONTRIBUTION:-10}"           # ... or so small that some |C[i->j]| > 10
+GAIN_TOLERANCE="${GAIN_TOLERANCE:-$DEFAULT_GAIN_TOLERANCE}"  # own-data gain at most this share of the score: "no gain" (neutral weight)
+MAX_CONTRIBUTION="${MAX_CONTRIBUTION:-$DEFAULT_MAX_CONTRIBUTION}"  # ... or so small that some |C[i->j]| exceeds this
 STRICT="${STRICT:-0}"                                # 1: a task without own-data gain stops the chain instead
 EW_BASELINE="${EW_BASELINE:-1}"                      # 1: also train plain LLaVA (equal weights) for comparison
-METHODS="${METHODS:-}"                               # final models, e.g. VisATB,EW,TLA,RLW,DWA,IGB (default: VisATB,EW)
+METHODS="${METHODS:-}"                               # final models, any of $METHOD_KEYS (default: VisATB,EW)
 STL="${STL:-0}"                                      # 1: also train each task alone (STL) -> comparison.json (dI, dE)
 ABLATIONS="${ABLATIONS:-}"                           # Table 8's rows: any of "alpha temperature difficulty"
 EVAL_FINAL="${EVAL_FINAL:-1}"                        # 1: score the final model(s) on every validation set
@@ -145,9 +154,4 @@ if [ "$EXECUTOR" = "slurm" ]; then
     [ -z "$SLURM_TRAIN_ARGS" ] || args+=(--slurm-train-args "$SLURM_TRAIN_ARGS")
 fi
 
-# The project's environment when none is active (scripts_visatb/setup_env.sh creates it).
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -f .venv/bin/activate ]; then
-    source .venv/bin/activate
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec python -m llava.visatb.pipeline "${args[@]}" "$@"

@@ -35,7 +35,8 @@ SCORES = {
 
 
 def reference_weights(c_out, c_in, d, t):
-    """The method doc's formulas, written independently (plain softmax, no max subtraction)."""
+    """The paper's weights (arXiv 2403.04343, Eq. 8 and the softmax weights it combines), written independently
+    (plain softmax, no max subtraction)."""
     c_out, c_in, d = (np.asarray(v, dtype=np.float64) for v in (c_out, c_in, d))
     n = len(c_out)
 
@@ -363,9 +364,11 @@ def test_gain_options_are_checked():
 
 def test_zero_full_data_score_is_named():
     table = {k: dict(v) for k, v in SCORES.items()}
-    table["mini"]["C"], table["C"]["C"] = -0.1, 0.0  # own gain 0.1, but the ratio divides by 0
-    with pytest.raises(ValueError, match=r"V_C\(C\+mini\) is 0"):
+    table["mini"]["C"], table["C"]["C"] = -0.1, 0.0  # an own gain of 0.1 would divide the ratio by 0
+    with pytest.raises(ValueError, match=r"model key 'mini' on task 'C'.*score -0.1 is negative"):
         weights_from_scores(table, ["A", "B", "C"])
+    table["mini"]["C"] = 0.0  # no gain: C's difficulty is left undefined (neutral), never divided by 0
+    assert weights_from_scores(table, ["A", "B", "C"]).difficulty[2] is None
 
 
 def test_fewer_than_two_scored_tasks():
@@ -598,7 +601,7 @@ def test_auto_temperature_without_a_fitting_candidate_falls_back_to_two_with_a_w
 
 @pytest.mark.parametrize("name", ["academic-7b", "academic-13b", "chat"])
 def test_auto_temperature_picks_the_papers_half_for_the_paper_settings(name):
-    # Method doc, section 8: the rule chose T = 0.5 for Academic 7B, 13B and Chat.
+    # arXiv 2403.04343: its temperature rule chose T = 0.5 for Academic 7B, 13B and Chat.
     assert get_paper_setting(name).weights("auto").temperature == 0.5
 
 

@@ -42,7 +42,25 @@ from typing import Any
 
 from llava.utils import atomic_write_json, load_json
 from llava.visatb import slurm
-from llava.visatb.scores import ALONE_PREFIX, MINI_ALONE_PREFIX, STL, group_scores
+from llava.visatb.defaults import (
+    DEFAULT_ALPHA,
+    DEFAULT_GAIN_TOLERANCE,
+    DEFAULT_MAX_CONTRIBUTION,
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_MINI_FRACTION,
+    DEFAULT_TEMPERATURE,
+)
+from llava.visatb.scores import (
+    ALONE_PREFIX,
+    EW,
+    METHOD_KEYS,
+    MINI,
+    MINI_ALONE_PREFIX,
+    START,
+    STL,
+    VISATB,
+    group_scores,
+)
 from llava.visatb.tasks import (
     CHAIN_METRIC_TYPES,
     GPT_REVIEW,
@@ -55,13 +73,10 @@ from llava.visatb.tasks import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_FINETUNE_SCRIPT = "scripts_visatb/finetune_academic.sh"
-MINI = "mini"
-START = "start"
-VISATB = "VisATB"
-EW = "EW"
 STAGES = ("subsets", "train", "infer", "score", "weights", "final-train", "final-infer", "final-score", "report")
-# Final models by method name, and the finetune script's WEIGHT_METHOD for each (VisATB: EW plus its weights).
-METHODS = {"VisATB": "EW", "EW": "EW", "TLA": "EWTB", "RLW": "RLW", "DWA": "DWA", "IGB": "IGB"}
+# Final models by method name, and the finetune script's WEIGHT_METHOD for each: VisATB trains with EW plus its
+# weights, TLA is the script's EWTB (token-level averaging); every other method has its own name there.
+METHODS = {key: {VISATB: "EW", "TLA": "EWTB"}.get(key, key) for key in METHOD_KEYS}
 # Table 8's rows besides the default VisATB (alpha 0.25 0.25 0.5, T 0.5, real difficulty).
 # Row keys name them without commas (a key list is comma-separated): VisATB[alpha=1:0:0], VisATB[T=2], ...
 ABLATION_ALPHAS = {"1:0:0": (1.0, 0.0, 0.0), "0:1:0": (0.0, 1.0, 0.0), "0:0:1": (0.0, 0.0, 1.0),
@@ -71,8 +86,6 @@ ABLATION_TEMPERATURES = (2.0, 1.0, 0.5)
 ABLATIONS = ("alpha", "temperature", "difficulty")
 LOG_TAIL_LINES = 15
 COSTS_KEY = "costs"  # pipeline.json: every finished item's wall time and devices
-# llava.visatb.inference.DEFAULT_MAX_NEW_TOKENS, without importing torch into the orchestrator (a test checks).
-DEFAULT_MAX_NEW_TOKENS = 2048
 
 
 class PipelineError(RuntimeError):
@@ -102,7 +115,7 @@ class PipelineConfig:
     vision_tower: str | None = None
     projector: str | None = None
     finetune_script: str = DEFAULT_FINETUNE_SCRIPT
-    mini_fraction: float = 1 / 32
+    mini_fraction: float = DEFAULT_MINI_FRACTION
     seed: int = 0
     train_args: list[str] = field(default_factory=list)
     prep_train_args: list[str] = field(default_factory=list)
@@ -114,12 +127,12 @@ class PipelineConfig:
     start_model_base: str | None = None
     ew_baseline: bool = True
     eval_final: bool = True
-    temperature: float | str = 0.5  # or "auto"
-    alpha: list[float] = field(default_factory=lambda: [0.25, 0.25, 0.5])
+    temperature: float | str = DEFAULT_TEMPERATURE  # or "auto"
+    alpha: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHA))
     form: str = "academic"
     difficulty_from: str = "real"
-    gain_tolerance: float = 0.01
-    max_contribution: float = 10.0
+    gain_tolerance: float = DEFAULT_GAIN_TOLERANCE
+    max_contribution: float = DEFAULT_MAX_CONTRIBUTION
     strict: bool = False
     methods: list[str] = field(default_factory=lambda: [VISATB, EW])
     stl: bool = False
@@ -1272,7 +1285,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--start-model-base", help="its --model-base (projector-only or LoRA checkpoints)")
     run = parser.add_argument_group("training and inference")
     run.add_argument("--finetune-script", default=DEFAULT_FINETUNE_SCRIPT)
-    run.add_argument("--mini-fraction", type=float, default=1 / 32, help="share of every task in the mini set")
+    run.add_argument("--mini-fraction", type=float, default=DEFAULT_MINI_FRACTION, help="share of every task in the mini set")
     run.add_argument("--large-fraction", type=float, default=1.0,
                      help="share of its task(s) in each task-plus-mini set (M3IT: 0.25); the minis come from it")  # fmt: skip
     run.add_argument("--seed", type=int, default=0)
@@ -1282,10 +1295,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--infer-args", help="extra flags for inference_visatb.py (e.g. '--batch-size 16')")
     run.add_argument("--max-new-tokens", help="per metric type or task, e.g. qa=16,caption=512 (default: the CLI's)")
     run.add_argument("--conv-mode", default="vicuna_v1")
-    run.add_argument("--temperature", default=0.5,
+    run.add_argument("--temperature", default=DEFAULT_TEMPERATURE,
                      help="softmax temperature of the weights, or 'auto': the smallest of 2, 1, 0.5, 0.25, 0.125 "
                      "keeping every final weight in [0.5, 2.0]")
-    run.add_argument("--alpha", type=float, nargs=3, default=[0.25, 0.25, 0.5], metavar=("A_OUT", "A_IN", "A_D"),
+    run.add_argument("--alpha", type=float, nargs=3, default=list(DEFAULT_ALPHA), metavar=("A_OUT", "A_IN", "A_D"),
                      help="Eq. 8: final weight = A_OUT * w_out + A_IN * w_in + A_D * w_diff (>= 0, summing to 1)")
     run.add_argument("--form", choices=("academic", "chat"),
                      help="contributions from the mini and task-plus-mini models (academic) or from start and "
@@ -1294,9 +1307,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--difficulty-from", choices=("real", "precise"),
                      help="D from mini and task-plus-mini (real) or from mini-alone:<task> and alone:<task> (precise, "
                      "App. F; the chain trains those); default: real for the academic form, precise for chat")
-    run.add_argument("--gain-tolerance", type=float, default=0.01,
+    run.add_argument("--gain-tolerance", type=float, default=DEFAULT_GAIN_TOLERANCE,
                      help="relative own-data gain at or below which a task counts as without gain (weighting_visatb.py)")
-    run.add_argument("--max-contribution", type=float, default=10.0,
+    run.add_argument("--max-contribution", type=float, default=DEFAULT_MAX_CONTRIBUTION,
                      help="an own gain so small that some |C[i->j]| exceeds this also counts as no gain")
     run.add_argument("--strict", type=_bool, default=False,
                      help="a task without own-data gain stops the chain at the weights stage (default: neutral weight)")

@@ -35,6 +35,10 @@ MINI = "mini"
 STL = "STL"
 ALONE_PREFIX = "alone:"
 MINI_ALONE_PREFIX = "mini-alone:"
+VISATB = "VisATB"
+EW = "EW"
+# The final models by weighting method (the chain's --methods): VisATB, then the paper's baselines.
+METHOD_KEYS = (VISATB, EW, "TLA", "RLW", "DWA", "IGB")
 
 
 def alone_key(task: str) -> str:

@@ -24,9 +24,9 @@ from typing import Any
 from tqdm import tqdm
 
 from llava.utils import atomic_write_json, load_json, refuse_same_file
+from llava.visatb.defaults import DEFAULT_MINI_FRACTION
 from llava.visatb.tasks import parse_task_groups, resolve_tasks
 
-DEFAULT_MINI_FRACTION = 1 / 32
 MANIFEST_NAME = "subsets.json"
 
 

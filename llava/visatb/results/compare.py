@@ -41,10 +41,12 @@ from typing import Any
 from llava.utils import atomic_write_bytes, atomic_write_json, atomic_write_text, load_json, refuse_same_file
 from llava.visatb.scores import (
     ALONE_PREFIX,
+    EW,
     MINI,
     MINI_ALONE_PREFIX,
     START,
     STL,
+    VISATB,
     alone_key,
     load_scores,
 )
@@ -284,9 +286,9 @@ def summarize(comparisons: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             mean, std = _mean_std(values)
             entry[measure] = {"mean": mean, "std": std, "values": values}
         result["models"][model] = entry
-    if "VisATB" in result["models"] and "EW" in result["models"]:
+    if VISATB in result["models"] and EW in result["models"]:
         wins = [label for label in labels
-                if comparisons[label]["models"]["VisATB"]["delta_I"] > comparisons[label]["models"]["EW"]["delta_I"]]  # fmt: skip
+                if comparisons[label]["models"][VISATB]["delta_I"] > comparisons[label]["models"][EW]["delta_I"]]  # fmt: skip
         result["visatb_beats_ew"] = {"runs": wins, "count": len(wins), "of": len(labels)}
     return result
 

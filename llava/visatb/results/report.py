@@ -24,8 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from llava.utils import atomic_write_text, load_json
+from llava.visatb.defaults import DEFAULT_ALPHA
 from llava.visatb.results import compare
-from llava.visatb.scores import ALONE_PREFIX, MINI_ALONE_PREFIX, STL, group_scores, load_scores
+from llava.visatb.scores import (
+    ALONE_PREFIX,
+    EW,
+    MINI,
+    MINI_ALONE_PREFIX,
+    START,
+    STL,
+    VISATB,
+    group_scores,
+    load_scores,
+)
 from llava.visatb.tasks import (
     CAPTION,
     CAPTION_LIST,
@@ -39,7 +50,6 @@ from llava.visatb.tasks import (
     parse_task_names,
 )
 
-START, MINI, EW, VISATB = "start", "mini", "EW", "VisATB"
 # gpt_review scores are already percentages (the judge's relative score, llava.visatb.metrics.review_score).
 METRIC_LABELS = {CAPTION: "CIDEr", CAPTION_LIST: "CIDEr", QA: "acc %", GROUNDING: "acc %", GPT_REVIEW: "rel %"}
 ACCURACY_METRICS = (QA, GROUNDING)
@@ -265,7 +275,7 @@ def _weights_intro(weights: Mapping[str, Any]) -> str:
     if weights.get("form") == "chat":
         text += " Chat form: C[i->j] = (V_j(alone:i) - V_j(start)) / (V_j(alone:j) - V_j(start))."
     alpha = weights.get("alpha")
-    if alpha and [alpha["out"], alpha["in"], alpha["difficulty"]] != [0.25, 0.25, 0.5]:
+    if alpha and [alpha["out"], alpha["in"], alpha["difficulty"]] != list(DEFAULT_ALPHA):
         text += (f" Weight = {alpha['out']:g} w_out + {alpha['in']:g} w_in + {alpha['difficulty']:g} w_D "
                  "(alpha of Eq. 8).")  # fmt: skip
     return text

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from llava.utils import atomic_write_text, load_json
-from llava.visatb.results.report import EW, MINI, VISATB, learning_checks
+from llava.visatb.results.report import learning_checks
+from llava.visatb.scores import EW, MINI, VISATB
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 REQUIRED_RATIO = 3.0

@@ -28,11 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from llava.utils import load_json
+from llava.visatb.defaults import DEFAULT_GAIN_TOLERANCE, DEFAULT_MAX_CONTRIBUTION
 from llava.visatb.scores import ALONE_PREFIX, MINI, MINI_ALONE_PREFIX, START
 from llava.visatb.tasks import PRESETS
-
-DEFAULT_GAIN_TOLERANCE = 0.01
-DEFAULT_MAX_CONTRIBUTION = 10.0
 
 # ---------------------------------------------------------------------------------------------
 # Which models the measures compare

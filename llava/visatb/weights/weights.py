@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from llava.visatb.defaults import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
 from llava.visatb.scores import group_scores
 from llava.visatb.weights.measures import (
     DEFAULT_GAIN_TOLERANCE,
@@ -34,8 +35,6 @@ from llava.visatb.weights.measures import (
     score_of,
 )
 
-DEFAULT_TEMPERATURE = 0.5
-DEFAULT_ALPHA = (0.25, 0.25, 0.5)
 AUTO = "auto"
 AUTO_TEMPERATURES = (2.0, 1.0, 0.5, 0.25, 0.125)
 AUTO_WEIGHT_RANGE = (0.5, 2.0)
