@@ -12,6 +12,7 @@ The last line printed is VISATB_WEIGHTS="w1 w2 ...", in task-id order, for the f
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from llava.utils import refuse_same_file
@@ -64,9 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--paper", help=f"one paper setting: {', '.join(PAPER_SETTINGS)}")
     parser.add_argument("--out-contribution", type=float, nargs="+", help="C_out per scored task, by hand")
     parser.add_argument("--in-contribution", type=float, nargs="+", help="C_in per scored task, by hand")
-    parser.add_argument(
+    difficulty = parser.add_mutually_exclusive_group()
+    difficulty.add_argument(
         "--difficulty", type=float, nargs="+", help="D = 1 - V_i(mini)/V_i(i+mini) per scored task, by hand"
     )
+    difficulty.add_argument(
+        "--mini-ratio", type=float, nargs="+",
+        help="instead of --difficulty: V_i(mini)/V_i(i+mini) per scored task (= 1 - D), the form of the VisATB "
+        "release's `difficulties` vectors",
+    )  # fmt: skip
     tasks = parser.add_mutually_exclusive_group()
     tasks.add_argument("--tasks", help="all trained tasks in task-id order, A,B,... (fixes the weight order)")
     tasks.add_argument("--task-preset", help="academic or chat: its task list in task-id order")
@@ -120,14 +127,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Hand-given D values whose mean is at least this look like the release's V(mini)/V(own) ratios: the mini
+# model usually reaches most of a task's own-data score, so D is mostly small (the paper's mean D is 0.35).
+RATIO_LIKE_MEAN = 0.5
+
+
+def difficulty_from_ratios(ratios: list[float]) -> list[float]:
+    """D = 1 - r for each V(mini)/V(own) ratio r of --mini-ratio (each a finite number >= 0)."""
+    for k, r in enumerate(ratios):
+        if not math.isfinite(r) or r < 0:
+            raise ValueError(f"--mini-ratio: value {k + 1} is {r!r}; a ratio of two scores is a finite number >= 0")
+    return [1.0 - r for r in ratios]
+
+
+def check_hand_difficulty(values: list[float]) -> str | None:
+    """Refuse impossible D values; a WARNING line when they look like V(mini)/V(own) ratios, else None."""
+    for k, d in enumerate(values):
+        if not math.isfinite(d) or d > 1:
+            raise ValueError(
+                f"--difficulty: value {k + 1} is {d!r}; D = 1 - V(mini)/V(own) is at most 1 (scores are >= 0). "
+                "The VisATB release's `difficulties` vectors hold V(mini)/V(own): pass those as --mini-ratio"
+            )
+    mean = sum(values) / len(values)
+    if mean >= RATIO_LIKE_MEAN:
+        return (
+            f"WARNING: the --difficulty values average {mean:.2f}: D = 1 - V(mini)/V(own) is usually small. If "
+            "these are the VisATB release's `difficulties` (which hold V(mini)/V(own) = 1 - D), pass them as "
+            "--mini-ratio instead: given as D they invert the difficulty weights"
+        )
+    return None
+
+
 def compute(args: argparse.Namespace) -> VisatbWeights:
     """Turn the parsed arguments into one weights result."""
+    if getattr(args, "mini_ratio", None) is not None:
+        args.difficulty = difficulty_from_ratios(args.mini_ratio)
     vectors = (args.out_contribution, args.in_contribution, args.difficulty)
     by_hand = any(v is not None for v in vectors)
     if by_hand and (args.scores or args.paper):
         raise ValueError("give either --scores, --paper or the three measure vectors, not several")
     if by_hand and any(v is None for v in vectors):
-        raise ValueError("by hand, give all three of --out-contribution, --in-contribution and --difficulty")
+        raise ValueError(
+            "by hand, give all three of --out-contribution, --in-contribution and --difficulty (or --mini-ratio)"
+        )
     if not args.scores and (args.form != "academic" or args.difficulty_from):
         raise ValueError("--form and --difficulty-from choose models of a scores table: give --scores")
     if args.paper:
@@ -196,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             args.alpha = check_alpha(args.alpha)
         except ValueError as e:
             raise ValueError(f"--alpha: {e}") from None
-        by_hand = any(v is not None for v in (args.out_contribution, args.in_contribution, args.difficulty))
+        by_hand = any(v is not None for v in (args.out_contribution, args.in_contribution, args.difficulty,
+                                              args.mini_ratio))
         if not (args.scores or args.paper or by_hand):
             chosen = (args.tasks, args.task_preset, args.unscored_tasks, args.output, args.plot)
             if any(chosen) or args.form != "academic" or args.difficulty_from:
@@ -207,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_gain_options(args.gain_tolerance, args.max_contribution)
         _check_outputs(args)
+        if args.difficulty is not None:
+            warning = check_hand_difficulty(args.difficulty)
+            if warning:
+                print(warning, file=sys.stderr)
         result = compute(args)
         for line in result.warnings():
             print(line, file=sys.stderr)
@@ -223,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             plot_weights(result, args.plot)
             print(f"wrote {args.plot}")
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # OSError: an output that cannot be written (full disk, size limit)
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_report(result))

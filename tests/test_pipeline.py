@@ -610,7 +610,7 @@ def test_learning_checks_skip_without_a_start_row():
 
 def test_report_cli_warns_and_strict_exits_1(tmp_path, capsys):
     scores = healthy_scores()
-    scores["EW"]["T1"] = -1.0
+    scores["EW"]["T1"] = 0.0  # at the starting point, not above it (a score is never negative)
     path = tmp_path / "scores.json"
     path.write_text(json.dumps(scores))
     out = tmp_path / "report.md"

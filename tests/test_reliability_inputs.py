@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def test_check_data_and_training_refuse_an_image_over_the_limit(tmp_path, small_
         scan_data(data, tmp_path, ["A"])
 
 
+@pytest.mark.slow
 def test_a_real_10000_square_image_is_refused_without_decoding_it(tmp_path):
     # 10^8 pixels: over Pillow's default limit (89,478,485) but under twice it, where Pillow only warns.
     Image.new("1", (10000, 10000)).save(tmp_path / "huge.png")  # 12 kB on disk, 300 MB once decoded as RGB
@@ -204,3 +206,94 @@ def test_a_file_size_limit_names_the_file(tmp_path):
                           timeout=120, preexec_fn=limit)  # fmt: skip
     assert proc.stdout.startswith(f"{errno.EFBIG} cannot write {path}: File too large"), proc.stdout + proc.stderr
     assert path.read_text() == '"old"'
+
+
+# ------------------------------------------------------------------------------------------ weighting
+
+
+def load_weighting_cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("weighting_visatb", REPO / "weighting_visatb.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def three_task_table(**changes) -> dict:
+    table = {"mini": {"A": 0.2, "B": 0.3, "C": 0.4}, "A": {"A": 0.6, "B": 0.35, "C": 0.42},
+             "B": {"A": 0.25, "B": 0.6, "C": 0.41}, "C": {"A": 0.22, "B": 0.33, "C": 0.7}}  # fmt: skip
+    for key, value in changes.items():
+        model, task = key.split("_")
+        table[model][task] = value
+    return table
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"mini_A": -0.2}, re.escape("model key 'mini' on task 'A' (the mini model): score -0.2 is negative")),
+    ({"mini_A": 1e308, "A_A": 1e-308},
+     re.escape("model key 'mini' on task 'A' (the mini model): score 1e+308 is over 1e+06")),
+    ({"mini_B": 1e-308, "B_B": 1e308}, re.escape("model key 'B' on task 'B' (the B-plus-mini model): score 1e+308")),
+    ({"A_A": 1e-308}, r"the difficulty of task 'A' is -2e\+307, beyond .*model keys 'mini' and 'A'"),
+])  # fmt: skip
+def test_weighting_refuses_impossible_scores_naming_model_and_task(tmp_path, capsys, changes, message):
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps(three_task_table(**changes)))
+    assert load_weighting_cli().main(["--scores", str(scores), "--tasks", "A,B,C"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {scores}: ") and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+
+
+RELEASE_7B_RATIOS = ["0.7597", "0.5313", "0.8852", "0.7979", "0.5511", "0.8680", "0.1904"]
+HAND_7B = ["--task-preset", "academic",
+           "--out-contribution", "0.1637", "0.1903", "0.1952", "0.1433", "0.0768", "0.1316", "0.1582",
+           "--in-contribution", "0.1634", "0.2179", "0.1326", "0.1775", "0.1674", "0.0783", "0.1219"]  # fmt: skip
+
+
+def weights_line(out: str) -> list[float]:
+    line = [x for x in out.splitlines() if x.startswith("VISATB_WEIGHTS=")][0]
+    return [float(w) for w in line.split("=", 1)[1].strip('"').split()]
+
+
+def test_the_release_difficulty_vectors_go_in_as_mini_ratio(capsys):
+    cli = load_weighting_cli()
+    assert cli.main(["--paper", "academic-7b"]) == 0
+    paper = weights_line(capsys.readouterr().out)
+    assert cli.main([*HAND_7B, "--mini-ratio", *RELEASE_7B_RATIOS]) == 0
+    captured = capsys.readouterr()
+    assert weights_line(captured.out) == paper and paper[6] == pytest.approx(1.6403)  # RefCOCO-bbox
+    assert "WARNING" not in captured.err
+    # Pasted as --difficulty, they invert the difficulty weights: a WARNING says so and names --mini-ratio.
+    assert cli.main([*HAND_7B, "--difficulty", *RELEASE_7B_RATIOS]) == 0
+    captured = capsys.readouterr()
+    assert weights_line(captured.out)[6] == pytest.approx(0.6972)
+    assert "WARNING: the --difficulty values average 0.65" in captured.err and "--mini-ratio" in captured.err
+    # The paper's own D values (1 - ratio) pass without a warning.
+    assert cli.main([*HAND_7B, "--difficulty", *[f"{1 - float(r):.4f}" for r in RELEASE_7B_RATIOS]]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING" not in captured.err and weights_line(captured.out) == paper
+
+
+def test_impossible_hand_difficulties_and_ratios_are_refused(capsys):
+    cli = load_weighting_cli()
+    assert cli.main([*HAND_7B, "--difficulty", "1.5", *["0.1"] * 6]) == 2
+    assert "--difficulty: value 1 is 1.5; D = 1 - V(mini)/V(own) is at most 1" in capsys.readouterr().err
+    assert cli.main([*HAND_7B, "--mini-ratio", "-0.1", *["0.9"] * 6]) == 2
+    assert "--mini-ratio: value 1 is -0.1" in capsys.readouterr().err
+
+
+def test_weighting_output_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, capsys, monkeypatch):
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps(three_task_table()))
+    out = tmp_path / "weights.json"
+    out.write_text('{"old": true}')
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(utils.os, "fsync", full)
+    assert load_weighting_cli().main(["--scores", str(scores), "--tasks", "A,B,C", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {out}: No space left on device (its previous version is left as it was)\n"
+    assert out.read_text() == '{"old": true}'

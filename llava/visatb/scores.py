@@ -63,13 +63,29 @@ def group_scores(table: ScoresTable, groups: dict[str, Any]) -> ScoresTable:
     return result
 
 
+# No metric of the project comes near this (accuracy <= 1 or 100 in percent, CIDEr <= 10, the judge's relative
+# score a few hundred at most); a larger value is a unit or parsing mistake, and ratios of such values overflow.
+MAX_SCORE = 1e6
+
+
 def _is_score(value: Any) -> bool:
     # bool is an int subclass; `true` in a scores table is a mistake, not a 1.
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def score_problem(value: Any) -> str | None:
+    """Why `value` cannot be a score (not a finite number, negative, or over MAX_SCORE), or None."""
+    if not _is_score(value):
+        return f"score {value!r} is not a finite number"
+    if value < 0:
+        return f"score {value!r} is negative; every metric (accuracy, CIDEr, the judge's relative score) is at least 0"
+    if value > MAX_SCORE:
+        return f"score {value!r} is over {MAX_SCORE:g}, beyond any metric of the project (a unit or parsing mistake?)"
+    return None
+
+
 def validate_scores(table: Any, source: str = "scores") -> ScoresTable:
-    """Check the table's shape: an object of objects of finite numbers >= 0; errors name the model and task."""
+    """Check the table's shape: an object of objects of scores (`score_problem`); errors name the model and task."""
     if not isinstance(table, dict):
         raise ValueError(
             f"{source}: expected a JSON object {{model key: {{task: score}}}}, got {type(table).__name__}"
@@ -80,15 +96,9 @@ def validate_scores(table: Any, source: str = "scores") -> ScoresTable:
                 f"{source}: model {model_key!r} must map task names to scores, got {type(task_scores).__name__}"
             )
         for task, score in task_scores.items():
-            if not _is_score(score):
-                raise ValueError(
-                    f"{source}: model {model_key!r}, task {task!r}: score {score!r} is not a finite number"
-                )
-            if score < 0:
-                raise ValueError(
-                    f"{source}: model {model_key!r}, task {task!r}: score {score!r} is negative; every metric "
-                    "(accuracy, CIDEr, the judge's relative score) is at least 0"
-                )
+            problem = score_problem(score)
+            if problem:
+                raise ValueError(f"{source}: model {model_key!r}, task {task!r}: {problem}")
     return table
 
 
@@ -115,8 +125,9 @@ def record_score(path: str | os.PathLike, model_key: str, task: str, score: floa
         raise ValueError(f"model key must be a non-empty string, got {model_key!r}")
     if not isinstance(task, str) or not task.strip():
         raise ValueError(f"task name must be a non-empty string, got {task!r}")
-    if not _is_score(score) or score < 0:
-        raise ValueError(f"score for model {model_key!r}, task {task!r} is not a finite number >= 0: {score!r}")
+    problem = score_problem(score)
+    if problem:
+        raise ValueError(f"model {model_key!r}, task {task!r}: {problem}")
     path = Path(path)
     # Parallel metric runs read-modify-write the same table: serialise them so none loses another's entry.
     with _locked(path):

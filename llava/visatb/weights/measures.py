@@ -29,7 +29,7 @@ from typing import Any
 
 from llava.utils import load_json
 from llava.visatb.defaults import DEFAULT_GAIN_TOLERANCE, DEFAULT_MAX_CONTRIBUTION
-from llava.visatb.scores import ALONE_PREFIX, MINI, MINI_ALONE_PREFIX, START
+from llava.visatb.scores import ALONE_PREFIX, MINI, MINI_ALONE_PREFIX, START, score_problem
 from llava.visatb.tasks import PRESETS
 
 # ---------------------------------------------------------------------------------------------
@@ -166,10 +166,9 @@ def score_of(scores: Mapping[str, Any], model: str, task: str, source: str) -> f
             f"{source}: model key {model!r} ({model_label(model)}) has no score on task {task!r}"
         )
     value = row[task]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(
-            f"{source}: score of model key {model!r} on task {task!r} is {value!r}, not a finite number"
-        )
+    problem = score_problem(value)
+    if problem:
+        raise ValueError(f"{source}: score of model key {model!r} on task {task!r} ({model_label(model)}): {problem}")
     return float(value)
 
 
@@ -309,7 +308,13 @@ def contribution_matrix(
                 row.append(None)
             else:
                 delta = score_of(scores, f.model(i), j, source) - score_of(scores, f.reference, j, source)
-                row.append(delta / gains[j])
+                value = delta / gains[j]
+                if not math.isfinite(value):
+                    raise ValueError(
+                        f"{source}: the contribution of task {i!r} to task {j!r} overflows ({delta!r} / {gains[j]!r}): "
+                        f"check the scores of model keys {f.model(i)!r}, {f.model(j)!r} and {f.reference!r} on {j!r}"
+                    )
+                row.append(value)
         matrix.append(row)
     return matrix
 
@@ -334,6 +339,9 @@ def out_in_contributions(
     return c_out, c_in
 
 
+MAX_DIFFICULTY = 1e6
+
+
 def difficulty(
     scores: Mapping[str, Mapping[str, float]],
     tasks: Sequence[str],
@@ -354,7 +362,16 @@ def difficulty(
                 f"{source}: V_{i}({notation(d.full_model(i))}) is 0 (model key {d.full_model(i)!r} on task {i!r}), "
                 f"so the difficulty of {i!r} is undefined"
             )
-        values.append(1.0 - score_of(scores, d.small_model(i), i, source) / full)
+        value = 1.0 - score_of(scores, d.small_model(i), i, source) / full
+        # A small-data model a million times better than the full-data one is a broken score, not a difficulty.
+        if not math.isfinite(value) or abs(value) > MAX_DIFFICULTY:
+            raise ValueError(
+                f"{source}: the difficulty of task {i!r} is {value:.3g}, beyond +-{MAX_DIFFICULTY:g}: "
+                f"V_{i}({notation(d.small_model(i))}) / "
+                f"V_{i}({notation(d.full_model(i))}) = {score_of(scores, d.small_model(i), i, source)!r} / {full!r} "
+                f"(model keys {d.small_model(i)!r} and {d.full_model(i)!r}); check those scores"
+            )
+        values.append(value)
     return values
 
 
