@@ -153,6 +153,7 @@ def fake_hub_cache(cache: Path, repo_id: str, files_from: Path) -> None:
     shutil.copytree(files_from, repo / "snapshots" / commit)
 
 
+@pytest.mark.slow
 def test_lora_checkpoint_given_as_a_hub_id_loads_from_the_hub_cache(tmp_path):
     import subprocess
     import sys

@@ -56,6 +56,8 @@ def checkpoints(output_dir) -> list[str]:
     return sorted((p for p in os.listdir(output_dir) if p.startswith("checkpoint-")), key=lambda p: int(p.split("-")[1]))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_every_epoch_checkpoint_is_kept_and_a_rerun_resumes_from_the_newest(script_env):
     # 6 toy records, 3 per batch: 2 steps per epoch.
     flags = ["--disable_tqdm", "True", "--gradient_checkpointing", "False", "--learning_rate", "2e-3"]

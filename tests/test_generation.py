@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
 from PIL import Image
 from transformers import TextStreamer
 
@@ -17,34 +14,9 @@ SYSTEM_V1 = (
 )
 
 
-def build_lively_checkpoint(out: Path) -> str:
-    """A tiny LLaVA whose weights are large enough that greedy answers depend on the prompt and image.
-
-    With the default init (std 0.02) every prompt ending in "ASSISTANT:" gets nearly the same answer, which
-    would make batch-versus-single comparisons meaningless.
-    """
-    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
-    from llava.model.tiny import build_tiny_llava
-
-    path = build_tiny_llava(out)["full"]
-    model = LlavaLlamaForCausalLM.from_pretrained(path)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.15)
-    model.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return build_lively_checkpoint(tmp_path_factory.mktemp("lively"))
-
-
-@pytest.fixture(scope="module")
-def generator(checkpoint) -> LlavaGenerator:
-    return LlavaGenerator.from_pretrained(checkpoint, max_new_tokens=8, verbose=False)
+def generator(lively_checkpoint) -> LlavaGenerator:
+    return LlavaGenerator.from_pretrained(lively_checkpoint, max_new_tokens=8, verbose=False)
 
 
 def image(color: tuple[int, int, int], size: tuple[int, int]) -> Image.Image:
@@ -141,7 +113,7 @@ def test_decoding_drops_special_tokens_like_the_tokenizer(generator):
     assert generator._decode(ids) == tok.decode(ids, skip_special_tokens=True).strip()
 
 
-def test_decoding_cuts_at_a_stop_string_that_is_not_eos(checkpoint, generator):
+def test_decoding_cuts_at_a_stop_string_that_is_not_eos(lively_checkpoint, generator):
     v0 = LlavaGenerator(generator.tokenizer, generator.model, generator.image_processor, conv_mode="llava_v0")
     assert v0.stop_str == "###"
     ids = generator.tokenizer("a red circle ### Human: more", add_special_tokens=False).input_ids

@@ -1,10 +1,20 @@
 """Data-parallel training on the CPU (`torchrun --nproc_per_node 2`): every rank logs the same task weights."""
 
 import json
-import socket
 
 import pytest
-from train_helpers import PYTHON, TASKS, make_toy_data, run_subprocess, train_flags, write_projector
+from train_helpers import (
+    PYTHON,
+    TASKS,
+    free_port,
+    make_toy_data,
+    run_subprocess,
+    train_flags,
+    write_projector,
+)
+
+# Every test trains under torchrun with two ranks.
+pytestmark = pytest.mark.slow
 
 # Runs training under torchrun and appends every rank's training logs to $RANK_LOG_DIR/rank<N>.jsonl.
 RANK_LOGGER = """
@@ -31,12 +41,6 @@ alive = {"process_group": torch.distributed.is_initialized(),
 with open(os.path.join(os.environ["RANK_LOG_DIR"], f"rank{os.environ['RANK']}.exit"), "w") as f:
     f.write(json.dumps(alive))
 """
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

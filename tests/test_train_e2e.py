@@ -24,14 +24,8 @@ from llava.train.llama_sdpa_attn_monkey_patch import restore_llama_attention, sd
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.train import train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads, and a busy machine makes OpenMP threads wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models gain nothing from more threads (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +158,7 @@ METHODS = {
 
 
 @pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.slow
 def test_every_method_trains_and_lowers_each_tasks_loss(name, tiny, toy, tmp_path):
     method = "EW" if name == "VisATB" else name
     train(args=train_flags(tiny, toy, tmp_path / name, "--weight_method", method, "--max_steps", "8",
@@ -183,6 +178,7 @@ def test_every_method_trains_and_lowers_each_tasks_loss(name, tiny, toy, tmp_pat
         assert all(abs(sum(w) - 3.0) < 1e-9 for w in weights)
 
 
+@pytest.mark.slow
 def test_the_same_seed_gives_the_same_run_even_with_a_fresh_projector(tiny, toy, tmp_path):
     # The projector is initialised when the model is built, before the Trainer seeds; train() seeds first.
     fresh = {k: v for k, v in tiny.items() if k != "projector"}
@@ -218,6 +214,7 @@ def main_run(tiny, mismatch_data, tmp_path_factory):
     return output_dir
 
 
+@pytest.mark.slow
 def test_logs_carry_per_task_loss_and_weight_at_every_logging_step(main_run):
     logs = step_logs(main_run)
     assert [entry["step"] for entry in logs] == [1, 2, 3, 4]
@@ -228,6 +225,7 @@ def test_logs_carry_per_task_loss_and_weight_at_every_logging_step(main_run):
     assert logs[-1]["tokenization_mismatches"] >= 1
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_the_model_and_the_weighter_state(main_run, tiny):
     for step in (2, 4):
         folder = main_run / f"checkpoint-{step}"
@@ -243,6 +241,7 @@ def test_checkpoints_hold_the_model_and_the_weighter_state(main_run, tiny):
     assert processor is not None
 
 
+@pytest.mark.slow
 def test_rerun_resumes_from_the_newest_checkpoint_like_an_uninterrupted_run(main_run, tiny, mismatch_data,
                                                                             tmp_path, capsys):
     resumed_dir = tmp_path / "resumed"
@@ -262,6 +261,7 @@ def test_rerun_resumes_from_the_newest_checkpoint_like_an_uninterrupted_run(main
                 assert abs(a[f"loss_{task}"] - b[f"loss_{task}"]) < 1e-4
 
 
+@pytest.mark.slow
 def test_lora_training_saves_and_merges_through_load_pretrained_model(tiny, toy, tmp_path):
     lora_dir = tmp_path / "llava-tiny-lora"
     try:
@@ -325,6 +325,7 @@ def pretrain_flags(tiny, data, output_dir, max_steps):
     return flags[:at] + flags[at + 2:]
 
 
+@pytest.mark.slow
 def test_pretraining_saves_only_the_projector_and_resumes(tiny, caption_data, tmp_path, capsys):
     output_dir = tmp_path / "llava-tiny-pretrain"
     train(args=pretrain_flags(tiny, caption_data, output_dir, 2))
@@ -347,6 +348,8 @@ def test_pretraining_saves_only_the_projector_and_resumes(tiny, caption_data, tm
     assert [entry["step"] for entry in step_logs(output_dir)] == [1, 2, 3]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_finetune_script_runs_on_cpu_with_the_tiny_model(tiny, toy, tmp_path):
     output_dir = tmp_path / "script_run"
     env = {

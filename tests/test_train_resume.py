@@ -6,20 +6,14 @@ import json
 import shutil
 
 import pytest
-import torch
 from train_helpers import make_toy_data, step_logs, train_flags, write_projector
 
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.train import resume
 from llava.train.train import train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Every test reruns a real training of the tiny model (one torch thread, tests/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,19 @@
 
 import json
 import math
-import socket
 import time
 from datetime import timedelta
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from train_helpers import free_port
 
 from llava.model.weight_methods import DynamicWeightAverage, RandomLossWeighting
+
+# Two spawned ranks, each importing torch and running 30 steps.
+pytestmark = pytest.mark.slow
 
 WORLD_SIZE = 2
 NUM_TASKS = 3
@@ -89,12 +93,6 @@ def run_rank(rank, port, out_dir):
             json.dump(result, f)
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_ranks_share_weights_from_all_reduced_statistics(tmp_path):

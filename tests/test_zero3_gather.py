@@ -1,11 +1,10 @@
 """ZeRO-3-safe gathering for saving, against real DeepSpeed ZeRO-3 on the CPU with 2 ranks (torchrun)."""
 
 import json
-import socket
 
 import pytest
 import torch
-from train_helpers import PYTHON, REPO, run_subprocess
+from train_helpers import PYTHON, REPO, free_port, run_subprocess
 
 from llava.model.llava_arch import load_projector_weights
 from llava.train.zero_utils import (
@@ -62,12 +61,6 @@ shut_down_distributed()
 """
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gathered(tiny_llava, tmp_path_factory):
     folder = tmp_path_factory.mktemp("zero3")
@@ -78,6 +71,7 @@ def gathered(tiny_llava, tmp_path_factory):
     return folder, [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
+@pytest.mark.slow
 def test_parameters_were_really_partitioned(gathered):
     _, ranks = gathered
     for result in ranks:
@@ -88,6 +82,7 @@ def test_parameters_were_really_partitioned(gathered):
 
 
 @pytest.mark.parametrize("kind", ["lora", "non_lora", "adapter", "single"])
+@pytest.mark.slow
 def test_gathered_tensors_have_full_shapes_and_values_on_every_rank(gathered, kind):
     _, ranks = gathered
     for result in ranks:
@@ -104,6 +99,7 @@ def test_gathered_tensors_have_full_shapes_and_values_on_every_rank(gathered, ki
             assert tensor.shape == expected[key].shape and torch.equal(tensor, expected[key]), key
 
 
+@pytest.mark.slow
 def test_saved_projector_file_holds_full_tensors(gathered):
     folder, ranks = gathered
     weights = load_projector_weights(folder / "projector" / "mm_projector.bin")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,13 @@ def run_subprocess(command: list[str], env_extra: dict | None = None, timeout: i
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command[:4])} ... failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now, for a torch.distributed rendezvous (torchrun, mp.spawn)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 PYTHON = sys.executable
