@@ -22,11 +22,15 @@ from llava.serve.common import image_to_base64
 
 QUESTION = "What is in the image?"
 MAX_NEW_TOKENS = 24
+DOOMED = "llava-v1.5-tiny-doomed"  # a third worker, killed by the last test
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    return stack(tmp_path_factory.getbasetemp() / "serve_stack")
+    started = stack(tmp_path_factory.getbasetemp() / "serve_stack")
+    if DOOMED not in started.processes:  # loads while the other tests run
+        started.start_worker(DOOMED, started.checkpoints[MODEL_A])
+    return started
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +85,12 @@ def ask(served, model: str, prompt: str, images: list[str], stop: str | None = "
 
 def test_controller_lists_both_models_and_gives_each_its_workers_address(served):
     post(served.controller_url + "/refresh_all_workers")
-    assert post(served.controller_url + "/list_models") == {"models": sorted([MODEL_A, MODEL_B])}
+    models = post(served.controller_url + "/list_models")["models"]
+    assert models == sorted(models) and set(models) - {DOOMED} == {MODEL_A, MODEL_B}
     for name in (MODEL_A, MODEL_B):
         assert post(served.controller_url + "/get_worker_address", model=name) == {"address": served.workers[name]}
     status = post(served.controller_url + "/worker_get_status")
-    assert status["model_names"] == sorted([MODEL_A, MODEL_B]) and status["speed"] == 2
+    assert status["model_names"] == models and status["speed"] == len(models)
 
 
 def test_worker_status_details_and_token_count(served, references):
@@ -158,8 +163,7 @@ def test_a_model_nobody_serves(served, references, picture):
 
 
 def test_a_worker_that_dies_is_dropped_after_its_heartbeat_expires(served):
-    name = "llava-v1.5-tiny-doomed"
-    served.start_worker(name, served.checkpoints[MODEL_A])
+    name = DOOMED
     served.wait_for_models({name})
     assert post(served.controller_url + "/get_worker_address", model=name)["address"] == served.workers[name]
     # Alive, it stays listed across several expiry periods thanks to its heartbeats.

@@ -195,9 +195,11 @@ def build_demo(controller_url: str, models: list[str], model_list_mode: str = "o
                 )  # fmt: skip
                 image = gr.Image(type="pil", label="Image", elem_id="image_input", sources=["upload", "clipboard"])
                 with gr.Accordion("Parameters", open=False):
-                    temperature = gr.Slider(0.0, 1.0, value=0.2, step=0.1, label="Temperature", interactive=True)
-                    top_p = gr.Slider(0.0, 1.0, value=0.7, step=0.1, label="Top P", interactive=True)
-                    max_tokens = gr.Slider(0, 1024, value=512, step=64, label="Max output tokens", interactive=True)
+                    temperature = gr.Slider(0.0, 1.0, value=0.2, step=0.1, label="Temperature", interactive=True,
+                                            elem_id="temperature")
+                    top_p = gr.Slider(0.0, 1.0, value=0.7, step=0.1, label="Top P", interactive=True, elem_id="top_p")
+                    max_tokens = gr.Slider(0, 1024, value=512, step=64, label="Max output tokens", interactive=True,
+                                           elem_id="max_output_tokens")
             with gr.Column(scale=8):
                 chatbot = gr.Chatbot(elem_id="chatbot", label="LLaVA Chatbot", height=420)
                 with gr.Row():
