@@ -204,7 +204,7 @@ def test_registry_covers_every_metric_type():
 
 
 def test_load_answers_accepts_inference_output(tmp_path):
-    records = [answer("yes", "Yes"), answer(["a", "b"], "a")]
+    records = [answer("yes", "Yes", "r0"), answer(["a", "b"], "a", "r1")]
     assert load_answers(write(tmp_path / "a.json", records)) == records
 
 

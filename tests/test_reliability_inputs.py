@@ -297,3 +297,80 @@ def test_weighting_output_on_a_full_disk_names_the_file_and_keeps_the_old_one(tm
     err = capsys.readouterr().err
     assert err == f"error: cannot write {out}: No space left on device (its previous version is left as it was)\n"
     assert out.read_text() == '{"old": true}'
+
+
+# ------------------------------------------------------------------------------------------ scorer
+
+
+def answer(rid, reference="yes", prediction="yes"):
+    return {"id": rid, "task": "GQA", "generator": "m",
+            "conversations": [{"from": "human", "value": "q"},
+                              {"from": "gpt", "value": reference, "generative_value": prediction}]}  # fmt: skip
+
+
+def run_metric(metric_type: str, argv: list[str]) -> int:
+    from llava.visatb.metrics.cli import main
+
+    return main(metric_type, argv)
+
+
+def test_the_scorer_refuses_duplicate_ids_naming_file_and_id(tmp_path, capsys):
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps([answer("q1"), answer("q2"), answer("q1", reference="no")]))
+    assert run_metric("qa", ["-a", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {path}: record 2 (id 'q1'): id 'q1' is also record 0's" in err
+    path.write_text(json.dumps([answer(1), answer("1")]))  # the same question, as answers are matched by text
+    assert run_metric("qa", ["-a", str(path)]) == 1
+    assert "record 1 (id '1'): id '1' is also record 0's" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("box", "reason"), [
+    ("[0, 0, 1e999, 1]", "a coordinate is not finite [0.0, 0.0, inf, 1.0]"),
+    ("[0, 0, 5e8, 1]", "a coordinate is beyond 1e+08"),
+    ("[0.5, 0, 0.2, 1]", "no area"),
+])  # fmt: skip
+def test_the_scorer_refuses_absurd_reference_boxes_naming_the_record(tmp_path, capsys, box, reason):
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps([answer("b0", "[0.1, 0.1, 0.5, 0.5]", "[0.1, 0.1, 0.5, 0.5]"),
+                                answer("b1", box, box)]))  # fmt: skip
+    assert run_metric("grounding", ["-a", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: record 1 (id 'b1'): reference '{box}' has no valid [x1, y1, x2, y2] box: {reason}" in err
+
+
+def test_a_non_finite_predicted_box_is_a_miss():
+    from llava.visatb.metrics.task_metrics import grounding_match
+
+    assert grounding_match("[0.1, 0.1, 0.5, 0.5]", "[0.1, 0.1, 0.5, 0.5]")
+    assert not grounding_match("[0, 0, 1e999, 0.5]", "[0.1, 0.1, 0.5, 0.5]")
+    assert not grounding_match("[nan, 0.1, 0.5, 0.5]", "[0.1, 0.1, 0.5, 0.5]")
+
+
+def test_an_answer_file_with_only_empty_answers_is_scored_with_a_warning(tmp_path, capsys):
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps([answer(f"q{k}", prediction=" " if k else "") for k in range(3)]))
+    assert run_metric("qa", ["-a", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "0 / 3 = 0.0"
+    assert f"WARNING: {path}: all 3 answers are empty; it scores 0" in captured.err
+    path.write_text(json.dumps([answer("q0", prediction=""), answer("q1")]))
+    assert run_metric("qa", ["-a", str(path)]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_recording_a_score_on_a_full_disk_names_the_table_and_keeps_it(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps([answer("q0")]))
+    table = tmp_path / "scores.json"
+    table.write_text('{"mini": {"GQA": 0.5}}')
+
+    def full(fd):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(utils.os, "fsync", full)
+    assert run_metric("qa", ["-a", str(path), "--scores", str(table), "--model-key", "A", "--task", "GQA"]) == 1
+    assert f"error: cannot write {table}: File too large (its previous version is left as it was)" in (
+        capsys.readouterr().err
+    )
+    assert table.read_text() == '{"mini": {"GQA": 0.5}}'

@@ -13,6 +13,7 @@ from llava.visatb.metrics.task_metrics import (
     METRIC_NAMES,
     check_one_generator,
     check_task,
+    empty_answers_warning,
     evaluate,
     load_answers,
 )
@@ -67,6 +68,9 @@ def main(metric_type: str, argv: Sequence[str] | None = None) -> int:
             print(f"warning: {warning}", file=sys.stderr)
         if args.task is not None:
             check_task(records, args.task, args.answers_file)
+        empty = empty_answers_warning(records, args.answers_file)
+        if empty:
+            print(empty, file=sys.stderr)
         result = evaluate(records, metric_type, progress=not args.json, source=args.answers_file)
         if args.scores is not None:
             record_score(args.scores, args.model_key, args.task, result.score)

@@ -83,6 +83,24 @@ def parse_box(text: str) -> Box | None:
     return (x1, y1, x2, y2)
 
 
+# Above the side of any image Pillow opens by default (its limit is 89,478,485 pixels in all): a reference box
+# coordinate beyond it (or an overflow such as 1e999) is a broken reference, not a box.
+MAX_BOX_COORDINATE = 1e8
+
+
+def box_problem(box: Box | None) -> str | None:
+    """Why `box` cannot be a reference box (none, not finite, absurdly large, or without area), or None."""
+    if box is None:
+        return "no four numbers in brackets"
+    if not all(math.isfinite(v) for v in box):
+        return f"a coordinate is not finite {list(box)}"
+    if any(abs(v) > MAX_BOX_COORDINATE for v in box):
+        return f"a coordinate is beyond {MAX_BOX_COORDINATE:g}, larger than any image {list(box)}"
+    if is_degenerate(box):
+        return f"no area {list(box)} (needs x2 > x1 and y2 > y1)"
+    return None
+
+
 def is_degenerate(box: Box) -> bool:
     """A box with no area (x2 <= x1 or y2 <= y1)."""
     return box[2] <= box[0] or box[3] <= box[1]
@@ -102,10 +120,11 @@ def box_iou(a: Box, b: Box) -> float:
 def grounding_match(prediction: str, reference: str) -> bool:
     """IoU > 0.5 between the first boxes of prediction and reference; a missing or bad predicted box is a miss."""
     ref_box = parse_box(reference)
-    if ref_box is None or is_degenerate(ref_box):
-        raise ValueError(f"reference {reference!r} has no valid [x1, y1, x2, y2] box")
+    problem = box_problem(ref_box)
+    if problem:
+        raise ValueError(f"reference {reference!r} has no valid [x1, y1, x2, y2] box: {problem}")
     pred_box = parse_box(prediction)
-    if pred_box is None or is_degenerate(pred_box):
+    if box_problem(pred_box) is not None:
         return False
     return box_iou(pred_box, ref_box) > 0.5
 
@@ -154,9 +173,9 @@ def _check_reference(reference: Any, metric_type: str | None, where: str) -> Non
         hint = " (a list of references is scored with caption_list)" if isinstance(reference, list) else ""
         raise ValueError(f"{where}: conversations[1].value must be a non-blank string, got {kind}{hint}")
     if metric_type == GROUNDING:
-        box = parse_box(reference)
-        if box is None or is_degenerate(box):
-            raise ValueError(f"{where}: reference {reference!r} has no valid [x1, y1, x2, y2] box")
+        problem = box_problem(parse_box(reference))
+        if problem:
+            raise ValueError(f"{where}: reference {reference!r} has no valid [x1, y1, x2, y2] box: {problem}")
 
 
 def validate_answers(records: Any, metric_type: str | None = None, source: str = "answers") -> list[dict]:
@@ -190,6 +209,31 @@ def validate_answers(records: Any, metric_type: str | None = None, source: str =
     return records
 
 
+def _check_unique_ids(records: list[dict], source: str) -> None:
+    """Each question once: a repeated id (compared as text, as answers are matched) would count it twice."""
+    seen: dict[tuple[str, Any], int] = {}
+    for index, record in enumerate(records):
+        if record.get("id") is None:
+            continue
+        key = (str(record["id"]), record.get("round_id"))
+        if key in seen:
+            raise ValueError(
+                f"{_record_name(source, index, record)}: id {record['id']!r} is also record {seen[key]}'s; each "
+                "question must be answered once (were two answer files joined, or the question file doubled?)"
+            )
+        seen[key] = index
+
+
+def empty_answers_warning(records: list[dict], source: str) -> str | None:
+    """A WARNING line when every answer is empty: the model or the harness that ran it produced nothing."""
+    if records and all(not str(r["conversations"][1]["generative_value"]).strip() for r in records):
+        return (
+            f"WARNING: {source}: all {len(records)} answers are empty; it scores 0. Did generation fail (an "
+            "evaluation harness that swallows errors writes empty answers)? Check the model and rerun inference"
+        )
+    return None
+
+
 def check_one_generator(records: list[dict], source: str = "answers") -> str | None:
     """The one `generator` of an answer list (None when no record names one); several are an error."""
     names: dict[str, int] = {}
@@ -220,8 +264,10 @@ def check_task(records: list[dict], task: str, source: str = "answers") -> None:
 
 
 def load_answers(path: str | os.PathLike, metric_type: str | None = None) -> list[dict]:
-    """Load and validate an answer file; errors name the file and the offending record."""
-    return validate_answers(load_json(path), metric_type, source=str(path))
+    """Load and validate an answer file (each question id once); errors name the file and the offending record."""
+    records = validate_answers(load_json(path), metric_type, source=str(path))
+    _check_unique_ids(records, str(path))
+    return records
 
 
 # ---------------------------------------------------------------------------- metrics
