@@ -19,9 +19,19 @@ import argparse
 import os
 import sys
 
+from llava.answers import provenance
+from llava.answers.engine import DEFAULT_BATCH_SIZE
+from llava.answers.validation_answers import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_SAVE_EVERY,
+    InferenceJob,
+    format_report,
+    merge_chunks,
+    question_name,
+    run_inference,
+)
 from llava.generation import LlavaGenerator
 from llava.mm_utils import get_model_name_from_path
-from llava.visatb import inference, provenance
 
 
 def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -47,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add(parser, "temperature", type=float, default=0.0, help="0 means greedy decoding")
     _add(parser, "top_p", type=float, default=None, help="nucleus sampling (with temperature > 0)")
     _add(parser, "num_beams", type=int, default=1)
-    _add(parser, "max_new_tokens", type=int, nargs="+", default=[inference.DEFAULT_MAX_NEW_TOKENS],
+    _add(parser, "max_new_tokens", type=int, nargs="+", default=[DEFAULT_MAX_NEW_TOKENS],
          help="generation limit: one value for every question file, or one per question file")
-    _add(parser, "batch-size", type=int, default=8, help="questions per generate call (left-padded)")
-    _add(parser, "save-every", type=int, default=inference.DEFAULT_SAVE_EVERY, help="save progress every N batches")
+    _add(parser, "batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="questions per generate call (left-padded)")
+    _add(parser, "save-every", type=int, default=DEFAULT_SAVE_EVERY, help="save progress every N batches")
     _add(parser, "merge", action="store_true", help="only join the chunk files of --num-chunks into the answer file")
     _add(parser, "overwrite", action="store_true", help="recompute even if the answer file exists")
     _add(parser, "skip-missing-images", action="store_true", help="skip (and list) records whose image is missing")
@@ -121,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     for question_file, max_new_tokens in zip(question_files, limits):
         try:
             if args.merge:
-                report = inference.merge_chunks(
+                report = merge_chunks(
                     question_file, args.answers_folder, model_name, args.num_chunks, overwrite=args.overwrite
                 )
             else:
-                job = inference.InferenceJob(
+                job = InferenceJob(
                     question_file=question_file,
                     answers_folder=os.path.expanduser(args.answers_folder),
                     model_name=model_name,
@@ -141,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
                     settings={"conv_mode": args.conv_mode, "temperature": args.temperature, "top_p": args.top_p,
                               "num_beams": args.num_beams, "max_new_tokens": max_new_tokens},
                 )
-                print(f"Start inference of {inference.question_name(question_file)} using {model_name}", flush=True)
-                report = inference.run_inference(job, generator_loader(max_new_tokens))
+                print(f"Start inference of {question_name(question_file)} using {model_name}", flush=True)
+                report = run_inference(job, generator_loader(max_new_tokens))
         except (OSError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             failed.append(question_file)
             continue
-        print(inference.format_report(report), flush=True)
+        print(format_report(report), flush=True)
     if failed and len(question_files) > 1:
         print(f"error: {len(failed)} of {len(question_files)} question file(s) failed: {', '.join(failed)}",
               file=sys.stderr)  # fmt: skip

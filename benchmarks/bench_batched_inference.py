@@ -27,9 +27,9 @@ from PIL import Image
 if importlib.util.find_spec("llava") is None:  # not pip-installed: use this checkout
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
+from llava.answers.validation_answers import InferenceJob, run_inference  # noqa: E402
 from llava.generation import LlavaGenerator  # noqa: E402
 from llava.model.tiny import TinyConfig, build_tiny_llava, build_vision_tower, train_tokenizer  # noqa: E402
-from llava.visatb.inference import InferenceJob, run_inference  # noqa: E402
 
 # The tests' tiny language model with 64 image tokens per question (LLaVA-1.5 has 576). On a CPU a wider
 # model makes every step compute- and memory-bound (transformers 4.31 also copies the whole KV cache each

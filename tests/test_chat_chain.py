@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from judge_server import OverlapJudge, overlap_score
 
-from llava.eval.merge_chunks import read_jsonl
+from llava.answers.jsonio import read_jsonl
 from llava.visatb import pipeline
 from llava.visatb.metrics.review_set import QA90_NAMES
 

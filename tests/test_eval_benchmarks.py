@@ -14,6 +14,9 @@ from xml.etree import ElementTree
 
 import pytest
 
+from llava.answers import jsonio
+from llava.answers.engine import split_chunks as get_chunk
+from llava.answers.jsonio import read_jsonl
 from llava.eval import (
     convert_mmbench_for_submission,
     convert_mmvet_for_submission,
@@ -27,8 +30,8 @@ from llava.eval import (
     eval_textvqa,
     merge_chunks,
 )
-from llava.eval.merge_chunks import chunk_bounds, get_chunk, read_jsonl
 from llava.eval.vqa_normalize import normalize_answer, normalize_gqa_answer, vqa_accuracy
+from llava.utils import chunk_bounds
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts_visatb" / "eval"
@@ -499,7 +502,7 @@ def test_mmbench_submission_sheet(tmp_path, capsys):
 
 def test_mmbench_missing_answer_is_named(tmp_path):
     tsv = write_mmbench_tsv(tmp_path / "q.tsv")
-    rows = merge_chunks.read_tsv(tsv)
+    rows = jsonio.read_tsv(tsv)
     with pytest.raises(ValueError, match="1 question.* index 1"):
         convert_mmbench_for_submission.submission_table(rows, [answer(0, "A")])
 
@@ -620,7 +623,8 @@ def test_script_parses(script):
 
 FAKE_GENERATOR = '''
 import argparse, json, os, sys
-from llava.eval.merge_chunks import get_chunk, read_jsonl
+from llava.answers.engine import split_chunks as get_chunk
+from llava.answers.jsonio import read_jsonl
 p = argparse.ArgumentParser()
 for flag in ("--model-path", "--question-file", "--answers-file", "--conv-mode", "--image-folder"):
     p.add_argument(flag)

@@ -21,16 +21,16 @@ import pytest
 import torch
 from PIL import Image
 
+from llava.answers import benchmark_answers
+from llava.answers.jsonio import read_jsonl
 from llava.conversation import get_conv_template
 from llava.eval import (
-    answer_loop,
     merge_chunks,
     model_vqa,
     model_vqa_loader,
     model_vqa_mmbench,
     model_vqa_science,
 )
-from llava.eval.merge_chunks import read_jsonl
 from llava.generation import LlavaGenerator
 from llava.mm_utils import expand2square, processor_fill_color
 
@@ -395,9 +395,9 @@ def test_chunks_then_merge_equal_one_run(tmp_path, checkpoint, spy):
     whole = tmp_path / "whole.jsonl"
     assert model_vqa_loader.main(loader_args(checkpoint, questions, images, whole, "--batch-size", 3)) == 0
     for k in range(3):
-        chunk = merge_chunks.chunk_path(tmp_path / "chunks", 3, k)
+        chunk = benchmark_answers.chunk_path(tmp_path / "chunks", 3, k)
         assert model_vqa_loader.main(loader_args(checkpoint, questions, images, chunk, "--num-chunks", 3, "--chunk-idx", k)) == 0
-    assert [len(read_jsonl(merge_chunks.chunk_path(tmp_path / "chunks", 3, k))) for k in range(3)] == [3, 2, 2]
+    assert [len(read_jsonl(benchmark_answers.chunk_path(tmp_path / "chunks", 3, k))) for k in range(3)] == [3, 2, 2]
     merged = merge_chunks.merge_chunks(questions, tmp_path / "chunks", 3, tmp_path / "merge.jsonl")
     fields = ("question_id", "prompt", "text")
     assert [tuple(r[f] for f in fields) for r in merged] == [tuple(r[f] for f in fields) for r in read_jsonl(whole)]
@@ -465,7 +465,7 @@ def test_a_complete_file_is_not_redone_and_the_model_not_loaded(tmp_path, checkp
 
 def test_an_empty_chunk_leaves_an_empty_file(tmp_path, checkpoint, spy):
     questions, images = write_vqa(tmp_path, [1, 2])
-    chunk = merge_chunks.chunk_path(tmp_path / "chunks", 3, 2)
+    chunk = benchmark_answers.chunk_path(tmp_path / "chunks", 3, 2)
     assert model_vqa_loader.main(loader_args(checkpoint, questions, images, chunk, "--num-chunks", 3, "--chunk-idx", 2)) == 0
     assert chunk.read_text() == "" and spy.loads == 0
 
@@ -567,7 +567,7 @@ def test_bad_flags_exit_with_status_2(tmp_path, checkpoint, capsys):
 
 
 def test_answer_ids_are_shortuuid_like_and_distinct():
-    ids = [answer_loop.new_answer_id() for _ in range(200)]
+    ids = [benchmark_answers.new_answer_id() for _ in range(200)]
     assert len(set(ids)) == 200
     assert all(len(i) == 22 and set(i) <= SHORTUUID_ALPHABET for i in ids)
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from test_gpt_review import SCORES, FakeJudge, bench_fixture
 
-from llava.eval.merge_chunks import read_jsonl
+from llava.answers.jsonio import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts_visatb" / "eval"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from judge_server import LoopbackChatServer, completion
 
+from llava.answers.jsonio import read_jsonl
 from llava.eval import eval_gpt_review_bench as review
 from llava.eval import summarize_gpt_review as summary
-from llava.eval.merge_chunks import read_jsonl
 
 JUDGE = "fake-judge-1"
 MAX_REQUESTS = 20

@@ -13,11 +13,11 @@ from test_inference_cli import Loader, checkpoint, generator, make_job, write_qu
 from train_helpers import TASKS
 from transformers import CLIPImageProcessor
 
+from llava.answers.validation_answers import run_inference
 from llava.conversation import get_conv_template
 from llava.mm_utils import ImageTooLargeError, load_image, process_images, to_rgb
 from llava.train.data import LazySupervisedDataset, scan_data
 from llava.visatb import check_data
-from llava.visatb.inference import run_inference
 
 
 def sixteen_bit_png(path: Path) -> np.ndarray:

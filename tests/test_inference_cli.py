@@ -13,10 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
+from llava.answers import validation_answers as inference
+from llava.answers.engine import split_chunks
+from llava.answers.validation_answers import InferenceJob, merge_chunks, run_inference
 from llava.generation import LlavaGenerator, open_image
 from llava.mm_utils import get_model_name_from_path
-from llava.visatb import inference
-from llava.visatb.inference import InferenceJob, merge_chunks, run_inference, split_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "llava-tiny"

@@ -12,9 +12,10 @@ import pytest
 import torch
 from test_inference_cli import MODEL_NAME, Loader, checkpoint, generator, read, write_questions  # noqa: F401
 
+from llava.answers import provenance
+from llava.answers import validation_answers as inference
+from llava.answers.validation_answers import InferenceJob, run_inference
 from llava.generation import LlavaGenerator
-from llava.visatb import inference, provenance
-from llava.visatb.inference import InferenceJob, run_inference
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -245,7 +245,7 @@ def test_inference_names_a_missing_model_folder_and_an_answers_folder_that_is_a_
     err = capsys.readouterr().err
     assert code == 2 and "model folder" in err and "llava-x: no such folder" in err
     (tmp_path / "taken").write_text("x")
-    from llava.visatb.inference import InferenceJob, run_inference
+    from llava.answers.validation_answers import InferenceJob, run_inference
 
     def must_not_load():
         raise AssertionError("loaded")

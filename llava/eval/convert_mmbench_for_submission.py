@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from llava.eval.merge_chunks import read_answers, read_tsv
+from llava.answers.jsonio import read_answers, read_tsv
 
 DROPPED_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
 OPTION_COLUMNS = ("A", "B", "C", "D")

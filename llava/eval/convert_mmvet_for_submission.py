@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from llava.eval.merge_chunks import read_answers
+from llava.answers.jsonio import read_answers
 from llava.utils import atomic_write_json
 
 

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from llava.eval.merge_chunks import read_answers, read_jsonl
+from llava.answers.jsonio import read_answers, read_jsonl
 from llava.eval.vqa_normalize import normalize_answer
 from llava.utils import atomic_write_json
 

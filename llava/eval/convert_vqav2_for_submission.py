@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llava.eval.merge_chunks import read_answers, read_jsonl
+from llava.answers.jsonio import read_answers, read_jsonl
 from llava.eval.vqa_normalize import normalize_answer
 from llava.utils import atomic_write_json
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from llava.eval.merge_chunks import TruncatedFileError, read_answers, read_jsonl
+from llava.answers.jsonio import TruncatedFileError, read_answers, read_jsonl
 from llava.utils import atomic_write_text, load_json
 
 SYSTEM_PROMPT = "You are a helpful and precise assistant for checking the quality of the answer."

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from llava.eval.merge_chunks import read_answers
+from llava.answers.jsonio import read_answers
 from llava.eval.vqa_normalize import normalize_gqa_answer
 from llava.utils import atomic_write_json, load_json
 

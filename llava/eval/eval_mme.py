@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llava.eval.merge_chunks import read_answers
+from llava.answers.jsonio import read_answers
 from llava.utils import atomic_write_json, atomic_write_text
 
 EVAL_TYPES: dict[str, tuple[str, ...]] = {

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from llava.eval.merge_chunks import read_answers
+from llava.answers.jsonio import read_answers
 from llava.utils import atomic_write_json, atomic_write_text, load_json
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from llava.eval.merge_chunks import read_answers
+from llava.answers.jsonio import read_answers
 from llava.eval.vqa_normalize import vqa_accuracy
 from llava.utils import load_json
 

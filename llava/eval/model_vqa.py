@@ -15,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from llava.eval.answer_loop import generation_parser, main_with
+from llava.answers.benchmark_answers import generation_parser, main_with
 from llava.eval.model_vqa_loader import item_maker, load_questions
 from llava.generation import image_preprocessing
 

@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from llava.eval.answer_loop import EvalItem, generation_parser, main_with
-from llava.eval.merge_chunks import read_jsonl
+from llava.answers.benchmark_answers import EvalItem, generation_parser, main_with
+from llava.answers.jsonio import read_jsonl
 
 
 def load_questions(question_file: str) -> list[dict[str, Any]]:

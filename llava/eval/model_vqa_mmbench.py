@@ -17,8 +17,8 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
-from llava.eval.answer_loop import EvalItem, generation_parser, main_with
-from llava.eval.merge_chunks import read_tsv
+from llava.answers.benchmark_answers import EvalItem, generation_parser, main_with
+from llava.answers.jsonio import read_tsv
 
 OPTION_LETTERS = ("A", "B", "C", "D")
 SINGLE_PRED_PROMPTS = {

@@ -19,8 +19,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from llava.answers.benchmark_answers import EvalItem, generation_parser, main_with
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.eval.answer_loop import EvalItem, generation_parser, main_with
 from llava.generation import image_preprocessing
 from llava.utils import load_json
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llava.eval.merge_chunks import read_jsonl
+from llava.answers.jsonio import read_jsonl
 from llava.utils import atomic_write_json
 
 

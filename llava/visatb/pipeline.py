@@ -552,8 +552,8 @@ class Pipeline:
         return self.work / "answers" / _safe(key)
 
     def answers_file(self, key: str, task: str) -> Path:
+        from llava.answers.validation_answers import answers_path
         from llava.mm_utils import get_model_name_from_path
-        from llava.visatb.inference import answers_path
 
         model_path, _ = self.model_path_and_base(key)
         return answers_path(self.answers_dir(key), self.val_file(task), get_model_name_from_path(model_path))

@@ -7,8 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from llava.answers import provenance
 from llava.utils import same_file
-from llava.visatb import provenance
 from llava.visatb.metrics.task_metrics import (
     METRIC_NAMES,
     check_one_generator,

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from llava.answers.jsonio import read_jsonl
 from llava.eval import eval_gpt_review_bench as bench
-from llava.eval.merge_chunks import read_jsonl
 from llava.eval.summarize_gpt_review import summarize_reviews
 from llava.utils import load_json
 from llava.visatb.metrics.review_set import load_questions_by_task, locate_review_set

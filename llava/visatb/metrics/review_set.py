@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llava.answers.jsonio import read_answers, read_jsonl
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.eval.eval_gpt_review_bench import DEFAULT_RULE_FILE, check_questions, load_rules, rule_category
-from llava.eval.merge_chunks import read_answers, read_jsonl
 from llava.utils import atomic_write_json, load_json
 
 QA90_NAMES = ("qa90_questions.jsonl", "caps_boxes_coco2014_val_80.jsonl", "qa90_gpt4_answer.jsonl")

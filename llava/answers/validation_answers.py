@@ -1,10 +1,10 @@
-"""Answer a validation question file with a model: batched, shardable into chunks, resumable, mergeable.
+"""VisATB's validation answer files: a question file answered through the engine, chunked, resumable, merged.
 
 Output naming follows the VisATB release: `{question-name}_{model-name}.json` in the answers folder, where
 the question name is the file name up to `.json` and both parts have `_` turned into `-`; chunk `k` of `n`
 is `tmp/{question-name}_{model-name}_{k}-{n}.json`. Work in progress is kept in `tmp/<name>.partial.json`
 (rewritten atomically) and records skipped for a missing image in `tmp/<name>.skipped.json`; an answer
-file only appears once it is complete.
+file only appears once it is complete. The batches are answered by `llava.answers.engine`.
 """
 
 from __future__ import annotations
@@ -12,31 +12,23 @@ from __future__ import annotations
 import copy
 import os
 import sys
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tqdm import tqdm
 
+from llava.answers import provenance
+from llava.answers.engine import DEFAULT_BATCH_SIZE, answer_batches, progress_bar
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.generation import LlavaGenerator, PreparedBatch, open_image
 from llava.mm_utils import ImageTooLargeError
 from llava.utils import atomic_write_json, chunk_bounds, load_json, refuse_same_file
-from llava.visatb import provenance
-
-T = TypeVar("T")
 
 CHUNK_FOLDER = "tmp"
 DEFAULT_SAVE_EVERY = 10
 DEFAULT_MAX_NEW_TOKENS = 2048
-
-
-def split_chunks(items: Sequence[T], n: int, k: int) -> list[T]:
-    """Chunk `k` of `n` balanced chunks of `items` (sizes differ by at most one; 9 items, 4 chunks: 3,2,2,2)."""
-    start, end = chunk_bounds(len(items), n, k)
-    return list(items[start:end])
 
 
 def question_name(question_file: str | os.PathLike) -> str:
@@ -144,7 +136,7 @@ class InferenceJob:
     image_folder: str | None = None
     num_chunks: int = 1
     chunk_idx: int = 0
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     save_every: int = DEFAULT_SAVE_EVERY
     overwrite: bool = False
     skip_missing_images: bool = False
@@ -318,37 +310,35 @@ def _answer_all(
 ) -> None:  # fmt: skip
     """Answer from `progress`'s next question to `end`, saving every `job.save_every` batches.
 
-    One worker thread loads and preprocesses the next batch while the model answers the current one.
+    The engine loads and preprocesses the next batch while the model answers the current one.
     """
+    first = progress.state["next"]
+    batches = [range(start, min(start + job.batch_size, end)) for start in range(first, end, job.batch_size)]
+    since_save = [0]
 
-    def submit(pool: ThreadPoolExecutor, start: int) -> Future | None:
-        if start >= end:
-            return None
-        indices = range(start, min(start + job.batch_size, end))
-        return pool.submit(_prepare_batch, generator, job, questions, indices, missing)
+    def keep(batch: _Batch, outputs: list[str]) -> None:
+        progress.state["skipped"].extend(batch.skipped)
+        for index, answer in zip(batch.kept, outputs, strict=True):
+            progress.state["answers"].append(answered_record(questions[index], answer, job.model_name))
+        progress.state["next"] = batch.indices.stop
+        bar.update(len(batch.indices))
+        since_save[0] += 1
+        if since_save[0] >= job.save_every and batch.indices.stop < end:
+            progress.save()
+            since_save[0] = 0
 
-    batches_since_save = 0
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = submit(pool, progress.state["next"])
-        try:
-            while pending is not None:
-                batch = pending.result()
-                pending = submit(pool, batch.indices.stop)
-                outputs = generator.generate_prepared(batch.prepared) if batch.prepared is not None else []
-                progress.state["skipped"].extend(batch.skipped)
-                for index, answer in zip(batch.kept, outputs, strict=True):
-                    progress.state["answers"].append(answered_record(questions[index], answer, job.model_name))
-                progress.state["next"] = batch.indices.stop
-                bar.update(len(batch.indices))
-                batches_since_save += 1
-                if batches_since_save >= job.save_every and batch.indices.stop < end:
-                    progress.save()
-                    batches_since_save = 0
-        except BaseException:
-            # Keep what was finished (an error, Ctrl-C); a hard kill falls back to the last periodic save.
-            if batches_since_save:
-                progress.save()
-            raise
+    try:
+        answer_batches(
+            batches,
+            lambda indices: _prepare_batch(generator, job, questions, indices, missing),
+            lambda batch: generator.generate_prepared(batch.prepared) if batch.prepared is not None else [],
+            keep,
+        )
+    except BaseException:
+        # Keep what was finished (an error, Ctrl-C); a hard kill falls back to the last periodic save.
+        if since_save[0]:
+            progress.save()
+        raise
 
 
 def _all_chunks_done(job: InferenceJob) -> bool:
@@ -445,7 +435,7 @@ def run_inference(job: InferenceJob, load_generator: Callable[[], LlavaGenerator
         progress.state.update(answers=state["answers"], skipped=state["skipped"], next=resume_at)
     resumed, answered_before = resume_at - start, len(progress.state["answers"])
 
-    with tqdm(total=len(chunk), initial=resumed, desc=out.stem, unit="question", disable=not job.progress) as bar:
+    with progress_bar(len(chunk), resumed, out.stem, job.progress) as bar:
         _answer_all(generator, job, questions, end, missing, progress, bar)
 
     # The skipped list is written first: once the answer file exists the chunk counts as complete.

@@ -1,11 +1,12 @@
-"""The answer loop the benchmark generation modules share: chunk, resume, batch, generate, append.
+"""LLaVA's benchmark answer files: chunk, resume, answer through the engine, append; merge the chunks.
 
-Each module (`model_vqa_loader`, `model_vqa`, `model_vqa_science`, `model_vqa_mmbench`) only says how to
-read its question file and turn a question into `EvalItem`s; this module answers them through
-`LlavaGenerator` and writes LLaVA's answer jsonl (`question_id`, [`round_id`], `prompt`, `text`, [extra
-fields], `answer_id`, `model_id`, `metadata`). Answers are appended and flushed after every batch, so
-a killed run continues where it stopped: answers already in the file are skipped (an unfinished last
-line is dropped and redone).
+Each llava/eval module (`model_vqa_loader`, `model_vqa`, `model_vqa_science`, `model_vqa_mmbench`) only says
+how to read its question file and turn a question into `EvalItem`s; this module answers them with the answer
+engine (`llava.answers.engine`) and writes LLaVA's answer jsonl (`question_id`, [`round_id`], `prompt`,
+`text`, [extra fields], `answer_id`, `model_id`, `metadata`). Answers are appended and flushed after every
+batch, so a killed run continues where it stopped: answers already in the file are skipped (an unfinished
+last line is dropped and redone). The per-process chunks `{answers_dir}/{num_chunks}_{idx}.jsonl` merge
+into one file in question order (`merge_chunks`, the logic of `python -m llava.eval.merge_chunks`).
 """
 
 from __future__ import annotations
@@ -16,24 +17,22 @@ import json
 import os
 import sys
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from PIL import Image
-from tqdm import tqdm
 
+from llava.answers import provenance
+from llava.answers.engine import DEFAULT_BATCH_SIZE, answer_batches, progress_bar
+from llava.answers.jsonio import load_question_ids, read_jsonl_lines
 from llava.generation import LlavaGenerator, PreparedBatch
 from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64
-from llava.utils import answer_key, chunk_bounds
-from llava.visatb import provenance
+from llava.utils import answer_key, atomic_write_text, chunk_bounds, refuse_same_file
 
 Q = TypeVar("Q")
-
-DEFAULT_BATCH_SIZE = 8
 
 # shortuuid's alphabet: LLaVA's answer ids are 22 characters of it.
 _ID_ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -177,9 +176,9 @@ class GenerationReport:
         return f"{self.answers_file}: {self.answered} answered{before}, {self.total} in all"
 
 
-def _prepare(generator: LlavaGenerator, batch: Sequence[EvalItem]) -> PreparedBatch:
+def _prepare(generator: LlavaGenerator, batch: Sequence[EvalItem]) -> tuple[Sequence[EvalItem], PreparedBatch]:
     images = [load_item_image(item) for item in batch]
-    return generator.prepare([item.question for item in batch], images)
+    return batch, generator.prepare([item.question for item in batch], images)
 
 
 def answer_items(
@@ -193,7 +192,7 @@ def answer_items(
 ) -> GenerationReport:
     """Answer `items` into `answers_file` in batches, continuing a killed run; the model is loaded only if needed.
 
-    `origin` (see `llava.visatb.provenance`) is recorded beside the file; answers already in the file are only
+    `origin` (see `llava.answers.provenance`) is recorded beside the file; answers already in the file are only
     continued when their recorded origin is the same. One worker thread loads images and prepares the next
     batch while the model answers the current one.
     """
@@ -215,18 +214,19 @@ def answer_items(
 
     generator = load_generator()
     batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
-    bar = tqdm(total=len(items), initial=report.resumed, desc=path.name, unit="question", disable=not progress)
-    with bar, open(path, "a", encoding="utf-8") as out, ThreadPoolExecutor(max_workers=1) as pool:
-        ahead: Future | None = pool.submit(_prepare, generator, batches[0])
-        for position, batch in enumerate(batches):
-            prepared = ahead.result()
-            ahead = pool.submit(_prepare, generator, batches[position + 1]) if position + 1 < len(batches) else None
-            texts = generator.generate_prepared(prepared)
+    bar = progress_bar(len(items), report.resumed, path.name, progress)
+    with bar, open(path, "a", encoding="utf-8") as out:
+
+        def append(prepared: tuple[Sequence[EvalItem], PreparedBatch], texts: list[str]) -> None:
+            batch = prepared[0]
             records = [answer_record(item, text, model_id) for item, text in zip(batch, texts, strict=True)]
             out.write("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
             out.flush()
             report.answered += len(batch)
             bar.update(len(batch))
+
+        answer_batches(batches, lambda batch: _prepare(generator, batch),
+                       lambda prepared: generator.generate_prepared(prepared[1]), append)  # fmt: skip
     if origin is not None:
         provenance.write_provenance(path, origin)  # with the hash of the finished file
     return report
@@ -336,3 +336,107 @@ def main_with(
         return 1
     print(report.summary())
     return 0
+
+
+# ---------------------------------------------------------------- merging the per-process chunks
+
+
+def chunk_path(answers_dir: str | os.PathLike, num_chunks: int, chunk_idx: int) -> Path:
+    """Where generation writes chunk `chunk_idx` of `num_chunks`."""
+    return Path(answers_dir) / f"{num_chunks}_{chunk_idx}.jsonl"
+
+
+def _examples(ids: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def merge_chunks(
+    question_file: str | os.PathLike,
+    answers_dir: str | os.PathLike,
+    num_chunks: int,
+    output_file: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Merge the chunk files in question order, checking that every question is answered exactly once."""
+    if num_chunks < 1:
+        raise ValueError(f"--num-chunks must be at least 1, got {num_chunks}")
+    if output_file is not None:
+        chunks = {f"chunk {k}": chunk_path(answers_dir, num_chunks, k) for k in range(num_chunks)}
+        refuse_same_file(output_file, {"--question-file": question_file, **chunks}, "--output-file")
+    question_ids = load_question_ids(question_file)
+    expected = Counter(question_ids)
+    first_position: dict[str, int] = {}
+    for pos, qid in enumerate(question_ids):
+        first_position.setdefault(qid, pos)
+
+    entries: list[tuple[str, dict[str, Any]]] = []
+    seen_in: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for idx in range(num_chunks):
+        path = chunk_path(answers_dir, num_chunks, idx)
+        if not path.is_file():
+            raise FileNotFoundError(f"chunk {idx} of {num_chunks} is missing: {path} (did its generation process fail?)")
+        lines = read_jsonl_lines(path)
+        start, stop = chunk_bounds(len(question_ids), num_chunks, idx)
+        if not lines and stop > start:
+            raise ValueError(f"chunk {idx} of {num_chunks} ({path}) is empty but should answer {stop - start} questions")
+        for lineno, (line, record) in enumerate(lines, start=1):
+            if "question_id" not in record:
+                raise ValueError(f"{path}: answer {lineno} has no 'question_id' field")
+            key = answer_key(record)
+            if key[0] not in expected:
+                raise ValueError(f"{path}: answer {lineno} has question_id {key[0]!r}, which is not in {question_file}")
+            seen_in[key].append(path.name)
+            entries.append((line, record))
+
+    duplicated = [key for key, where in seen_in.items() if len(where) > expected[key[0]]]
+    if duplicated:
+        key = duplicated[0]
+        raise ValueError(
+            f"question_id {key[0]!r} (round {key[1]}) is answered {len(seen_in[key])} times "
+            f"(in {', '.join(seen_in[key])}); {len(duplicated)} duplicated answer(s) in all"
+        )
+    missing = [qid for qid in expected if len(seen_in.get((qid, 0), ())) < expected[qid]]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} question(s) of {question_file} have no answer in the {num_chunks} chunk(s) "
+            f"under {answers_dir}: {_examples(missing)}"
+        )
+
+    origin = _common_origin(question_file, answers_dir, num_chunks)
+    # A stable sort keeps chunk order among answers to the same question (repeated ids, rounds).
+    entries.sort(key=lambda entry: first_position[str(entry[1]["question_id"])])
+    if output_file is not None:
+        atomic_write_text(output_file, "".join(line + "\n" for line, _ in entries))
+        if origin is not None:
+            provenance.write_provenance(output_file, origin)
+    return [record for _, record in entries]
+
+
+def _common_origin(question_file: str | os.PathLike, answers_dir: str | os.PathLike, num_chunks: int) -> dict | None:
+    """The chunks' shared provenance (model, settings, this question file); chunks that disagree are an error.
+
+    Chunks without a record (written by an older version) are merged with a warning; then None is returned.
+    """
+    sha = provenance.file_sha256(question_file)
+    first: dict[str, Any] | None = None
+    for idx in range(num_chunks):
+        path = chunk_path(answers_dir, num_chunks, idx)
+        record = provenance.read_provenance(path)
+        if record is None:
+            print(f"warning: chunk {idx} of {num_chunks} ({path}) has no provenance record: which model and settings "
+                  "made it cannot be checked", file=sys.stderr)  # fmt: skip
+            return None
+        if (record.get("questions") or {}).get("sha256") != sha:
+            raise ValueError(f"chunk {idx} of {num_chunks} ({path}) answers another version of {question_file} (its "
+                             "content changed since); regenerate that chunk")  # fmt: skip
+        if first is None:
+            first = record
+            continue
+        reasons = provenance.differences(first, {**record, "questions": first["questions"]})
+        if reasons:
+            raise ValueError(f"chunk {idx} of {num_chunks} ({path}) was made from other inputs than chunk 0: "
+                             f"{'; '.join(reasons)}; regenerate it")  # fmt: skip
+    if first is None:
+        return None
+    whole = {**first["questions"], "range": None, "count": None, "ids_sha256": None}
+    return provenance.make_provenance(whole, first["model"], first["generation"], first["image_folder"])

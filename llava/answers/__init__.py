@@ -1,0 +1,1 @@
+"""Answer files: the one batched answer engine, provenance records, JSON/JSONL reading."""
