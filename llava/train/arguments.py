@@ -15,6 +15,7 @@ import torch
 import transformers
 
 from llava.conversation import SeparatorStyle, conv_templates
+from llava.model.folders import base_model_problem
 from llava.model.weight_methods import (
     EWTB_DENOMINATORS,
     WEIGHT_METHODS,
@@ -332,6 +333,9 @@ def validate_args(
     """Check every argument that can be checked without a model or data; return the task list and weighter."""
     if not model_args.model_name_or_path:
         raise ValueError("--model_name_or_path is required (the base language model, e.g. lmsys/vicuna-7b-v1.5)")
+    problem = base_model_problem(model_args.model_name_or_path, "--model_name_or_path")
+    if problem:
+        raise ValueError(problem)
     if not data_args.data_path:
         raise ValueError("--data_path is required (a JSON list of training records)")
     if training_args.model_max_length < 1:
