@@ -9,7 +9,6 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from train_helpers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 HEART_BEAT_EXPIRATION = 2.0  # seconds; upstream's 30
@@ -24,12 +24,6 @@ HEART_BEAT_INTERVAL = 0.5  # seconds; upstream's 15
 # Served names with "llava-v1" in them, so that the web demo picks the llava_v1 template as upstream would.
 MODEL_A = "llava-v1.5-tiny-ew"
 MODEL_B = "llava-v1.5-tiny-visatb"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_env() -> dict:

@@ -20,6 +20,9 @@ from llava.generation import LlavaGenerator
 from llava.mm_utils import tokenizer_image_token
 from llava.serve.common import image_to_base64
 
+# A real controller and workers run as processes (started once per session).
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 QUESTION = "What is in the image?"
 MAX_NEW_TOKENS = 24
 DOOMED = "llava-v1.5-tiny-doomed"  # a third worker, killed by the last test

@@ -16,9 +16,13 @@ import time
 import pytest
 import requests
 from PIL import Image
-from serve_helpers import MODEL_A, MODEL_B, free_port, stack
+from serve_helpers import MODEL_A, MODEL_B, stack
+from train_helpers import free_port
 
 from llava.generation import LlavaGenerator
+
+# A browser drives the web server of a real controller and workers (processes started once per session).
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 QUESTION = "What is in the image?"
 MAX_NEW_TOKENS = 64  # a multiple of the slider's step (64, as upstream)
