@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 from PIL import Image
-from serve_helpers import HEART_BEAT_EXPIRATION, MODEL_A, MODEL_B, stack
+from serve_helpers import HEART_BEAT_EXPIRATION, MODEL_A, MODEL_B, free_port, stack
 
 from llava.generation import LlavaGenerator
 from llava.mm_utils import tokenizer_image_token
@@ -180,3 +180,28 @@ def test_a_worker_that_dies_is_dropped_after_its_heartbeat_expires(served):
     assert time.time() - killed >= HEART_BEAT_EXPIRATION - 1.0  # dropped by expiry (last beat <= 0.5 s before)
     assert post(served.controller_url + "/get_worker_address", model=name) == {"address": ""}
     assert sorted(post(served.controller_url + "/list_models")["models"]) == sorted([MODEL_A, MODEL_B])
+
+
+def test_upstreams_command_line_client_and_registration_script(served, references, picture, tmp_path, capsys):
+    from llava.serve import register_worker, test_message
+
+    picture_file = tmp_path / "picture.png"
+    picture.save(picture_file)
+    argv = ["--controller-address", served.controller_url, "--model-name", MODEL_B, "--image-file",
+            str(picture_file), "--message", QUESTION, "--conv-mode", "llava_v1", "--max-new-tokens",
+            str(MAX_NEW_TOKENS), "--temperature", "0"]  # fmt: skip
+    assert test_message.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"worker: {served.workers[MODEL_B]}" in out and out.rstrip("\n").endswith(references[MODEL_B]["answer"])
+    assert test_message.main(["--controller-address", served.controller_url, "--model-name", "llava-nobody"]) == 1
+    assert "no worker serves model 'llava-nobody'" in capsys.readouterr().err
+    # A worker registered by hand: the controller asks it for its status; an address nobody answers is refused.
+    worker = served.workers[MODEL_A]
+    assert register_worker.main(["--controller-address", served.controller_url, "--worker-name", worker,
+                                 "--check-heart-beat"]) == 0  # fmt: skip
+    assert post(served.controller_url + "/get_worker_address", model=MODEL_A)["address"] == worker
+
+
+    nobody = f"http://127.0.0.1:{free_port()}"
+    assert register_worker.main(["--controller-address", served.controller_url, "--worker-name", nobody]) == 1
+    assert "did not answer /worker_get_status" in capsys.readouterr().err

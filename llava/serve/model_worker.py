@@ -127,7 +127,7 @@ class ModelWorker:
         if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
             raise RequestError("the request's 'images' must be a list of base64 strings")
         markers = prompt.count(DEFAULT_IMAGE_TOKEN)
-        if images and markers != len(images):
+        if markers != len(images):
             raise RequestError(
                 f"the prompt has {markers} {DEFAULT_IMAGE_TOKEN} markers but the request carries {len(images)} "
                 "images: give one image per marker"
