@@ -73,9 +73,20 @@ def _read_text(path: Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark (Windows editors) is dropped
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); JSON files must be UTF-8") from e
+    if not text.strip():
+        raise ValueError(f"{path}: the file is empty{' (0 bytes)' if not text else ''}: was its writer stopped?")
+    return text
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"key {repeated[0]!r} appears twice in one object (JSON keeps only the last)")
+    return dict(pairs)
 
 
 def _json_lines(text: str) -> list[Any] | None:
@@ -90,15 +101,23 @@ def _json_lines(text: str) -> list[Any] | None:
     return values if len(values) > 1 else None
 
 
-def load_json(path: str | os.PathLike) -> Any:
-    """Load a JSON file; a missing file or a syntax error names the file (and line/column).
+def load_json(path: str | os.PathLike, unique_keys: bool = False) -> Any:
+    """Load a JSON file; a missing or empty file or a syntax error names the file (and line/column).
 
     A JSON Lines file (one record per line) is refused with a message that says so and how to convert it:
-    the files read here are one JSON document (LLaVA's training data is a JSON list).
+    the files read here are one JSON document (LLaVA's training data is a JSON list). With `unique_keys`, a
+    key repeated within one object is an error (small tables such as scores, where the last would win silently).
     """
     path = Path(path)
     text = _read_text(path)
     try:
+        if unique_keys:
+            try:
+                return json.loads(text, object_pairs_hook=_unique_keys)
+            except ValueError as e:
+                if isinstance(e, json.JSONDecodeError):
+                    raise
+                raise ValueError(f"{path}: {e}") from None
         return json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data" and _json_lines(text) is not None:

@@ -374,3 +374,25 @@ def test_recording_a_score_on_a_full_disk_names_the_table_and_keeps_it(tmp_path,
         capsys.readouterr().err
     )
     assert table.read_text() == '{"mini": {"GQA": 0.5}}'
+
+
+# ------------------------------------------------------------------------------------------ JSON files
+
+
+def test_a_model_key_given_twice_in_a_scores_table_is_refused(tmp_path, capsys):
+    path = tmp_path / "scores.json"
+    table = json.dumps(three_task_table())
+    path.write_text(table[:-1] + ', "mini": {"A": 0.1, "B": 0.1, "C": 0.1}}')  # json.load would keep the last
+    assert load_weighting_cli().main(["--scores", str(path), "--tasks", "A,B,C"]) == 2
+    assert capsys.readouterr().err == f"error: {path}: key 'mini' appears twice in one object (JSON keeps only the last)\n"
+    with pytest.raises(ValueError, match="key 'mini' appears twice"):
+        load_scores(path)
+
+
+def test_an_empty_file_and_a_byte_order_mark(tmp_path):
+    path = tmp_path / "scores.json"
+    path.write_text("")
+    with pytest.raises(ValueError, match=r"scores\.json: the file is empty \(0 bytes\)"):
+        load_json(path)
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(three_task_table()).encode())  # saved by a Windows editor
+    assert load_scores(path) == three_task_table()

@@ -104,7 +104,7 @@ def validate_scores(table: Any, source: str = "scores") -> ScoresTable:
 
 def load_scores(path: str | os.PathLike) -> ScoresTable:
     """Load and validate a scores table."""
-    return validate_scores(load_json(path), source=str(path))
+    return validate_scores(load_json(path, unique_keys=True), source=str(path))
 
 
 @contextmanager

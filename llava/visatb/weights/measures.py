@@ -382,7 +382,7 @@ def difficulty(
 
 def load_scores_table(path: str | os.PathLike) -> dict[str, Any]:
     """Read a scores table ({model key: {task: score}}); entries are validated where they are used."""
-    scores = load_json(path)
+    scores = load_json(path, unique_keys=True)
     check_scores_table(scores, str(path))
     return scores
 
