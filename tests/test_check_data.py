@@ -164,6 +164,8 @@ def test_cli_exit_codes(tmp_path, images, capsys):
     assert main(["--data", str(data), "--image-folder", str(images)]) == 2
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_runs_as_a_module(tmp_path, images):
     data = tmp_path / "data.json"
     data.write_text(json.dumps(clean_records() + [record("lost", image="nope.jpg")]))

@@ -650,6 +650,8 @@ def run_common(tmp_path, devices, extra_env=None):
     return subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=60)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_common_runs_one_process_per_gpu_and_merges(tmp_path):
     proc = run_common(tmp_path, "3,5")
     assert proc.returncode == 0, proc.stderr
@@ -660,6 +662,8 @@ def test_common_runs_one_process_per_gpu_and_merges(tmp_path):
     assert sorted(p.name for p in (tmp_path / "chunks").iterdir()) == ["2_0.jsonl", "2_1.jsonl"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_common_without_gpus_runs_one_process(tmp_path):
     proc = run_common(tmp_path, "")
     assert proc.returncode == 0, proc.stderr

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -42,37 +41,14 @@ LLAVA_FIELDS = ["question_id", "prompt", "text", "answer_id", "model_id", "metad
 MMBENCH_FIELDS = ["question_id", "round_id", "prompt", "text", "options", "option_char", "answer_id", "model_id", "metadata"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The tiny model's matrices are far too small for threads to pay; on a busy 2-core machine they
-    # make generation about 50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Generation runs on the lively checkpoint of tests/conftest.py with one torch thread.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_llava, tmp_path_factory) -> str:
-    """The tiny checkpoint with larger random weights, so that answers differ from question to question."""
-    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("lively") / MODEL_ID
-    shutil.copytree(tiny_llava["full"], path)
-    model = LlavaLlamaForCausalLM.from_pretrained(path)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.15)
-    model.save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def reference(checkpoint) -> LlavaGenerator:
+def reference(lively_checkpoint) -> LlavaGenerator:
     """A separately loaded generator answering one question at a time: the expected answers."""
-    return LlavaGenerator.from_pretrained(checkpoint, conv_mode="vicuna_v1", max_new_tokens=3, verbose=False)
+    return LlavaGenerator.from_pretrained(lively_checkpoint, conv_mode="vicuna_v1", max_new_tokens=3, verbose=False)
 
 
 @pytest.fixture(scope="module")
@@ -177,11 +153,11 @@ def check_answer_ids(records: list[dict]) -> None:
 # ---------------------------------------------------------------- model_vqa_loader / model_vqa
 
 
-def test_loader_writes_one_llava_record_per_question(tmp_path, checkpoint, spy, reference, capsys):
+def test_loader_writes_one_llava_record_per_question(tmp_path, lively_checkpoint, spy, reference, capsys):
     question_ids = [101, "q-2", 103, 104, 105]
     questions, images = write_vqa(tmp_path, question_ids)
     answers = tmp_path / "answers" / "llava-tiny.jsonl"
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, answers, "--batch-size", 2)) == 0
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, answers, "--batch-size", 2)) == 0
     seen = list(spy.prompts)
 
     records = read_jsonl(answers)
@@ -200,7 +176,7 @@ def test_loader_writes_one_llava_record_per_question(tmp_path, checkpoint, spy, 
     assert capsys.readouterr().out.strip() == f"{answers}: 5 answered, 5 in all"
 
 
-def test_model_vqa_answers_the_same_format_with_long_answer_defaults(tmp_path, checkpoint, spy, cropped_reference):
+def test_model_vqa_answers_the_same_format_with_long_answer_defaults(tmp_path, lively_checkpoint, spy, cropped_reference):
     defaults = {name: module.build_parser().parse_args(["--model-path", "m", "--question-file", "q", "--answers-file", "a"])
                 for name, module in [("loader", model_vqa_loader), ("vqa", model_vqa), ("sqa", model_vqa_science),
                                      ("mmb", model_vqa_mmbench)]}  # fmt: skip
@@ -213,14 +189,14 @@ def test_model_vqa_answers_the_same_format_with_long_answer_defaults(tmp_path, c
     # LLaVA-Bench's question format: question_id, image, text, category.
     questions, images = write_vqa(tmp_path, [0, 1])
     answers = tmp_path / "llavabench.jsonl"
-    assert model_vqa.main(loader_args(checkpoint, questions, images, answers)) == 0
+    assert model_vqa.main(loader_args(lively_checkpoint, questions, images, answers)) == 0
     records = read_jsonl(answers)
     assert [list(r) for r in records] == [LLAVA_FIELDS] * 2
     assert [r["text"] for r in records] == [cropped_reference.generate([VQA_TEXTS[i]], [picture(i)])[0] for i in range(2)]
     assert [r["prompt"] for r in records] == VQA_TEXTS[:2]
 
 
-def test_model_vqa_and_science_centre_crop_but_the_loader_pads(tmp_path, checkpoint, spy, reference):
+def test_model_vqa_and_science_centre_crop_but_the_loader_pads(tmp_path, lively_checkpoint, spy, reference):
     # Upstream's model_vqa and model_vqa_science call image_processor.preprocess (resize + centre crop);
     # model_vqa_loader goes through process_images, which pads for this pad checkpoint.
     processor = reference.image_processor
@@ -235,18 +211,18 @@ def test_model_vqa_and_science_centre_crop_but_the_loader_pads(tmp_path, checkpo
     assert not torch.allclose(cropped[0], padded[0])  # the pictures are not square, so the two differ
 
     questions, images = write_vqa(tmp_path, [0, 1])
-    assert model_vqa.main(loader_args(checkpoint, questions, images, tmp_path / "vqa.jsonl")) == 0
+    assert model_vqa.main(loader_args(lively_checkpoint, questions, images, tmp_path / "vqa.jsonl")) == 0
     assert len(spy.pixels) == 2 and all(torch.equal(a, b) for a, b in zip(spy.pixels, cropped))
 
     spy.pixels.clear()
     problems = [{"id": f"p{i}", "image": f"COCO_{i:03d}.png", "conversations": [{"from": "human", "value": "<image>\nWhich?"}]}
                 for i in range(2)]  # fmt: skip
     (tmp_path / "sqa.json").write_text(json.dumps(problems))
-    assert model_vqa_science.main(loader_args(checkpoint, tmp_path / "sqa.json", images, tmp_path / "sqa.jsonl")) == 0
+    assert model_vqa_science.main(loader_args(lively_checkpoint, tmp_path / "sqa.json", images, tmp_path / "sqa.jsonl")) == 0
     assert len(spy.pixels) == 2 and all(torch.equal(a, b) for a, b in zip(spy.pixels, cropped))
 
     spy.pixels.clear()
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, tmp_path / "loader.jsonl")) == 0
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, tmp_path / "loader.jsonl")) == 0
     assert len(spy.pixels) == 2 and all(torch.equal(a, b) for a, b in zip(spy.pixels, padded))
 
 
@@ -294,11 +270,11 @@ SCIENCE_IMAGES = [picture(0), None, picture(2)]
 
 
 @pytest.mark.parametrize("single_pred", [True, False])
-def test_science_prompts_follow_upstream(tmp_path, checkpoint, spy, cropped_reference, single_pred):
+def test_science_prompts_follow_upstream(tmp_path, lively_checkpoint, spy, cropped_reference, single_pred):
     questions, images = write_science(tmp_path)
     answers = tmp_path / "sqa.jsonl"
     extra = ["--single-pred-prompt"] if single_pred else []
-    assert model_vqa_science.main(loader_args(checkpoint, questions, images, answers, *extra)) == 0
+    assert model_vqa_science.main(loader_args(lively_checkpoint, questions, images, answers, *extra)) == 0
 
     suffix = "\n" + SQA_INSTRUCTION if single_pred else ""
     asked = [q + suffix for q in SCIENCE_QUESTIONS]
@@ -347,10 +323,10 @@ def mmbench_args(checkpoint: str, question_file: Path, answers: Path, *extra) ->
     ]  # fmt: skip
 
 
-def test_mmbench_all_rounds_rotate_the_options(tmp_path, checkpoint, spy, reference):
+def test_mmbench_all_rounds_rotate_the_options(tmp_path, lively_checkpoint, spy, reference):
     tsv = write_mmbench(tmp_path / "mmbench_dev_20230712.tsv")
     answers = tmp_path / "answers" / "1_0.jsonl"
-    assert model_vqa_mmbench.main(mmbench_args(checkpoint, tsv, answers, "--all-rounds", "--lang", "en", "--batch-size", 4)) == 0
+    assert model_vqa_mmbench.main(mmbench_args(lively_checkpoint, tsv, answers, "--all-rounds", "--lang", "en", "--batch-size", 4)) == 0
 
     records = read_jsonl(answers)
     assert [list(r) for r in records] == [MMBENCH_FIELDS] * 6
@@ -374,10 +350,10 @@ def test_mmbench_all_rounds_rotate_the_options(tmp_path, checkpoint, spy, refere
     assert [(r["question_id"], r["round_id"]) for r in merged] == [(r["question_id"], r["round_id"]) for r in records]
 
 
-def test_mmbench_cn_asks_in_chinese_once_per_question(tmp_path, checkpoint, spy):
+def test_mmbench_cn_asks_in_chinese_once_per_question(tmp_path, lively_checkpoint, spy):
     tsv = write_mmbench(tmp_path / "mmbench_dev_cn_20231003.tsv")
     answers = tmp_path / "cn.jsonl"
-    assert model_vqa_mmbench.main(mmbench_args(checkpoint, tsv, answers, "--lang", "cn")) == 0
+    assert model_vqa_mmbench.main(mmbench_args(lively_checkpoint, tsv, answers, "--lang", "cn")) == 0
     records = read_jsonl(answers)
     assert [(r["question_id"], r["round_id"]) for r in records] == [(0, 0), (25, 0)]
     assert [r["prompt"] for r in records][1] == "图中的天气如何？\nA. 晴天\nB. 雨天"
@@ -388,15 +364,15 @@ def test_mmbench_cn_asks_in_chinese_once_per_question(tmp_path, checkpoint, spy)
 # ---------------------------------------------------------------- chunks, resume, batches
 
 
-def test_chunks_then_merge_equal_one_run(tmp_path, checkpoint, spy):
+def test_chunks_then_merge_equal_one_run(tmp_path, lively_checkpoint, spy):
     # TextVQA-style repeated question ids (image ids): each occurrence is its own question.
     question_ids = [5, 5, 6, 7, 7, 8, 9]
     questions, images = write_vqa(tmp_path, question_ids)
     whole = tmp_path / "whole.jsonl"
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, whole, "--batch-size", 3)) == 0
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, whole, "--batch-size", 3)) == 0
     for k in range(3):
         chunk = benchmark_answers.chunk_path(tmp_path / "chunks", 3, k)
-        assert model_vqa_loader.main(loader_args(checkpoint, questions, images, chunk, "--num-chunks", 3, "--chunk-idx", k)) == 0
+        assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, chunk, "--num-chunks", 3, "--chunk-idx", k)) == 0
     assert [len(read_jsonl(benchmark_answers.chunk_path(tmp_path / "chunks", 3, k))) for k in range(3)] == [3, 2, 2]
     merged = merge_chunks.merge_chunks(questions, tmp_path / "chunks", 3, tmp_path / "merge.jsonl")
     fields = ("question_id", "prompt", "text")
@@ -404,17 +380,17 @@ def test_chunks_then_merge_equal_one_run(tmp_path, checkpoint, spy):
     assert [r["prompt"] for r in merged] == VQA_TEXTS
 
 
-def test_resume_after_a_crash_mid_line_answers_each_question_once(tmp_path, checkpoint, spy):
+def test_resume_after_a_crash_mid_line_answers_each_question_once(tmp_path, lively_checkpoint, spy):
     questions, images = write_vqa(tmp_path, [5, 5, 6, 7, 7, 8, 9])
     answers = tmp_path / "a.jsonl"
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, answers, "--batch-size", 2)) == 0
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, answers, "--batch-size", 2)) == 0
     complete = read_jsonl(answers)
     lines = answers.read_text().splitlines(keepends=True)
     # The writer died while writing the fifth answer: four whole lines, half of the fifth.
     answers.write_text("".join(lines[:4]) + lines[4][: len(lines[4]) // 2])
     spy.loads = 0
 
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, answers, "--batch-size", 2)) == 0
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, answers, "--batch-size", 2)) == 0
     resumed = read_jsonl(answers)
     assert spy.loads == 1
     assert [(r["question_id"], r["prompt"], r["text"]) for r in resumed] == [
@@ -426,7 +402,7 @@ def test_resume_after_a_crash_mid_line_answers_each_question_once(tmp_path, chec
     # The merge accepts the resumed file as a one-chunk run.
 
 
-def test_an_interrupted_run_keeps_its_finished_batches(tmp_path, checkpoint, spy, monkeypatch):
+def test_an_interrupted_run_keeps_its_finished_batches(tmp_path, lively_checkpoint, spy, monkeypatch):
     questions, images = write_vqa(tmp_path, list(range(7)))
     answers = tmp_path / "chunks" / "1_0.jsonl"
     generate, calls = LlavaGenerator.generate_prepared, []
@@ -439,43 +415,43 @@ def test_an_interrupted_run_keeps_its_finished_batches(tmp_path, checkpoint, spy
 
     monkeypatch.setattr(LlavaGenerator, "generate_prepared", failing_third_batch)
     with pytest.raises(KeyboardInterrupt):
-        model_vqa_loader.main(loader_args(checkpoint, questions, images, answers, "--batch-size", 2))
+        model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, answers, "--batch-size", 2))
     assert [r["question_id"] for r in read_jsonl(answers)] == [0, 1, 2, 3]
 
     monkeypatch.setattr(LlavaGenerator, "generate_prepared", generate)
     asked_before = len(spy.prompts)
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, answers, "--batch-size", 2)) == 0
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, answers, "--batch-size", 2)) == 0
     merged = merge_chunks.merge_chunks(questions, answers.parent, 1)
     assert [r["question_id"] for r in merged] == list(range(7))
     # Only the three unanswered questions were asked the second time.
     assert spy.prompts[asked_before:] == [vicuna_prompt("<image>\n" + VQA_TEXTS[i]) for i in (4, 5, 6)]
 
 
-def test_a_complete_file_is_not_redone_and_the_model_not_loaded(tmp_path, checkpoint, spy, capsys):
+def test_a_complete_file_is_not_redone_and_the_model_not_loaded(tmp_path, lively_checkpoint, spy, capsys):
     questions, images = write_vqa(tmp_path, [1, 2, 3])
     answers = tmp_path / "a.jsonl"
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, answers)) == 0
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, answers)) == 0
     before = answers.read_text()
     spy.loads = 0
     capsys.readouterr()
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, answers)) == 0
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, answers)) == 0
     assert spy.loads == 0 and answers.read_text() == before
     assert capsys.readouterr().out.strip() == f"{answers}: 0 answered, 3 answered before, 3 in all"
 
 
-def test_an_empty_chunk_leaves_an_empty_file(tmp_path, checkpoint, spy):
+def test_an_empty_chunk_leaves_an_empty_file(tmp_path, lively_checkpoint, spy):
     questions, images = write_vqa(tmp_path, [1, 2])
     chunk = benchmark_answers.chunk_path(tmp_path / "chunks", 3, 2)
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, chunk, "--num-chunks", 3, "--chunk-idx", 2)) == 0
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, chunk, "--num-chunks", 3, "--chunk-idx", 2)) == 0
     assert chunk.read_text() == "" and spy.loads == 0
 
 
-def test_batch_size_one_and_four_give_identical_answers(tmp_path, checkpoint, spy):
+def test_batch_size_one_and_four_give_identical_answers(tmp_path, lively_checkpoint, spy):
     questions, images = write_vqa(tmp_path, list(range(7)))
     runs = {}
     for batch_size in (1, 4):
         answers = tmp_path / f"b{batch_size}.jsonl"
-        assert model_vqa_loader.main(loader_args(checkpoint, questions, images, answers, "--batch-size", batch_size)) == 0
+        assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, answers, "--batch-size", batch_size)) == 0
         runs[batch_size] = [r["text"] for r in read_jsonl(answers)]
     assert len(set(runs[1])) > 3
     assert runs[1] == runs[4]
@@ -484,7 +460,7 @@ def test_batch_size_one_and_four_give_identical_answers(tmp_path, checkpoint, sp
     sqa, sqa_images = write_science(tmp_path / "sqa")
     for batch_size in (1, 4):
         answers = tmp_path / f"s{batch_size}.jsonl"
-        assert model_vqa_science.main(loader_args(checkpoint, sqa, sqa_images, answers, "--batch-size", batch_size)) == 0
+        assert model_vqa_science.main(loader_args(lively_checkpoint, sqa, sqa_images, answers, "--batch-size", batch_size)) == 0
         runs[batch_size] = [r["text"] for r in read_jsonl(answers)]
     assert runs[1] == runs[4]
 
@@ -492,10 +468,10 @@ def test_batch_size_one_and_four_give_identical_answers(tmp_path, checkpoint, sp
 # ---------------------------------------------------------------- errors
 
 
-def test_a_missing_image_is_named_before_the_model_loads(tmp_path, checkpoint, spy, capsys):
+def test_a_missing_image_is_named_before_the_model_loads(tmp_path, lively_checkpoint, spy, capsys):
     questions, images = write_vqa(tmp_path, [11, "q-12", 13])
     (images / "COCO_001.png").unlink()
-    code = model_vqa_loader.main(loader_args(checkpoint, questions, images, tmp_path / "a.jsonl"))
+    code = model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, tmp_path / "a.jsonl"))
     err = capsys.readouterr().err
     assert code == 1 and spy.loads == 0
     assert err == (
@@ -504,56 +480,56 @@ def test_a_missing_image_is_named_before_the_model_loads(tmp_path, checkpoint, s
     )
 
 
-def test_unreadable_images_are_named(tmp_path, checkpoint, spy, capsys):
+def test_unreadable_images_are_named(tmp_path, lively_checkpoint, spy, capsys):
     questions, images = write_vqa(tmp_path, [1, 2])
     (images / "COCO_001.png").write_bytes(b"not a png")
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, tmp_path / "a.jsonl", "--batch-size", 1)) == 1
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, tmp_path / "a.jsonl", "--batch-size", 1)) == 1
     err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
     assert err.startswith(f"error: {questions}: question 2 (question_id 2): cannot open image file {images / 'COCO_001.png'}")
     assert [r["question_id"] for r in read_jsonl(tmp_path / "a.jsonl")] == [1]  # the first batch was kept
 
     tsv = write_mmbench(tmp_path / "mmb.tsv", ["@@not base64@@", png_base64(picture(1))])
-    assert model_vqa_mmbench.main(mmbench_args(checkpoint, tsv, tmp_path / "m.jsonl")) == 1
+    assert model_vqa_mmbench.main(mmbench_args(lively_checkpoint, tsv, tmp_path / "m.jsonl")) == 1
     assert capsys.readouterr().err.splitlines()[-1].startswith(f"error: {tsv}: row 1 (index 0): cannot decode its base64 image")
 
 
-def test_bad_question_records_are_named(tmp_path, checkpoint, spy, capsys):
+def test_bad_question_records_are_named(tmp_path, lively_checkpoint, spy, capsys):
     images = tmp_path
     bad_loader = write_jsonl(tmp_path / "q.jsonl", [{"question_id": 1, "image": "a.png", "text": "t"}, {"question_id": 2, "image": "b.png"}])
-    assert model_vqa_loader.main(loader_args(checkpoint, bad_loader, images, tmp_path / "a.jsonl")) == 1
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, bad_loader, images, tmp_path / "a.jsonl")) == 1
     assert capsys.readouterr().err == f"error: {bad_loader}: question 2 (question_id 2): 'text' must be a string\n"
 
     bad_sqa = tmp_path / "sqa.json"
     bad_sqa.write_text(json.dumps([{"id": "3", "conversations": []}]))
-    assert model_vqa_science.main(loader_args(checkpoint, bad_sqa, images, tmp_path / "s.jsonl")) == 1
+    assert model_vqa_science.main(loader_args(lively_checkpoint, bad_sqa, images, tmp_path / "s.jsonl")) == 1
     assert capsys.readouterr().err.startswith(f"error: {bad_sqa}: problem 1 (id '3'): 'conversations' must be a list")
 
     tsv = tmp_path / "mmb.tsv"
     tsv.write_text("index\tquestion\tA\tB\n0\tq?\tyes\tno\n", encoding="utf-8")
-    assert model_vqa_mmbench.main(mmbench_args(checkpoint, tsv, tmp_path / "m.jsonl")) == 1
+    assert model_vqa_mmbench.main(mmbench_args(lively_checkpoint, tsv, tmp_path / "m.jsonl")) == 1
     assert capsys.readouterr().err == f"error: {tsv}: no image column(s) (columns: index, question, A, B)\n"
     tsv.write_text("index\tquestion\timage\tA\tB\n0\tq?\tx\tyes\tnan\n", encoding="utf-8")
-    assert model_vqa_mmbench.main(mmbench_args(checkpoint, tsv, tmp_path / "m.jsonl")) == 1
+    assert model_vqa_mmbench.main(mmbench_args(lively_checkpoint, tsv, tmp_path / "m.jsonl")) == 1
     assert capsys.readouterr().err == f"error: {tsv}: row 1 (index 0) has fewer than two options (A, B)\n"
     assert spy.loads == 0
 
 
-def test_answers_of_other_questions_or_another_model_are_refused(tmp_path, checkpoint, spy, capsys):
+def test_answers_of_other_questions_or_another_model_are_refused(tmp_path, lively_checkpoint, spy, capsys):
     questions, images = write_vqa(tmp_path, [1, 2, 3])
     answers = write_jsonl(tmp_path / "a.jsonl", [{"question_id": 1, "prompt": "p", "text": "x", "model_id": "llava-v1.5-13b"}])
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, answers)) == 1
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, answers)) == 1
     assert capsys.readouterr().err == (
         f"error: {answers}: line 1 was written by model 'llava-v1.5-13b', this run's model is 'llava-tiny'; "
         "delete it to start over\n"
     )
     # Chunk 1 of 2 asks questions 3 only (of 1, 2 | 3): an answer to question 1 belongs to another chunk.
     write_jsonl(answers, [{"question_id": 1, "prompt": "p", "text": "x", "model_id": MODEL_ID}])
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, answers, "--num-chunks", 2, "--chunk-idx", 1)) == 1
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, answers, "--num-chunks", 2, "--chunk-idx", 1)) == 1
     assert "line 1 answers question_id '1', which this run's questions do not ask" in capsys.readouterr().err
     assert spy.loads == 0
 
 
-def test_bad_flags_exit_with_status_2(tmp_path, checkpoint, capsys):
+def test_bad_flags_exit_with_status_2(tmp_path, lively_checkpoint, capsys):
     questions, images = write_vqa(tmp_path, [1])
     for extra, message in [
         (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
@@ -561,7 +537,7 @@ def test_bad_flags_exit_with_status_2(tmp_path, checkpoint, capsys):
         (["--lang", "fr"], "invalid choice: 'fr'"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
-            model_vqa_mmbench.main(loader_args(checkpoint, questions, images, tmp_path / "a.jsonl", *extra))
+            model_vqa_mmbench.main(loader_args(lively_checkpoint, questions, images, tmp_path / "a.jsonl", *extra))
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
 
@@ -606,11 +582,13 @@ def pope_prediction(text: str) -> str:
     return "no" if {"no", "No", "not"} & set(words) else "yes"
 
 
-def test_pope_script_end_to_end_on_two_processes(tmp_path, checkpoint):
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_pope_script_end_to_end_on_two_processes(tmp_path, lively_checkpoint):
     questions = write_pope(tmp_path)
     env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "MODEL_NAME", "BATCH_SIZE")}
     # Two "GPUs" on a machine without CUDA: two CPU processes, one chunk each, then the merge.
-    env.update(CKPT=checkpoint, EVAL_DIR=str(tmp_path), PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="0,1",
+    env.update(CKPT=lively_checkpoint, EVAL_DIR=str(tmp_path), PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="0,1",
                BATCH_SIZE="3", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")  # fmt: skip
     proc = subprocess.run(
         ["bash", str(REPO / "scripts_visatb" / "eval" / "pope.sh")], capture_output=True, text=True, env=env, timeout=300

@@ -55,6 +55,8 @@ def coco_layout(eval_dir: Path) -> Path:
     return coco
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_llavacoco_only_generates_and_needs_no_key(tmp_path, tiny_llava):
     coco = coco_layout(tmp_path)
     proc = run("llavacoco.sh", script_env(tmp_path, CKPT=tiny_llava["full"]), "--max_new_tokens", "3")
@@ -72,6 +74,8 @@ def fake_answers(files: dict[str, Path], target: Path) -> None:
 
 
 @pytest.mark.parametrize("script", ["llavacoco_review.sh", "llavabench_review.sh"])
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_review_step_scores_the_answers_and_prints_the_summary(tmp_path, script):
     files = fixture_files(tmp_path)
     if script == "llavacoco_review.sh":
@@ -110,6 +114,8 @@ def test_review_step_without_answers_says_which_step_to_run_first(tmp_path, scri
     assert f"answers/{MODEL}.jsonl not found or empty: run " in proc.stderr and first in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_llavabench_skip_review_generates_without_a_key(tmp_path, tiny_llava):
     files = fixture_files(tmp_path)
     bench = tmp_path / "llava-bench-in-the-wild"

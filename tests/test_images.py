@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from test_inference_cli import Loader, checkpoint, generator, make_job, write_questions  # noqa: F401
+from test_inference_cli import Loader, generator, make_job, write_questions  # noqa: F401
 from train_helpers import TASKS
 from transformers import CLIPImageProcessor
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 
 from llava.answers import validation_answers as inference
@@ -31,25 +30,8 @@ def load_cli_module():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """A tiny LLaVA with weights large enough that answers differ from record to record (so order matters)."""
-    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
-    from llava.model.tiny import build_tiny_llava
-
-    path = build_tiny_llava(tmp_path_factory.mktemp("lively"))["full"]
-    model = LlavaLlamaForCausalLM.from_pretrained(path)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.ndim == 2:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.15)
-    model.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def generator(checkpoint) -> LlavaGenerator:
-    return LlavaGenerator.from_pretrained(checkpoint, max_new_tokens=4, verbose=False)
+def generator(lively_checkpoint) -> LlavaGenerator:
+    return LlavaGenerator.from_pretrained(lively_checkpoint, max_new_tokens=4, verbose=False)
 
 
 def write_questions(folder: Path, n: int = 11) -> tuple[Path, Path]:
@@ -387,11 +369,13 @@ def run_script(args: list[str], stdin: str | None = None) -> subprocess.Complete
     )
 
 
-def test_cli_end_to_end_with_the_seed_spelling(data, tmp_path, checkpoint, generator):
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_cli_end_to_end_with_the_seed_spelling(data, tmp_path, lively_checkpoint, generator):
     expected = read(run_inference(make_job(data, tmp_path / "in_process"), Loader(generator)).answers_file)
     question_file, images = data
     answers = tmp_path / "answers"
-    args = ["--model_path", checkpoint, "--image_folder", str(images), "--question_file", str(question_file),
+    args = ["--model_path", lively_checkpoint, "--image_folder", str(images), "--question_file", str(question_file),
             "--answers-folder", str(answers), "--max_new_tokens", "4", "--batch_size", "4", "--quiet"]  # fmt: skip
     proc = run_script(["inference_visatb.py", *args])
     assert proc.returncode == 0, proc.stderr
@@ -400,7 +384,9 @@ def test_cli_end_to_end_with_the_seed_spelling(data, tmp_path, checkpoint, gener
     assert read(out) == expected
 
 
-def test_cli_answers_several_question_files_with_one_model_load(data, tmp_path, checkpoint, generator):
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_cli_answers_several_question_files_with_one_model_load(data, tmp_path, lively_checkpoint, generator):
     question_file, images = data
     second = question_file.with_name("RefCOCO-bbox_val-11.json")
     second.write_text(question_file.read_text())
@@ -408,7 +394,7 @@ def test_cli_answers_several_question_files_with_one_model_load(data, tmp_path, 
     expected_short = read(run_inference(make_job((second, images), tmp_path / "ref", settings=short.settings), Loader(short)).answers_file)
     expected_long = read(run_inference(make_job(data, tmp_path / "ref"), Loader(generator)).answers_file)
     answers = tmp_path / "answers"
-    args = ["--model-path", checkpoint, "--image-folder", str(images), "--question-file", str(question_file),
+    args = ["--model-path", lively_checkpoint, "--image-folder", str(images), "--question-file", str(question_file),
             str(second), "--answers-folder", str(answers), "--max_new_tokens", "4", "2", "--quiet"]  # fmt: skip
     proc = run_script(["inference_visatb.py", *args])
     assert proc.returncode == 0, proc.stderr
@@ -420,9 +406,11 @@ def test_cli_answers_several_question_files_with_one_model_load(data, tmp_path, 
     assert bad.returncode == 2 and "one value or one per question file (2), got 3" in bad.stderr
 
 
-def test_cli_reports_a_missing_image_in_one_line(data, tmp_path, checkpoint):
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_cli_reports_a_missing_image_in_one_line(data, tmp_path, lively_checkpoint):
     (data[1] / "1.png").unlink()
-    args = ["--model-path", checkpoint, "--image-folder", str(data[1]), "--question-file", str(data[0]),
+    args = ["--model-path", lively_checkpoint, "--image-folder", str(data[1]), "--question-file", str(data[0]),
             "--answers-folder", str(tmp_path / "answers")]  # fmt: skip
     proc = run_script(["inference_visatb.py", *args])
     assert proc.returncode == 1
@@ -430,7 +418,9 @@ def test_cli_reports_a_missing_image_in_one_line(data, tmp_path, checkpoint):
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: image file not found: {data[1] / '1.png'}")
 
 
-def test_run_llava_answers_one_query(tmp_path, checkpoint, generator):
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_run_llava_answers_one_query(tmp_path, lively_checkpoint, generator):
     picture = tmp_path / "picture.png"
     Image.new("RGB", (30, 20), (200, 30, 60)).save(picture)
     query = "What is in the image?"
@@ -438,20 +428,22 @@ def test_run_llava_answers_one_query(tmp_path, checkpoint, generator):
     v0 = LlavaGenerator(generator.tokenizer, generator.model, generator.image_processor, conv_mode="llava_v0", max_new_tokens=6)
     expected = v0.generate([query], [open_image(str(picture))])[0]
     assert expected
-    proc = run_script(["-m", "llava.eval.run_llava", "--model-path", checkpoint, "--image-file", str(picture),
+    proc = run_script(["-m", "llava.eval.run_llava", "--model-path", lively_checkpoint, "--image-file", str(picture),
                        "--query", query, "--temperature", "0", "--max_new_tokens", "6"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.endswith(expected + "\n")
 
 
-def test_serve_cli_chats_until_end_of_input(tmp_path, checkpoint, generator):
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_serve_cli_chats_until_end_of_input(tmp_path, lively_checkpoint, generator):
     picture = tmp_path / "picture.png"
     Image.new("RGB", (30, 20), (20, 130, 60)).save(picture)
     question = "What colour is it?"
     v1 = LlavaGenerator(generator.tokenizer, generator.model, generator.image_processor, max_new_tokens=6)
     expected = v1.generate([question], [open_image(str(picture))])[0]
     assert expected
-    proc = run_script(["-m", "llava.serve.cli", "--model-path", checkpoint, "--image-file", str(picture),
+    proc = run_script(["-m", "llava.serve.cli", "--model-path", lively_checkpoint, "--image-file", str(picture),
                        "--conv-mode", "vicuna_v1", "--temperature", "0", "--max-new-tokens", "6"],
                       stdin=question + "\n")  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_inference_cli import MODEL_NAME, Loader, checkpoint, generator, read, write_questions  # noqa: F401
+from test_inference_cli import MODEL_NAME, Loader, generator, read, write_questions  # noqa: F401
 
 from llava.answers import provenance
 from llava.answers import validation_answers as inference
@@ -26,10 +26,10 @@ def data(tmp_path):
 
 
 @pytest.fixture
-def model_copy(tmp_path, checkpoint):  # noqa: F811
+def model_copy(tmp_path, lively_checkpoint):
     """A private copy of the checkpoint under the name llava-tiny, which a test may retrain in place."""
     path = tmp_path / "ckpt" / MODEL_NAME
-    shutil.copytree(checkpoint, path)
+    shutil.copytree(lively_checkpoint, path)
     return path
 
 
@@ -191,6 +191,8 @@ def test_scorers_warn_when_the_question_file_changed(data, tmp_path, generator):
     assert "has changed since" in proc.stderr and "may be stale" in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_records_the_model_fingerprint_and_refuses_a_retrained_one(data, tmp_path, model_copy):
     question_file, images = data
     args = [sys.executable, str(REPO / "inference_visatb.py"), "--model-path", str(model_copy), "--image-folder",
@@ -210,26 +212,26 @@ def test_cli_records_the_model_fingerprint_and_refuses_a_retrained_one(data, tmp
     assert "Traceback" not in second.stderr and out.read_bytes() == before
 
 
-def test_benchmark_answers_resume_and_merge_only_with_the_same_settings(tmp_path, checkpoint, capsys):  # noqa: F811
+def test_benchmark_answers_resume_and_merge_only_with_the_same_settings(tmp_path, lively_checkpoint, capsys):
     from test_eval_generation import loader_args, write_vqa
 
     from llava.eval import merge_chunks, model_vqa_loader
 
     questions, images = write_vqa(tmp_path, [1, 2, 3, 4])
     answers = tmp_path / "a.jsonl"
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, answers)) == 0
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, answers)) == 0
     assert provenance.read_provenance(answers)["generation"]["max_new_tokens"] == 3
     answers.write_text("".join(answers.read_text().splitlines(keepends=True)[:2]))  # killed after two answers
     capsys.readouterr()
-    longer = loader_args(checkpoint, questions, images, answers) + ["--max_new_tokens", "4"]  # the last one counts
+    longer = loader_args(lively_checkpoint, questions, images, answers) + ["--max_new_tokens", "4"]  # the last one counts
     assert model_vqa_loader.main(longer) == 1
     assert "was written with other inputs: generation setting max_new_tokens (3 then, 4 now)" in capsys.readouterr().err
     assert len(answers.read_text().splitlines()) == 2
 
     chunks = tmp_path / "chunks"
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, chunks / "2_0.jsonl", "--num-chunks", 2,
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, chunks / "2_0.jsonl", "--num-chunks", 2,
                                              "--chunk-idx", 0)) == 0  # fmt: skip
-    assert model_vqa_loader.main(loader_args(checkpoint, questions, images, chunks / "2_1.jsonl", "--num-chunks", 2,
+    assert model_vqa_loader.main(loader_args(lively_checkpoint, questions, images, chunks / "2_1.jsonl", "--num-chunks", 2,
                                              "--chunk-idx", 1, "--max_new_tokens", 4)) == 0  # fmt: skip
     with pytest.raises(ValueError, match=r"chunk 1 of 2 .* other inputs than chunk 0: generation setting max_new_tokens"):
         merge_chunks.merge_chunks(questions, chunks, 2, tmp_path / "merge.jsonl")
