@@ -22,7 +22,6 @@ import sys
 from llava.answers import provenance
 from llava.answers.engine import DEFAULT_BATCH_SIZE
 from llava.answers.validation_answers import (
-    DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_SAVE_EVERY,
     InferenceJob,
     format_report,
@@ -32,6 +31,7 @@ from llava.answers.validation_answers import (
 )
 from llava.generation import LlavaGenerator
 from llava.mm_utils import get_model_name_from_path
+from llava.visatb.defaults import DEFAULT_MAX_NEW_TOKENS
 
 
 def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:

@@ -507,7 +507,7 @@ def test_training_items_get_the_right_data_and_weights(chain_inputs, capsys):
 
 
 def test_inference_is_one_command_per_model_with_a_limit_per_validation_file(chain_inputs):
-    from llava.answers.validation_answers import DEFAULT_MAX_NEW_TOKENS
+    from llava.visatb.defaults import DEFAULT_MAX_NEW_TOKENS
 
     cfg = config(chain_args(chain_inputs, "--max-new-tokens", "qa=6"))
     chain = pipeline.Pipeline(cfg)

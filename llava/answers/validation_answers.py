@@ -28,7 +28,6 @@ from llava.utils import atomic_write_json, chunk_bounds, load_json, refuse_same_
 
 CHUNK_FOLDER = "tmp"
 DEFAULT_SAVE_EVERY = 10
-DEFAULT_MAX_NEW_TOKENS = 2048
 
 
 def question_name(question_file: str | os.PathLike) -> str:
