@@ -5,6 +5,14 @@
 #   VISATB_WEIGHTS_FILE=outputs/weights.json OUTPUT_DIR=checkpoints/visatb bash scripts_visatb/finetune_chat.sh
 set -euo pipefail
 
+VISATB_SCRIPTS="$(dirname "${BASH_SOURCE[0]}")"
+if [ ! -f "$VISATB_SCRIPTS/_launch.sh" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    # sbatch runs a copy of this script from Slurm's spool folder: the job's command names the original.
+    read -r original _ < <(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=//p')
+    case "$original" in /*) ;; *) original="${SLURM_SUBMIT_DIR:-.}/$original" ;; esac
+    VISATB_SCRIPTS="$(dirname "$original")"
+fi
+
 BASE_MODEL_PATH="${BASE_MODEL_PATH:-lmsys/vicuna-7b-v1.5}"
 DATA_PATH="${DATA_PATH:-./data/Chat_train-157k.json}"
 IMAGE_FOLDER="${IMAGE_FOLDER:-./data}"
@@ -18,7 +26,7 @@ VISION_TOWER="${VISION_TOWER:-openai/clip-vit-large-patch14-336}"
 PRETRAIN_MM_MLP_ADAPTER="${PRETRAIN_MM_MLP_ADAPTER-./checkpoints/llava-v1.5-mlp2x-336px-pretrain-vicuna-7b-v1.5/mm_projector.bin}"  # set it empty to start the projector from scratch
 NUM_GPUS="${NUM_GPUS:-}"                                 # empty: every GPU found; 0: CPU fallback
 HOSTFILE="${HOSTFILE:-}"                                 # DeepSpeed hostfile for multi-node runs
-ZERO_CONFIG="${ZERO_CONFIG:-$(dirname "${BASH_SOURCE[0]}")/zero3.json}"
+ZERO_CONFIG="${ZERO_CONFIG:-$VISATB_SCRIPTS/zero3.json}"
 NUM_EPOCHS="${NUM_EPOCHS:-3}"
 LEARNING_RATE="${LEARNING_RATE:-2e-5}"
 PER_DEVICE_BATCH_SIZE="${PER_DEVICE_BATCH_SIZE:-16}"
@@ -28,5 +36,5 @@ GROUP_BY_MODALITY_LENGTH="${GROUP_BY_MODALITY_LENGTH:-False}"  # False: random b
 SAVE_STRATEGY="${SAVE_STRATEGY:-epoch}"                  # a checkpoint every epoch, as the release (steps: every SAVE_STEPS)
 SAVE_TOTAL_LIMIT="${SAVE_TOTAL_LIMIT:-100}"              # checkpoints kept (the release keeps up to 100)
 
-source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+source "$VISATB_SCRIPTS/_launch.sh"
 visatb_finetune "$@"

@@ -25,6 +25,7 @@ from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.train import resume
 from llava.train.arguments import DataArguments, ModelArguments, TaskSetup, TrainingArguments, validate_args
 from llava.train.data import DataScan, make_supervised_data_module, scan_data
+from llava.train.dist_watch import DistWatch, is_distributed_failure
 from llava.train.llava_trainer import LLaVATrainer
 from llava.train.zero_utils import cast_new_trainables, fill_zero_auto_buckets, safe_save_model_for_hf_trainer
 
@@ -241,6 +242,27 @@ def train(attn_implementation: str | None = None, args: Sequence[str] | None = N
         if is_main_process():
             print(warning, file=sys.stderr, flush=True)
 
+    watch = DistWatch.start()
+    if watch is not None and is_main_process():
+        try:
+            print(f"[train] {watch.layout()}", flush=True)
+        except Exception as error:  # a rank that never reports shows up in the first collective instead
+            print(f"[train] not every rank reported its node: {error}", file=sys.stderr, flush=True)
+    try:
+        _train_and_save(model_args, data_args, training_args, setup, scan, plan)
+    except Exception as error:
+        if watch is None or not is_distributed_failure(error):
+            raise
+        # A lost peer leaves the process groups unusable (a barrier or teardown would hang): report and leave.
+        print(watch.lost_contact_message(error), file=sys.stderr, flush=True)
+        os._exit(1)
+    if watch is not None:
+        watch.stop()
+    shut_down_distributed()
+
+
+def _train_and_save(model_args, data_args, training_args, setup: TaskSetup, scan: DataScan, plan) -> None:
+    """Load the model, train (resuming from `plan.checkpoint`), save; the caller tears distributed down."""
     rank0_print(scan.summary())
     if setup.single_task:
         rank0_print("[train] no task list (--task_names / --task_preset): every record trains as one task")
@@ -285,7 +307,6 @@ def train(attn_implementation: str | None = None, args: Sequence[str] | None = N
     rank0_print(f"[train] done; final task weights: {weights}; saved to {training_args.output_dir}")
     # The DDP (or DeepSpeed) wrapper inside the trainer holds the process group; free it before tearing down.
     del trainer, model, data_module
-    shut_down_distributed()
 
 
 def shut_down_distributed() -> None:
