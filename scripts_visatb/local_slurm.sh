@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# A one-node Slurm cluster on this machine, for the tests and for trying EXECUTOR=slurm (run as root):
+# A Slurm cluster on this machine, for the tests and for trying EXECUTOR=slurm (run as root):
 #   eval "$(bash scripts_visatb/local_slurm.sh start /tmp/slurm)"   # prints `export SLURM_CONF=...`
 #   EXECUTOR=slurm DEMO_REDUCED=1 bash scripts_visatb/demo.sh
 #   bash scripts_visatb/local_slurm.sh stop /tmp/slurm
 # Everything lives in the given folder: its own munge key and socket (the system's munged is left alone), a
-# generated slurm.conf (this host as controller and only node, with all its CPUs; one partition `local`),
-# state, spool, logs and pid files. There is no accounting database (sacct does not work). Ports: 6817/6818
-# plus an offset from the folder's name, or SLURMCTLD_PORT / SLURMD_PORT. Slurm and munge come from
-# scripts_visatb/setup_slurm.sh.
+# generated slurm.conf (this host as controller; one partition `local`), state, spool, logs and pid files.
+# There is no accounting database (sacct does not work). Ports: 16817 (controller) and 16818 (first node)
+# plus an offset from the folder's name, or SLURMCTLD_PORT / SLURMD_PORT.
+#
+# NODES=1 (default): this host is the only node, with all its CPUs.
+# NODES=N (2 to 8): N nodes n1 .. nN, each its own slurmd (`slurmd -N nK`) on this host at 127.0.0.1 with its
+# own port (SLURMD_PORT + K - 1), spool folder, pid file and log, the CPUs shared out (at least 1 each), so
+# that a job of several nodes (sbatch -N 2) and its srun steps run as on a real cluster. The node names must
+# resolve, for a rendezvous on the first one: `127.0.0.1 nK` goes into /etc/hosts when nK does not resolve.
+# Slurm and munge come from scripts_visatb/setup_slurm.sh.
 set -euo pipefail
 
 usage() { echo "usage: $0 start|stop DIR" >&2; exit 2; }
@@ -31,7 +37,9 @@ stop_daemon() {  # stop_daemon PIDFILE NAME: TERM, then wait up to 10 s for the 
 }
 
 if [ "$action" = "stop" ]; then
-    stop_daemon "$dir/slurmd.pid" slurmd
+    for pidfile in "$dir"/slurmd*.pid; do
+        [ -e "$pidfile" ] && stop_daemon "$pidfile" "$(basename "$pidfile" .pid)"
+    done
     stop_daemon "$dir/slurmctld.pid" slurmctld
     stop_daemon "$dir/munged.pid" munged
     echo "[slurm] stopped the cluster in $dir" >&2
@@ -44,10 +52,18 @@ for tool in munged slurmctld slurmd sinfo; do
 done
 [ "$(id -u)" -eq 0 ] || { echo "[slurm] start the local cluster as root (its daemons run as root)" >&2; exit 1; }
 
+nodes="${NODES:-1}"
+case "$nodes" in
+    [1-8]) ;;
+    *) echo "[slurm] NODES=$nodes: expected a node count from 1 to 8" >&2; exit 2 ;;
+esac
 host="$(hostname -s)"
 cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"  # nproc alone obeys OMP_NUM_THREADS
 memory_mb="$(awk '/^MemTotal:/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)"
-offset="$(( $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 500 * 2 ))"
+# Ten ports per folder: the controller's, then one per node.
+offset="$(( $(printf '%s' "$dir" | cksum | cut -d' ' -f1) % 400 * 10 ))"
+per_node=""
+[ "$nodes" -eq 1 ] || per_node="-%n"
 ctld_port="${SLURMCTLD_PORT:-$((16817 + offset))}"
 slurmd_port="${SLURMD_PORT:-$((16818 + offset))}"
 mkdir -p "$dir/state" "$dir/spool" "$dir/log"
@@ -71,11 +87,11 @@ AuthInfo=socket=$dir/munge.socket
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+SlurmdSpoolDir=$dir/spool$per_node
 SlurmctldPidFile=$dir/slurmctld.pid
-SlurmdPidFile=$dir/slurmd.pid
+SlurmdPidFile=$dir/slurmd$per_node.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
-SlurmdLogFile=$dir/log/slurmd.log
+SlurmdLogFile=$dir/log/slurmd$per_node.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -91,22 +107,42 @@ InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=30
 MpiDefault=none
-NodeName=$host CPUs=$cpus RealMemory=$memory_mb State=UNKNOWN
-PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
+if [ "$nodes" -eq 1 ]; then
+    names=("$host")
+    echo "NodeName=$host CPUs=$cpus RealMemory=$memory_mb State=UNKNOWN" >> "$dir/slurm.conf"
+else
+    names=()
+    node_cpus=$(( cpus / nodes > 0 ? cpus / nodes : 1 ))
+    for k in $(seq "$nodes"); do
+        names+=("n$k")
+        echo "NodeName=n$k NodeHostname=$host NodeAddr=127.0.0.1 Port=$((slurmd_port + k - 1))" \
+            "CPUs=$node_cpus RealMemory=$((memory_mb / nodes)) State=UNKNOWN" >> "$dir/slurm.conf"
+        # A rendezvous on node n1 needs its name to resolve, as a real cluster's names do.
+        getent hosts "n$k" >/dev/null 2>&1 || echo "127.0.0.1 n$k" >> /etc/hosts
+    done
+fi
+node_list="$(IFS=,; echo "${names[*]}")"
+echo "PartitionName=local Nodes=$node_list Default=YES MaxTime=INFINITE State=UP" >> "$dir/slurm.conf"
 
 export SLURM_CONF="$dir/slurm.conf"
 slurmctld -f "$SLURM_CONF"
-slurmd -f "$SLURM_CONF"
+if [ "$nodes" -eq 1 ]; then
+    slurmd -f "$SLURM_CONF"
+else
+    for name in "${names[@]}"; do
+        slurmd -f "$SLURM_CONF" -N "$name"
+    done
+fi
 for _ in $(seq 60); do
-    if sinfo -h -o '%T' 2>/dev/null | grep -qx 'idle'; then
-        echo "[slurm] one-node cluster up: $host, $cpus CPU(s), partition local; SLURM_CONF=$SLURM_CONF" >&2
+    if [ "$(sinfo -h -N -o '%N %T' 2>/dev/null | awk '$2 == "idle"' | sort -u | wc -l)" -eq "$nodes" ]; then
+        echo "[slurm] cluster up: $nodes node(s) ($node_list) on $host, partition local; SLURM_CONF=$SLURM_CONF" >&2
         echo "export SLURM_CONF=$SLURM_CONF"
         exit 0
     fi
     sleep 0.5
 done
-echo "[slurm] the node did not come up idle within 30 s; sinfo says:" >&2
-sinfo >&2 || true
-echo "[slurm] logs: $dir/log/slurmctld.log, $dir/log/slurmd.log" >&2
+echo "[slurm] not every node came up idle within 30 s; sinfo says:" >&2
+sinfo -N >&2 || true
+echo "[slurm] logs: $dir/log/" >&2
 exit 1
