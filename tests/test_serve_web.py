@@ -8,10 +8,12 @@ VISATB_WEB_DEMO_SCREENSHOT=<png> also saves the page after the answer there (ass
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -53,6 +55,7 @@ def browser(tmp_path_factory):
 
     options = webdriver.ChromeOptions()
     options.binary_location = found[0]
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # the page's network requests
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(found[1]), options=options)
@@ -142,6 +145,16 @@ def test_upload_ask_and_read_the_streamed_answer(browser, web, tmp_path):
     browser.save_screenshot(str(tmp_path / "web_demo.png"))
     if os.environ.get("VISATB_WEB_DEMO_SCREENSHOT"):
         browser.save_screenshot(os.environ["VISATB_WEB_DEMO_SCREENSHOT"])
+
+    # Nothing the page loaded or sent went anywhere but the demo's own server (no CDN, fonts, analytics).
+    requested = set()
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            requested.add(message["params"]["request"]["url"])
+    web_requests = [u for u in requested if urlsplit(u).scheme in ("http", "https", "ws", "wss")]
+    assert any(u.startswith(url) for u in web_requests)
+    assert [u for u in web_requests if urlsplit(u).netloc != urlsplit(url).netloc] == []
 
     browser.find_element(By.CSS_SELECTOR, "#clear_btn").click()
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "#chatbot [data-testid='bot']"))

@@ -235,9 +235,10 @@ def build_demo(controller_url: str, models: list[str], model_list_mode: str = "o
 
 
 def theme():
-    """Gradio's default look with system fonts: the stock theme fetches its fonts from a CDN."""
+    """Gradio's default look in the system's fonts."""
     import gradio as gr
 
+    # Headless Chromium drew the bold title with missing glyphs in the theme's own fonts.
     return gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "Consolas", "monospace"]
     )
