@@ -23,6 +23,7 @@ from llava.answers import provenance
 from llava.answers.engine import DEFAULT_BATCH_SIZE
 from llava.answers.validation_answers import (
     DEFAULT_SAVE_EVERY,
+    InferenceInterrupted,
     InferenceJob,
     format_report,
     merge_chunks,
@@ -32,6 +33,8 @@ from llava.answers.validation_answers import (
 from llava.generation import LlavaGenerator
 from llava.mm_utils import get_model_name_from_path
 from llava.visatb.defaults import DEFAULT_MAX_NEW_TOKENS
+
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -153,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(f"Start inference of {question_name(question_file)} using {model_name}", flush=True)
                 report = run_inference(job, generator_loader(max_new_tokens))
+        except InferenceInterrupted as e:
+            print(e.message(), file=sys.stderr)
+            return INTERRUPTED
+        except KeyboardInterrupt:  # while loading the model or reading the files: no new answer yet
+            print(f"interrupted before a new answer for {question_file}; answers saved by an earlier run are "
+                  "kept; rerun to resume", file=sys.stderr)  # fmt: skip
+            return INTERRUPTED
         except (OSError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             failed.append(question_file)

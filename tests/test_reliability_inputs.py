@@ -396,3 +396,118 @@ def test_an_empty_file_and_a_byte_order_mark(tmp_path):
         load_json(path)
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(three_task_table()).encode())  # saved by a Windows editor
     assert load_scores(path) == three_task_table()
+
+
+# ------------------------------------------------------------------------------------------ inference
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(lively_checkpoint):
+    from llava.generation import LlavaGenerator
+
+    return LlavaGenerator.from_pretrained(lively_checkpoint, max_new_tokens=4, verbose=False)
+
+
+def question_set(folder: Path, n: int = 9) -> tuple[list[dict], Path]:
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        Image.new("RGB", (20 + i, 24), (20 * i, 90, 40)).save(images / f"{i}.png")
+        records.append({"id": f"q{i}", "task": "GQA", "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": f"<image>\nWhat is in picture {i}?"}, {"from": "gpt", "value": "a"}]})  # fmt: skip
+    return records, images
+
+
+def run_cli(monkeypatch, generator, argv: list[str]) -> int:
+    cli = load_script_module("inference_visatb.py")
+    monkeypatch.setattr(cli.LlavaGenerator, "from_pretrained", lambda *args, **kwargs: generator)
+    return cli.main(argv)
+
+
+def load_script_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name[:-3], REPO / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cli_args(question_file: Path, images: Path, answers: Path, *extra: str) -> list[str]:
+    return ["--model-path", "llava-tiny-x/llava-tiny", "--image-folder", str(images), "--question-file",
+            str(question_file), "--answers-folder", str(answers), "--max_new_tokens", "4", "--batch-size", "3",
+            "--quiet", *extra]  # fmt: skip
+
+
+def test_inference_takes_json_lines_question_files_and_refuses_duplicate_ids(tmp_path, monkeypatch, capsys,
+                                                                              tiny_generator):  # fmt: skip
+    from llava.answers.validation_answers import load_questions
+
+    records, images = question_set(tmp_path)
+    listed, lines = tmp_path / "list" / "GQA_val.json", tmp_path / "lines" / "GQA_val.jsonl"
+    listed.parent.mkdir()
+    lines.parent.mkdir()
+    listed.write_text(json.dumps(records))
+    lines.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert load_questions(lines) == records
+    assert run_cli(monkeypatch, tiny_generator, cli_args(listed, images, tmp_path / "a1")) == 0
+    assert run_cli(monkeypatch, tiny_generator, cli_args(lines, images, tmp_path / "a2")) == 0
+    first = json.loads((tmp_path / "a1" / "GQA-val_llava-tiny.json").read_text())
+    assert json.loads((tmp_path / "a2" / "GQA-val_llava-tiny.json").read_text()) == first and len(first) == 9
+    capsys.readouterr()
+    doubled = tmp_path / "Dup_val.json"
+    doubled.write_text(json.dumps(records + [records[4]]))
+    assert run_cli(monkeypatch, tiny_generator, cli_args(doubled, images, tmp_path / "a3")) == 1
+    assert capsys.readouterr().err == (f"error: {doubled}: record 9 (id 'q4'): id 'q4' is also record 4's; each "
+                                       "question must appear once, or its answer is scored twice\n")  # fmt: skip
+
+
+def test_ctrl_c_during_inference_says_what_is_kept_and_a_rerun_resumes(tmp_path, monkeypatch, capsys,
+                                                                        tiny_generator):  # fmt: skip
+    records, images = question_set(tmp_path)
+    questions = tmp_path / "GQA_val.json"
+    questions.write_text(json.dumps(records))
+    real_generate = tiny_generator.generate_prepared
+    calls = []
+
+    def interrupt_on_third_batch(batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_generate(batch)
+
+    monkeypatch.setattr(tiny_generator, "generate_prepared", interrupt_on_third_batch)
+    answers = tmp_path / "answers"
+    assert run_cli(monkeypatch, tiny_generator, cli_args(questions, images, answers)) == 130
+    partial = answers / "tmp" / "GQA-val_llava-tiny.partial.json"
+    assert capsys.readouterr().err == f"interrupted: 6 answers kept in {partial}; rerun to resume\n"
+    assert len(json.loads(partial.read_text())["answers"]) == 6
+    monkeypatch.setattr(tiny_generator, "generate_prepared", real_generate)
+    assert run_cli(monkeypatch, tiny_generator, cli_args(questions, images, answers)) == 0
+    assert "continued after 6 done before" in capsys.readouterr().out
+    assert [a["id"] for a in json.loads((answers / "GQA-val_llava-tiny.json").read_text())] == [
+        f"q{i}" for i in range(9)
+    ]
+
+
+def test_a_full_disk_during_inference_names_the_file_in_one_line(tmp_path, monkeypatch, capsys, tiny_generator):
+    records, images = question_set(tmp_path)
+    questions = tmp_path / "GQA_val.json"
+    questions.write_text(json.dumps(records))
+    answers = tmp_path / "answers"
+    writes = []
+    real_fsync = os.fsync
+
+    def full_after_first_save(fd):
+        writes.append(1)
+        if len(writes) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(utils.os, "fsync", full_after_first_save)
+    assert run_cli(monkeypatch, tiny_generator, cli_args(questions, images, answers, "--save-every", "1")) == 1
+    partial = answers / "tmp" / "GQA-val_llava-tiny.partial.json"
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {partial}: No space left on device (its previous version is left as it was)\n"
+    assert json.loads(partial.read_text())["next"] == 3  # the first save, intact

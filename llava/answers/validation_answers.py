@@ -24,7 +24,7 @@ from llava.answers.engine import DEFAULT_BATCH_SIZE, answer_batches, progress_ba
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.generation import LlavaGenerator, PreparedBatch, open_image
 from llava.mm_utils import ImageTooLargeError
-from llava.utils import atomic_write_json, chunk_bounds, load_json, refuse_same_file
+from llava.utils import atomic_write_json, chunk_bounds, load_json, load_json_or_lines, refuse_same_file
 
 CHUNK_FOLDER = "tmp"
 DEFAULT_SAVE_EVERY = 10
@@ -70,16 +70,30 @@ def _describe(index: int, record: Any) -> str:
 
 
 def load_questions(question_file: str | os.PathLike) -> list[dict]:
-    """Read a question file (a JSON list of LLaVA-format records) and check the fields inference reads."""
-    records = load_json(question_file)
+    """Read a question file and check the fields inference reads; each record id may appear once.
+
+    The file is a JSON list of LLaVA-format records, or JSON Lines (one record per line, as LLaVA's own
+    evaluation question files are written).
+    """
+    records = load_json_or_lines(question_file)
     if not isinstance(records, list):
-        raise ValueError(f"{question_file}: expected a JSON list of records, found {type(records).__name__}")
+        raise ValueError(f"{question_file}: expected a JSON list of records, found {type(records).__name__} "
+                         "(JSON Lines, one record per line, is read too)")  # fmt: skip
     if not records:
         raise ValueError(f"{question_file}: the question file is empty (no records): nothing to answer")
+    first_with_id: dict[str, int] = {}
     for index, record in enumerate(records):
         where = f"{question_file}: {_describe(index, record)}"
         if not isinstance(record, dict):
             raise ValueError(f"{where}: expected an object, found {type(record).__name__}")
+        if record.get("id") is not None:
+            key = str(record["id"])  # answers are matched by the id's text: 1 and "1" are one question
+            if key in first_with_id:
+                raise ValueError(
+                    f"{where}: id {record['id']!r} is also record {first_with_id[key]}'s; each question must "
+                    "appear once, or its answer is scored twice"
+                )
+            first_with_id[key] = index
         turns = record.get("conversations")
         if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, dict) for t in turns[:2]):
             raise ValueError(f"{where}: 'conversations' must be a list holding a human turn and a gpt reference turn")
@@ -245,11 +259,28 @@ def _check_records(answers: Any, skipped: Any, questions: list[dict], start: int
             )
 
 
+class InferenceInterrupted(KeyboardInterrupt):
+    """Ctrl-C during answering: `kept` answers are saved in the progress file `path` (None: none are saved)."""
+
+    def __init__(self, path: Path | None, kept: int, problem: str | None = None) -> None:
+        super().__init__(path, kept)
+        self.path, self.kept, self.problem = path, kept, problem
+
+    def message(self) -> str:
+        """The one line the command prints."""
+        if self.problem:
+            return f"interrupted: the progress could not be saved ({self.problem}); rerun to start again"
+        if self.path is None or not self.kept:
+            return "interrupted: no answers were finished yet, nothing kept"
+        return f"interrupted: {self.kept} answers kept in {self.path}; rerun to resume"
+
+
 class _Progress:
     """Answers and skips so far, saved atomically so that a killed run can continue where it stopped."""
 
     def __init__(self, path: Path, job: InferenceJob, settings: dict, start: int, end: int, origin: dict):
         self.path = path
+        self.saved_answers = 0  # how many answers the file on disk holds
         self.state = {
             "question_file": os.fspath(job.question_file),
             "model_name": job.model_name,
@@ -263,6 +294,7 @@ class _Progress:
 
     def save(self) -> None:
         atomic_write_json(self.path, self.state, indent=None)
+        self.saved_answers = len(self.state["answers"])
 
 
 @dataclass
@@ -333,10 +365,19 @@ def _answer_all(
             lambda batch: generator.generate_prepared(batch.prepared) if batch.prepared is not None else [],
             keep,
         )
-    except BaseException:
+    except BaseException as error:
         # Keep what was finished (an error, Ctrl-C); a hard kill falls back to the last periodic save.
+        problem = None
         if since_save[0]:
-            progress.save()
+            try:
+                progress.save()
+            except OSError as save_error:  # e.g. the disk that just filled up: the first error is the news
+                problem = str(save_error)
+        if isinstance(error, KeyboardInterrupt):
+            path = progress.path if progress.path.is_file() else None
+            raise InferenceInterrupted(path, progress.saved_answers, problem) from None
+        if problem and not isinstance(error, OSError):
+            print(f"warning: {problem}; the answers since the last save are lost", file=sys.stderr)
         raise
 
 
@@ -432,6 +473,7 @@ def run_inference(job: InferenceJob, load_generator: Callable[[], LlavaGenerator
                 f"{generator.settings!r}; delete it or rerun with --overwrite to start over"
             )
         progress.state.update(answers=state["answers"], skipped=state["skipped"], next=resume_at)
+        progress.saved_answers = len(state["answers"])
     resumed, answered_before = resume_at - start, len(progress.state["answers"])
 
     with progress_bar(len(chunk), resumed, out.stem, job.progress) as bar:
