@@ -3,7 +3,7 @@
 #   subsets -> train the mini and N task-plus-mini models -> answer every validation set -> scores.json
 #   -> weights (weights.json, heatmap.png, VISATB_WEIGHTS) -> final VisATB (+ EW baseline) training
 #   -> the final models' scores -> report.md
-# Every variable below can be set in the environment; extra arguments go to `python -m llava.visatb.pipeline`
+# Every variable below can be set in the environment; extra arguments go to `python -m llava.visatb.chain`
 # (e.g. --redo weights). Rerunning skips what finished; a failed stage names itself and its log
 # (WORK_DIR/logs/<stage>/<item>.log). Training goes through FINETUNE_SCRIPT: DeepSpeed on GPU nodes, the CPU
 # fallback elsewhere (its own variables, e.g. LEARNING_RATE, NUM_GPUS, pass through the environment).
@@ -154,4 +154,4 @@ if [ "$EXECUTOR" = "slurm" ]; then
     [ -z "$SLURM_TRAIN_ARGS" ] || args+=(--slurm-train-args "$SLURM_TRAIN_ARGS")
 fi
 
-exec python -m llava.visatb.pipeline "${args[@]}" "$@"
+exec python -m llava.visatb.chain "${args[@]}" "$@"

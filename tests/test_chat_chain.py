@@ -19,7 +19,9 @@ import pytest
 from judge_server import OverlapJudge, overlap_score
 
 from llava.answers.jsonio import read_jsonl
-from llava.visatb import pipeline
+from llava.visatb.chain import cli as chain_cli
+from llava.visatb.chain import config as chain_config
+from llava.visatb.chain import runner as chain_runner
 from llava.visatb.metrics.review_set import QA90_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,8 +89,8 @@ def chat_args(inputs: dict, *extra: str, work: Path | None = None) -> list[str]:
             "--mini-fraction", "0.25", "--judge-model", "overlap-judge", *extra]  # fmt: skip
 
 
-def config(args: list[str]) -> pipeline.PipelineConfig:
-    return pipeline.resolve_config(pipeline.build_parser().parse_args(args))
+def config(args: list[str]) -> chain_config.PipelineConfig:
+    return chain_config.resolve_config(chain_cli.build_parser().parse_args(args))
 
 
 # ---------------------------------------------------------------------------------------------- configuration
@@ -116,14 +118,14 @@ def test_judge_model_defaults_to_the_environment_then_llavas_judge(chat_inputs, 
 
 def test_missing_judge_key_stops_the_chain_before_any_training(chat_inputs, monkeypatch, capsys):
     monkeypatch.delenv("OPENAI_API_KEY")
-    assert pipeline.main(chat_args(chat_inputs)) == 2
+    assert chain_cli.main(chat_args(chat_inputs)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: OPENAI_API_KEY is not set: task(s) conversation, detail, complex_reasoning")
     assert not chat_inputs["work"].exists()
 
 
 def test_review_set_split_gives_each_task_its_questions(chat_inputs):
-    chain = pipeline.Pipeline(config(chat_args(chat_inputs)), out=io.StringIO())
+    chain = chain_runner.Pipeline(config(chat_args(chat_inputs)), out=io.StringIO())
     chain.work.mkdir(parents=True)
     _, items, _ = chain._subsets_items()
     assert [i.key for i in items] == ["subsets+alone", "review-set"]
@@ -247,7 +249,7 @@ def test_review_set_from_validation_records(tmp_path):
 # ---------------------------------------------------------------------------------------------- judging
 
 
-def write_answers(chain: pipeline.Pipeline, key: str, answers: dict[int, str]) -> None:
+def write_answers(chain: chain_runner.Pipeline, key: str, answers: dict[int, str]) -> None:
     """inference_visatb.py's answer files of one model on every judged task."""
     from llava.mm_utils import get_model_name_from_path
 
@@ -262,8 +264,8 @@ def write_answers(chain: pipeline.Pipeline, key: str, answers: dict[int, str]) -
         path.write_text(json.dumps(records))
 
 
-def prepared_chain(chat_inputs, work: Path) -> pipeline.Pipeline:
-    chain = pipeline.Pipeline(config(chat_args(chat_inputs, work=work)), out=io.StringIO())
+def prepared_chain(chat_inputs, work: Path) -> chain_runner.Pipeline:
+    chain = chain_runner.Pipeline(config(chat_args(chat_inputs, work=work)), out=io.StringIO())
     chain.work.mkdir(parents=True)
     chain._run_items("subsets", "[test]", chain._subsets_items()[1], 1)
     for key, answers in ANSWERS.items():
@@ -287,7 +289,7 @@ def test_score_stage_resumes_after_a_judge_failing_midway_with_the_uninterrupted
         _, items, _ = chain._score_items(keys)
         assert [i.key for i in items][:3] == [f"alone:conversation__{t}" for t in CHAT_TASKS]
         # The judge answers one review, then refuses: the first item (two conversation questions) fails.
-        with pytest.raises(pipeline.PipelineError, match=r"(?s)alone:conversation__conversation: exit code 1; log .*"
+        with pytest.raises(chain_config.PipelineError, match=r"(?s)alone:conversation__conversation: exit code 1; log .*"
                            r"the judge endpoint refused the request"):  # fmt: skip
             chain._run_items("score", "[stage 4/9] score", items, 1)
         reviews = chain.reviews_file("alone:conversation", "conversation")

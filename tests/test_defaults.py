@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from llava.visatb import defaults, scores
-from llava.visatb import pipeline as chain_cli
+from llava.visatb.chain import cli as chain_cli
+from llava.visatb.chain import config as chain_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def test_the_chains_flags_default_to_the_defaults_module():
     assert args.mini_fraction == defaults.DEFAULT_MINI_FRACTION
     assert (args.gain_tolerance, args.max_contribution) == (defaults.DEFAULT_GAIN_TOLERANCE,
                                                             defaults.DEFAULT_MAX_CONTRIBUTION)  # fmt: skip
-    assert list(chain_cli.METHODS) == list(scores.METHOD_KEYS)
+    assert list(chain_config.METHODS) == list(scores.METHOD_KEYS)
 
 
 def run_visatb_arguments(tmp_path: Path, env: dict[str, str]) -> list[str]:
@@ -74,6 +75,7 @@ def test_run_visatb_passes_the_defaults_module_values_unless_a_variable_is_set(t
     assert flag(args, "--max-contribution") == [repr(defaults.DEFAULT_MAX_CONTRIBUTION)]
     assert "--methods" not in args
     # The chain reads what the script passes as the values it would default to itself.
+    assert args[:2] == ["-m", "llava.visatb.chain"]
     parsed = chain_cli.build_parser().parse_args(args[2:])
     default = chain_cli.build_parser().parse_args(["--work-dir", "w", "--data", "d.json"])
     for name in ("mini_fraction", "alpha", "gain_tolerance", "max_contribution"):

@@ -22,9 +22,13 @@ import pytest
 import torch
 from demo_helpers import run_demo
 
-from llava.visatb import pipeline
+from llava.visatb.chain import cli as chain_cli
+from llava.visatb.chain import config as chain_config
+from llava.visatb.chain import costs as chain_costs
+from llava.visatb.chain import runner as chain_runner
+from llava.visatb.chain import stages as chain_stages
 from llava.visatb.results import report
-from llava.visatb.tasks import TOY
+from llava.visatb.tasks import PRESETS, TOY
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -65,20 +69,20 @@ def chain_args(inputs: dict, *extra: str) -> list[str]:
             "--mini-fraction", "0.25", *extra]  # fmt: skip
 
 
-def config(args: list[str]) -> pipeline.PipelineConfig:
-    return pipeline.resolve_config(pipeline.build_parser().parse_args(args))
+def config(args: list[str]) -> chain_config.PipelineConfig:
+    return chain_config.resolve_config(chain_cli.build_parser().parse_args(args))
 
 
 # ---------------------------------------------------------------------------------------------- configuration
 
 
 def test_parse_mapping_reads_pairs_and_names_bad_ones():
-    assert pipeline.parse_mapping("A=qa, B=caption C=grounding", "m") == {"A": "qa", "B": "caption", "C": "grounding"}
-    assert pipeline.parse_mapping("", "m") == {}
+    assert chain_config.parse_mapping("A=qa, B=caption C=grounding", "m") == {"A": "qa", "B": "caption", "C": "grounding"}
+    assert chain_config.parse_mapping("", "m") == {}
     with pytest.raises(ValueError, match="'A' is not NAME=VALUE"):
-        pipeline.parse_mapping("A", "m")
+        chain_config.parse_mapping("A", "m")
     with pytest.raises(ValueError, match="'A' is given twice"):
-        pipeline.parse_mapping("A=qa,A=caption", "m")
+        chain_config.parse_mapping("A=qa,A=caption", "m")
 
 
 def test_academic_preset_gives_the_paper_metrics_and_leaves_sharegpt_unscored(tmp_path, chain_inputs):
@@ -93,7 +97,7 @@ def test_academic_preset_gives_the_paper_metrics_and_leaves_sharegpt_unscored(tm
     assert cfg.unscored_tasks == ["ShareGPT"]
     assert cfg.prep_keys == ["mini", *cfg.metrics]
     assert Path(cfg.val_files["GQA"]).name == "GQA_val-1k.json"
-    assert cfg.stages == list(pipeline.STAGES)
+    assert cfg.stages == list(chain_config.STAGES)
 
 
 def test_toy_manifest_supplies_validation_files_and_metrics(tmp_path, chain_inputs):
@@ -139,17 +143,17 @@ def test_configuration_errors_name_the_culprit(chain_inputs, change, message):
 
 
 def test_bad_weighting_option_stops_the_chain_before_any_training(chain_inputs, capsys):
-    code = pipeline.main(chain_args(chain_inputs, "--temperature", "-0.5"))
+    code = chain_cli.main(chain_args(chain_inputs, "--temperature", "-0.5"))
     assert code == 2 and "--temperature" in capsys.readouterr().err
     assert not (chain_inputs["work"] / "checkpoints").exists() and not (chain_inputs["work"] / "subsets").exists()
 
 
 def test_weighting_options_reach_the_weights_command(chain_inputs):
     cfg = config(chain_args(chain_inputs, "--gain-tolerance", "0.05", "--max-contribution", "4", "--strict", "1"))
-    command = pipeline.Pipeline(cfg)._weights_items()[1][0].command
+    command = chain_runner.Pipeline(cfg)._weights_items()[1][0].command
     assert command[command.index("--gain-tolerance") + 1] == "0.05"
     assert command[command.index("--max-contribution") + 1] == "4.0" and "--strict" in command
-    default = pipeline.Pipeline(config(chain_args(chain_inputs)))._weights_items()[1][0].command
+    default = chain_runner.Pipeline(config(chain_args(chain_inputs)))._weights_items()[1][0].command
     assert "--strict" not in default
 
 
@@ -158,7 +162,7 @@ def test_new_weighting_options_reach_the_weights_command(chain_inputs):
     cfg = config(chain_args(chain_inputs, *flags))
     assert cfg.temperature == "auto" and cfg.alpha == [1.0, 0.0, 0.0]
     assert cfg.form == "chat" and cfg.difficulty_from == "precise"  # the chat form's own difficulty
-    chain = pipeline.Pipeline(cfg)
+    chain = chain_runner.Pipeline(cfg)
     chain.work.mkdir(parents=True)
     scores = {"start": {"A": 0.1, "B": 0.2}}
     for task in ("A", "B"):
@@ -170,7 +174,7 @@ def test_new_weighting_options_reach_the_weights_command(chain_inputs):
     assert command[command.index("--alpha") + 1 : command.index("--alpha") + 4] == ["1.0", "0.0", "0.0"]
     assert command[command.index("--form") + 1] == "chat"
     assert command[command.index("--difficulty-from") + 1] == "precise"
-    default = pipeline.Pipeline(config(chain_args(chain_inputs)))._weights_items()[1][0].command
+    default = chain_runner.Pipeline(config(chain_args(chain_inputs)))._weights_items()[1][0].command
     assert default[default.index("--alpha") + 1 : default.index("--alpha") + 4] == ["0.25", "0.25", "0.5"]
     assert default[default.index("--temperature") + 1] == "0.5"
     assert default[default.index("--difficulty-from") + 1] == "real" and "academic" in default
@@ -183,13 +187,13 @@ def test_new_weighting_options_reach_the_weights_command(chain_inputs):
      (["--temperature", "warm"], "--temperature: temperature must be a positive number or 'auto'")],
 )  # fmt: skip
 def test_bad_new_weighting_options_stop_the_chain_before_any_training(chain_inputs, capsys, flags, message):
-    assert pipeline.main(chain_args(chain_inputs, *flags)) == 2
+    assert chain_cli.main(chain_args(chain_inputs, *flags)) == 2
     assert message in capsys.readouterr().err
     work = chain_inputs["work"]
     assert not (work / "checkpoints").exists() and not (work / "subsets").exists()
 
 
-def mark_done(chain: pipeline.Pipeline, stages) -> None:
+def mark_done(chain: chain_runner.Pipeline, stages) -> None:
     """Mark stages done with every item they would run, as a finished run leaves them."""
     builders = {"subsets": chain._subsets_items, "train": lambda: chain._train_items(chain.cfg.prep_keys, False),
                 "infer": lambda: chain._infer_items(chain._prep_eval_keys()),
@@ -207,15 +211,15 @@ def mark_done(chain: pipeline.Pipeline, stages) -> None:
 def test_precise_difficulty_without_its_scores_stops_at_the_weights_stage(chain_inputs, capsys):
     args = chain_args(chain_inputs, "--difficulty-from", "precise")
     out = io.StringIO()
-    chain = pipeline.Pipeline(config(args), out=out)
+    chain = chain_runner.Pipeline(config(args), out=out)
     work = chain_inputs["work"]
     mark_done(chain, ("subsets", "train", "infer", "score"))  # as if the preparation had run
     scores = {"mini": {"A": 0.2, "B": 0.3}, "A": {"A": 0.5, "B": 0.35}, "B": {"A": 0.25, "B": 0.6},
               "alone:A": {"A": 0.55}}  # fmt: skip
     chain.scores_file.write_text(json.dumps(scores))
-    with pytest.raises(pipeline.PipelineError, match="weights stage: --form academic with --difficulty-from"):
+    with pytest.raises(chain_config.PipelineError, match="weights stage: --form academic with --difficulty-from"):
         chain.run()
-    assert pipeline.main(args) == 1
+    assert chain_cli.main(args) == 1
     err = capsys.readouterr().err
     assert "error: weights stage: --form academic with --difficulty-from precise needs scores" in err
     assert "mini-alone:A (on A); mini-alone:B (on B); alone:B (on B)" in err
@@ -223,29 +227,29 @@ def test_precise_difficulty_without_its_scores_stops_at_the_weights_stage(chain_
 
 
 def test_chat_form_names_every_missing_row(chain_inputs):
-    chain = pipeline.Pipeline(config(chain_args(chain_inputs, "--form", "chat")))
-    with pytest.raises(pipeline.PipelineError, match=r"start \(on A, B\); alone:A \(on A, B\); alone:B \(on A, B\); "
+    chain = chain_runner.Pipeline(config(chain_args(chain_inputs, "--form", "chat")))
+    with pytest.raises(chain_config.PipelineError, match=r"start \(on A, B\); alone:A \(on A, B\); alone:B \(on A, B\); "
                        r"mini-alone:A \(on A\); mini-alone:B \(on B\) \(alone:<task>"):  # fmt: skip
         chain._weights_items()
 
 
 def test_chat_form_without_a_start_model_stops_before_any_training(chain_inputs, capsys):
-    assert pipeline.main(chain_args(chain_inputs, "--form", "chat")) == 1
+    assert chain_cli.main(chain_args(chain_inputs, "--form", "chat")) == 1
     err = capsys.readouterr().err
     assert "no 'start' score on A, B: pass --start-model" in err
     work = chain_inputs["work"]
     assert not (work / "checkpoints").exists() and not (work / "subsets").exists()
     # Start scores recorded by hand beforehand (one task short, then both) are what the check accepts.
-    chain = pipeline.Pipeline(config(chain_args(chain_inputs, "--form", "chat")))
+    chain = chain_runner.Pipeline(config(chain_args(chain_inputs, "--form", "chat")))
     work.mkdir(parents=True)
     chain.scores_file.write_text(json.dumps({"start": {"A": 0.1}}))
-    with pytest.raises(pipeline.PipelineError, match=r"no 'start' score on B: pass --start-model"):
+    with pytest.raises(chain_config.PipelineError, match=r"no 'start' score on B: pass --start-model"):
         chain._check_start_scores()
     chain.scores_file.write_text(json.dumps({"start": {"A": 0.1, "B": 0.2}}))
     chain._check_start_scores()
     # The academic form never needs the start model.
     chain.scores_file.unlink()
-    pipeline.Pipeline(config(chain_args(chain_inputs)))._check_start_scores()
+    chain_runner.Pipeline(config(chain_args(chain_inputs)))._check_start_scores()
 
 
 def test_forms_and_difficulty_decide_which_preparation_models_train(chain_inputs):
@@ -268,7 +272,7 @@ def test_methods_stl_and_ablations_train_the_right_models(chain_inputs):
                  "VisATB[alpha=1/3:1/3:1/3]", "VisATB[T=2]", "VisATB[T=1]", "VisATB[D=precise]"]  # fmt: skip
     assert cfg.final_keys == ["VisATB", "EW", "TLA", "RLW", "DWA", "IGB", *ablations]
     assert cfg.prep_keys[-4:] == ["alone:A", "alone:B", "mini-alone:A", "mini-alone:B"]  # D=precise needs both
-    chain = pipeline.Pipeline(cfg)
+    chain = chain_runner.Pipeline(cfg)
     chain.work.mkdir(parents=True)
     _, items, _ = chain._subsets_items()
     assert items[0].key == "subsets+alone" and "--alone" in items[0].command
@@ -313,9 +317,9 @@ def test_methods_stl_and_ablations_train_the_right_models(chain_inputs):
 
 
 def test_bad_methods_and_ablations_stop_before_any_training(chain_inputs, capsys):
-    assert pipeline.main(chain_args(chain_inputs, "--methods", "EW,XYZ")) == 2
+    assert chain_cli.main(chain_args(chain_inputs, "--methods", "EW,XYZ")) == 2
     assert "--methods 'EW,XYZ': give distinct names from VisATB, EW, TLA, RLW, DWA, IGB" in capsys.readouterr().err
-    assert pipeline.main(chain_args(chain_inputs, "--ablations", "alpha,depth")) == 2
+    assert chain_cli.main(chain_args(chain_inputs, "--ablations", "alpha,depth")) == 2
     assert "--ablations: unknown depth" in capsys.readouterr().err
     assert not (chain_inputs["work"] / "subsets").exists()
 
@@ -323,18 +327,18 @@ def test_bad_methods_and_ablations_stop_before_any_training(chain_inputs, capsys
 def test_a_finished_stage_runs_again_for_new_items_only(chain_inputs):
     # A stage marked done for the mini and task-plus-mini models is not skipped when STL models are added;
     # the finished items inside it are.
-    plain = pipeline.Pipeline(config(chain_args(chain_inputs)))
+    plain = chain_runner.Pipeline(config(chain_args(chain_inputs)))
     plain.work.mkdir(parents=True)
     mark_done(plain, ("train",))
     for key in ("mini", "A", "B"):
         plain.marker("train", key).parent.mkdir(parents=True, exist_ok=True)
         plain.marker("train", key).write_text("{}")
     cfg = config(chain_args(chain_inputs, "--stl", "1"))
-    chain = pipeline.Pipeline(cfg, out=io.StringIO())
+    chain = chain_runner.Pipeline(cfg, out=io.StringIO())
     _, items, _ = chain._subsets_items()
     chain._run_items("subsets", "[test]", items, 1)
-    assert chain.stage_needs_run("train", [pipeline.Item(k, k, []) for k in cfg.prep_keys])
-    assert not plain.stage_needs_run("train", [pipeline.Item(k, k, []) for k in plain.cfg.prep_keys])
+    assert chain.stage_needs_run("train", [chain_stages.Item(k, k, []) for k in cfg.prep_keys])
+    assert not plain.stage_needs_run("train", [chain_stages.Item(k, k, []) for k in plain.cfg.prep_keys])
     _, train, _ = chain._train_items(cfg.prep_keys, final=False)
     chain._run_items("train", "[test]", train, 1)
     trained = sorted(p.name for p in (chain.work / "checkpoints").iterdir())
@@ -346,7 +350,7 @@ def test_a_stage_starts_its_largest_items_first(chain_inputs):
     # 8 records per task, mini fraction 0.25: A and B plus mini 10 records each, A and B alone 8, mini 4. With
     # one slot the labels come out in the order the items start: largest first, ties in the stage's order.
     out = io.StringIO()
-    chain = pipeline.Pipeline(config(chain_args(chain_inputs, "--stl", "1")), out=out)
+    chain = chain_runner.Pipeline(config(chain_args(chain_inputs, "--stl", "1")), out=out)
     chain.work.mkdir(parents=True)
     chain._run_items("subsets", "[test]", chain._subsets_items()[1], 1)
     _, train, _ = chain._train_items(chain.cfg.prep_keys, final=False)
@@ -378,7 +382,7 @@ def test_task_groups_and_large_fraction_shape_the_preparation_models(chain_input
                                  "0.5", "--stl", "1"))  # fmt: skip
     assert cfg.units == ["QA", "Text"] and cfg.groups == {"QA": ["A", "B"], "Text": ["C", "D"]}
     assert cfg.prep_keys == ["mini", "QA", "Text", "alone:QA", "alone:Text"]
-    chain = pipeline.Pipeline(cfg, out=io.StringIO())
+    chain = chain_runner.Pipeline(cfg, out=io.StringIO())
     chain.work.mkdir(parents=True)
     _, items, _ = chain._subsets_items()
     command = items[0].command
@@ -405,7 +409,7 @@ def test_a_presets_groups_are_the_default(chain_inputs, tmp_path, monkeypatch):
 
     preset = TaskPreset("grouped", ("A", "B", "C", "D"), {"A": "qa", "B": "qa", "C": "caption", "D": "caption"},
                         groups={"QA": ("A", "B"), "Text": ("C", "D")})  # fmt: skip
-    monkeypatch.setitem(pipeline.PRESETS, "grouped", preset)
+    monkeypatch.setitem(PRESETS, "grouped", preset)
     args = _four_task_args(chain_inputs, tmp_path)
     at = args.index("--tasks")
     args[at : at + 4] = ["--task-preset", "grouped"]  # drops --tasks and --task-metrics
@@ -425,19 +429,19 @@ def test_a_presets_groups_are_the_default(chain_inputs, tmp_path, monkeypatch):
     ],
 )
 def test_bad_groups_and_large_fraction_stop_before_anything_runs(chain_inputs, tmp_path, capsys, extra, message):
-    assert pipeline.main(_four_task_args(chain_inputs, tmp_path, *extra)) == 2
+    assert chain_cli.main(_four_task_args(chain_inputs, tmp_path, *extra)) == 2
     assert message in capsys.readouterr().err
     assert not chain_inputs["work"].exists()
 
 
 def test_item_devices_read_the_launcher_and_inference_lines():
     gpu = "[visatb] deepspeed --num_gpus 8 --module llava.train.train_mem --deepspeed zero3.json\n"
-    assert pipeline.item_devices("train", "$ bash x\n" + gpu) == {"gpus": 8, "processes": 8}
+    assert chain_costs.item_devices("train", "$ bash x\n" + gpu) == {"gpus": 8, "processes": 8}
     cpu = "[visatb] no GPU (NUM_GPUS=0): falling back to the CPU with 2 process(es): fp32, no DeepSpeed\n"
-    assert pipeline.item_devices("final-train", cpu) == {"gpus": 0, "processes": 2}
-    assert pipeline.item_devices("train", "no launcher line") == {"gpus": None, "processes": None}
-    assert pipeline.item_devices("infer", "[inference] m loaded on cuda:0\n") == {"gpus": 1, "processes": 1}
-    assert pipeline.item_devices("final-infer", "[inference] m loaded on cpu\n") == {"gpus": 0, "processes": 1}
+    assert chain_costs.item_devices("final-train", cpu) == {"gpus": 0, "processes": 2}
+    assert chain_costs.item_devices("train", "no launcher line") == {"gpus": None, "processes": None}
+    assert chain_costs.item_devices("infer", "[inference] m loaded on cuda:0\n") == {"gpus": 1, "processes": 1}
+    assert chain_costs.item_devices("final-infer", "[inference] m loaded on cpu\n") == {"gpus": 0, "processes": 1}
 
 
 def test_cost_section_by_hand():
@@ -467,7 +471,7 @@ def test_failed_stage_stops_the_chain_naming_stage_item_and_log(chain_inputs, ca
     # the stage starts nothing after a failure.
     os.environ["FAIL_ON"] = "B-plus-mini"
     try:
-        code = pipeline.main(chain_args(chain_inputs))
+        code = chain_cli.main(chain_args(chain_inputs))
     finally:
         del os.environ["FAIL_ON"]
     captured = capsys.readouterr()
@@ -485,7 +489,7 @@ def test_failed_stage_stops_the_chain_naming_stage_item_and_log(chain_inputs, ca
 
 def test_training_items_get_the_right_data_and_weights(chain_inputs, capsys):
     cfg = config(chain_args(chain_inputs))
-    chain = pipeline.Pipeline(cfg)
+    chain = chain_runner.Pipeline(cfg)
     work = chain_inputs["work"]
     work.mkdir(parents=True)
     # Only the stages that need no model: subsets, then the preparation and final training items.
@@ -510,7 +514,7 @@ def test_inference_is_one_command_per_model_with_a_limit_per_validation_file(cha
     from llava.visatb.defaults import DEFAULT_MAX_NEW_TOKENS
 
     cfg = config(chain_args(chain_inputs, "--max-new-tokens", "qa=6"))
-    chain = pipeline.Pipeline(cfg)
+    chain = chain_runner.Pipeline(cfg)
     _, items, _ = chain._infer_items(["mini", "A"])
     assert [item.key for item in items] == ["mini", "A"]
     command = items[0].command
@@ -518,13 +522,13 @@ def test_inference_is_one_command_per_model_with_a_limit_per_validation_file(cha
     assert files == [chain.val_file("A"), chain.val_file("B")]
     # A is a qa task (limit 6); B has none, so it gets the CLI's own default.
     assert command[command.index("--max_new_tokens") + 1 :][:2] == ["6", str(DEFAULT_MAX_NEW_TOKENS)]
-    assert pipeline.DEFAULT_MAX_NEW_TOKENS == DEFAULT_MAX_NEW_TOKENS
+    assert chain_stages.DEFAULT_MAX_NEW_TOKENS == DEFAULT_MAX_NEW_TOKENS
     assert items[0].outputs == [chain.answers_file("mini", "A"), chain.answers_file("mini", "B")]
 
 
 def test_redo_forgets_the_stage_and_everything_after(chain_inputs):
     cfg = config(chain_args(chain_inputs))
-    chain = pipeline.Pipeline(cfg)
+    chain = chain_runner.Pipeline(cfg)
     for stage in cfg.stages:
         chain.marker(stage).parent.mkdir(parents=True, exist_ok=True)
         chain.marker(stage).write_text("{}")
@@ -775,7 +779,7 @@ ALL_MODELS = ["start", "mini", *DEMO_SCORED, "VisATB", "EW"]
 @pytest.mark.e2e
 def test_demo_prints_every_stage_and_the_table(demo):
     stdout = demo["first"].stdout
-    for k, stage in enumerate(pipeline.STAGES, 1):
+    for k, stage in enumerate(chain_config.STAGES, 1):
         assert f"[stage {k}/9] {stage}: " in stdout
     assert "| model | ToyCaption (CIDEr) | ToyCaptionList (CIDEr) | ToyCellQA (acc %) | ToyBBox (acc %) |" in stdout
     assert re.search(r"\[demo\] finished in \d+ s", stdout)
@@ -900,7 +904,7 @@ def test_demo_rerun_skips_every_finished_stage(demo):
     before = {p: p.stat().st_mtime_ns for p in watched}
     second = run_demo(out)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    for k, stage in enumerate(pipeline.STAGES, 1):
+    for k, stage in enumerate(chain_config.STAGES, 1):
         assert f"[stage {k}/9] {stage}: done earlier, skipped" in second.stdout
     assert "(0 command(s) run" in second.stdout
     assert {p: p.stat().st_mtime_ns for p in watched} == before

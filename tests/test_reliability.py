@@ -273,9 +273,9 @@ def test_training_refuses_an_output_dir_that_is_a_file_and_a_zero_max_length(tin
 
 
 def test_the_chain_says_where_relative_paths_are_taken_from(tmp_path, capsys, monkeypatch):
-    from llava.visatb import pipeline
+    from llava.visatb.chain import cli as chain_cli
 
     monkeypatch.chdir(tmp_path)
-    code = pipeline.main(["--work-dir", "w", "--data", "train.json", "--task-preset", "academic", "--val-dir", "."])
+    code = chain_cli.main(["--work-dir", "w", "--data", "train.json", "--task-preset", "academic", "--val-dir", "."])
     assert code == 2
     assert f"--data train.json: no such file (the entire multi-task training file); relative paths are taken from {tmp_path}" in capsys.readouterr().err

@@ -21,7 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from demo_helpers import REPO, run_demo, score_table
 
-from llava.visatb import pipeline, slurm
+from llava.visatb.chain import cli as chain_cli
+from llava.visatb.chain import config as chain_config
+from llava.visatb.chain import runner as chain_runner
+from llava.visatb.chain import slurm
 
 SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
 
@@ -48,8 +51,8 @@ def test_stage_values_take_a_default_kinds_and_single_stages():
 
 
 def test_slurm_knows_the_pipeline_stages():
-    assert slurm.SLURM_STAGES == pipeline.STAGES
-    assert {s for stages in slurm.STAGE_KINDS.values() for s in stages} <= set(pipeline.STAGES)
+    assert slurm.SLURM_STAGES == chain_config.STAGES
+    assert {s for stages in slurm.STAGE_KINDS.values() for s in stages} <= set(chain_config.STAGES)
 
 
 def test_training_only_args_reach_training_jobs_only():
@@ -75,15 +78,15 @@ def test_bad_slurm_values_name_the_flag(flags, message):
 
 
 def test_slurm_flags_without_the_slurm_executor_are_refused(chain_inputs, capsys):
-    assert pipeline.main(chain_args(chain_inputs, "--slurm-cpus", "4")) == 2
+    assert chain_cli.main(chain_args(chain_inputs, "--slurm-cpus", "4")) == 2
     assert "--slurm-cpus need(s) --executor slurm (the executor is local)" in capsys.readouterr().err
     assert not chain_inputs["work"].exists()
 
 
 def test_redo_forgets_the_recorded_jobs_of_the_stages_it_redoes(chain_inputs):
     # Otherwise a rerun would take an earlier job's exit code 0 for the redone item.
-    chain = pipeline.Pipeline(
-        pipeline.resolve_config(pipeline.build_parser().parse_args(chain_args(chain_inputs)))
+    chain = chain_runner.Pipeline(
+        chain_config.resolve_config(chain_cli.build_parser().parse_args(chain_args(chain_inputs)))
     )
     for stage in ("score", "report"):
         files = slurm.JobFiles.of(chain.slurm_dir / stage, "x")
@@ -218,7 +221,7 @@ def submitted_ids(text: str) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.slow
 def test_unknown_partition_stops_the_chain_before_any_job(cluster, chain_inputs, capsys):
-    code = pipeline.main(chain_args(chain_inputs, "--executor", "slurm", "--slurm-partition", "train=gpu"))
+    code = chain_cli.main(chain_args(chain_inputs, "--executor", "slurm", "--slurm-partition", "train=gpu"))
     assert code == 2
     assert (
         "--slurm-partition: no partition gpu on this cluster (sinfo lists: local)" in capsys.readouterr().err
@@ -231,7 +234,7 @@ def test_unknown_partition_stops_the_chain_before_any_job(cluster, chain_inputs,
 def test_failed_job_stops_the_chain_naming_job_item_and_log(cluster, chain_inputs, capsys, monkeypatch):
     monkeypatch.setenv("FAIL_ON", "A-plus-mini")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # then a job's thread count is its CPU count
-    code = pipeline.main(chain_args(chain_inputs, "--executor", "slurm", "--slurm-cpus", "1"))
+    code = chain_cli.main(chain_args(chain_inputs, "--executor", "slurm", "--slurm-cpus", "1"))
     captured = capsys.readouterr()
     work = chain_inputs["work"]
     assert code == 1
@@ -254,7 +257,7 @@ def test_failed_job_stops_the_chain_naming_job_item_and_log(cluster, chain_input
 def test_cancelled_job_fails_the_chain_and_a_rerun_resubmits_only_it(cluster, chain_inputs, monkeypatch):
     settings = slurm.SlurmSettings(cpus={"": 1}, poll_seconds=0.5)
     first_out = io.StringIO()
-    chain = pipeline.Pipeline(pipeline.resolve_config(pipeline.build_parser().parse_args(chain_args(chain_inputs))),
+    chain = chain_runner.Pipeline(chain_config.resolve_config(chain_cli.build_parser().parse_args(chain_args(chain_inputs))),
                               out=first_out, slurm_settings=settings)  # fmt: skip
     chain.work.mkdir(parents=True)
     chain._run_items("subsets", "[test]", chain._subsets_items()[1], 1)  # locally: the train items read it
@@ -275,7 +278,7 @@ def test_cancelled_job_fails_the_chain_and_a_rerun_resubmits_only_it(cluster, ch
             pytest.fail(f"mini and B did not both run within 60 s: {states}\n{first_out.getvalue()}")
         mini_job, b_job = ids["mini"][0], ids["B"][0]
         subprocess.run(["scancel", mini_job], check=True)
-        with pytest.raises(pipeline.PipelineError) as failure:
+        with pytest.raises(chain_config.PipelineError) as failure:
             first.result(timeout=60)
     message = str(failure.value)
     log = chain.log_dir / "train" / "mini.log"
@@ -290,7 +293,7 @@ def test_cancelled_job_fails_the_chain_and_a_rerun_resubmits_only_it(cluster, ch
 
     monkeypatch.delenv("SLEEP_ON")
     rerun_out = io.StringIO()
-    rerun = pipeline.Pipeline(chain.cfg, out=rerun_out, slurm_settings=settings)
+    rerun = chain_runner.Pipeline(chain.cfg, out=rerun_out, slurm_settings=settings)
     rerun._run_items("train", "[stage 2/9] train", items, 2)
     text = rerun_out.getvalue()
     assert list(submitted_ids(text)) == ["mini"]  # A finished, B still running: neither is submitted again
@@ -315,7 +318,7 @@ def test_rerun_after_the_chain_was_killed_waits_on_running_jobs_and_takes_finish
     # The chain process dies (SIGKILL) right after submitting the three trainings; A and B then finish while no
     # chain runs, mini is still running when the chain is started again. Nothing is submitted twice.
     env = {**os.environ, "SLEEP_ON": "mini:15 A-plus-mini:2 B-plus-mini:2"}
-    command = [sys.executable, "-m", "llava.visatb.pipeline", *chain_args(chain_inputs), "--executor", "slurm",
+    command = [sys.executable, "-m", "llava.visatb.chain", *chain_args(chain_inputs), "--executor", "slurm",
                "--slurm-cpus", "1"]  # fmt: skip
     chain = subprocess.Popen(
         command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -336,7 +339,7 @@ def test_rerun_after_the_chain_was_killed_waits_on_running_jobs_and_takes_finish
     assert not (folder / "mini.status").is_file()  # still sleeping
 
     out = io.StringIO()
-    rerun = pipeline.Pipeline(pipeline.resolve_config(pipeline.build_parser().parse_args(chain_args(chain_inputs))),
+    rerun = chain_runner.Pipeline(chain_config.resolve_config(chain_cli.build_parser().parse_args(chain_args(chain_inputs))),
                               out=out, slurm_settings=slurm.SlurmSettings(cpus={"": 1}, poll_seconds=0.5))  # fmt: skip
     _, items, _ = rerun._train_items(rerun.cfg.prep_keys, final=False)
     rerun._run_items("train", "[stage 2/9] train", items, 2)
@@ -358,7 +361,7 @@ def test_final_trainings_run_as_jobs_side_by_side_each_with_its_weighting(cluste
     # The demo's Slurm test below reuses the local final models; here the final VisATB and EW trainings run as two
     # Slurm jobs at once, VisATB's with the path of weights.json, EW's with WEIGHT_METHOD=EW and no weights file.
     out = io.StringIO()
-    chain = pipeline.Pipeline(pipeline.resolve_config(pipeline.build_parser().parse_args(chain_args(chain_inputs))),
+    chain = chain_runner.Pipeline(chain_config.resolve_config(chain_cli.build_parser().parse_args(chain_args(chain_inputs))),
                               out=out, slurm_settings=slurm.SlurmSettings(cpus={"": 1}, poll_seconds=0.5))  # fmt: skip
     chain.work.mkdir(parents=True)
     _, items, _ = chain._train_items(chain.cfg.final_keys, final=True)

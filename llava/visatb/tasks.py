@@ -146,15 +146,21 @@ def check_task_groups(
                 )
 
 
-def resolve_tasks(task_names: str | None = None, task_preset: str | None = None) -> list[str]:
-    """The task list from `--task_names A,B` or `--task_preset NAME` (exactly one of them)."""
+def resolve_tasks(
+    task_names: str | None = None,
+    task_preset: str | None = None,
+    names_flag: str = "--task_names",
+    preset_flag: str = "--task_preset",
+) -> list[str]:
+    """The task list from a task list `A,B` or a preset name (exactly one of them); errors name the flags,
+    training's by default (the chain passes its own)."""
     if task_names and task_preset:
-        raise ValueError("give either a task list (--task_names) or a preset (--task_preset), not both")
+        raise ValueError(f"give either a task list ({names_flag}) or a preset ({preset_flag}), not both")
     if task_names:
         return parse_task_names(task_names)
     if task_preset:
         return list(get_preset(task_preset).tasks)
-    raise ValueError("no task list: pass --task_names A,B,... or --task_preset academic|chat")
+    raise ValueError(f"no task list: pass {names_flag} A,B,... or {preset_flag} {'|'.join(PRESETS)}")
 
 
 # The embedded toy benchmark (llava/visatb/toy/benchmark.py), its task types in the Academic preset's order:

@@ -6,11 +6,15 @@ start and end time), `<item>.job.json` (the submitted job id, written as soon as
 (what Slurm itself prints, e.g. `CANCELLED AT ...`). A rerun finds `<item>.job.json` of an item not marked done
 and waits on that job while Slurm still lists it, takes its result if it finished with exit code 0, and submits
 it again otherwise. There is no accounting database requirement: only sbatch, squeue and sinfo are used.
+
+The module holds the Slurm side (settings, job files, sbatch and squeue) and `SlurmExecutor`, the chain's
+executor on top of it: one module, as each half is read with the other.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import shutil
@@ -22,13 +26,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from llava.utils import atomic_write_json, load_json
+from llava.visatb.chain.config import REPO_ROOT, STAGES, PipelineError
+from llava.visatb.chain.executors import LocalExecutor, log_tail
+from llava.visatb.chain.stages import Item
+from llava.visatb.chain.workdir import safe_name
 
 # A key of a per-stage value: one of these kinds (both stages of that kind) or a stage name.
 STAGE_KINDS = {"train": ("train", "final-train"), "infer": ("infer", "final-infer"),
                "score": ("score", "final-score")}  # fmt: skip
-# pipeline.STAGES (not imported from there: the pipeline imports this module; a test keeps them equal).
-SLURM_STAGES = ("subsets", "train", "infer", "score", "weights", "final-train", "final-infer", "final-score",
-                "report")  # fmt: skip
+SLURM_STAGES = STAGES
 TRAIN_STAGES = STAGE_KINDS["train"]
 # squeue states of a job that has ended (Slurm keeps it listed for MinJobAge seconds, then forgets it).
 ENDED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
@@ -245,7 +251,7 @@ def write_job_script(files: JobFiles, title: str, command: Sequence[str], env: d
     text = (
         "#!/usr/bin/env bash\n"
         f"# {title}\n"
-        "# Written and submitted by llava.visatb.pipeline --executor slurm; the chain reads the status file\n"
+        "# Written and submitted by llava.visatb.chain --executor slurm; the chain reads the status file\n"
         "# (job id, exit code, start and end time) once Slurm no longer runs the job.\n"
         f"cd {shlex.quote(str(cwd))} || exit 1\n"
         f"{exports}"
@@ -353,3 +359,125 @@ def describe_end(state: str | None) -> str:
     if state is None:
         return "is gone from squeue"
     return f"ended {state}"
+
+
+# ---------------------------------------------------------------------------------------------- executor
+
+
+class SlurmExecutor(LocalExecutor):
+    """Runs a stage's items as Slurm jobs (`slurm` set) and finishes each one as the local executor does."""
+
+    slurm: SlurmSettings | None
+
+    def _run_items_slurm(self, stage: str, prefix: str, pending: list[Item], jobs: int) -> None:
+        """Submit every pending item of the stage as one Slurm job (or wait on the job an earlier run submitted),
+        then poll squeue until all have ended. The first failure stops the chain; jobs still in flight keep
+        running and a rerun waits on them."""
+        assert self.slurm is not None
+        total = len(pending)
+        # CPUs per job by default: what a local item of this stage would use, so the jobs' OMP_NUM_THREADS (and
+        # with it the numbers) match the local executor's, and as many jobs share a node as local items run.
+        resources = self.slurm.resources(stage, default_cpus=max(1, (os.cpu_count() or 1) // jobs))
+        files = {item.key: JobFiles.of(self.slurm_dir / stage, safe_name(item.key)) for item in pending}
+        names = {item.key: job_name(self.work, stage, safe_name(item.key)) for item in pending}
+        earlier = {item.key: submitted_job(files[item.key]) for item in pending}
+        try:
+            known = job_states([job[0] for job in earlier.values() if job])
+        except SlurmError as e:
+            raise PipelineError(f"{prefix} failed: {e}") from None
+        in_flight: dict[str, Item] = {}
+
+        def still_in_slurm() -> str:
+            if not in_flight:
+                return ""
+            listed = ", ".join(f"job {job_id} ({item.key})" for job_id, item in in_flight.items())
+            return (f"\n  still in Slurm: {listed}; a rerun waits on them "
+                    f"(`scancel {' '.join(in_flight)}` stops them)")  # fmt: skip
+
+        for index, item in enumerate(pending, 1):
+            self.say(f"  [{index}/{total}] {item.label}")
+            job_files, previous = files[item.key], earlier[item.key]
+            if previous is not None:
+                job_id, name = previous
+                state = known.get(job_id)
+                # The status file first: its job script writes it as its last step, so a job that wrote it has
+                # done its work even while Slurm still lists it (RUNNING or COMPLETING for a moment after).
+                status = read_status(job_files, job_id)
+                if status is not None and status[0] == 0:
+                    self.say(f"    Slurm job {job_id} of an earlier run finished with exit code 0; taking its result")
+                    in_flight[job_id] = item
+                    continue
+                if status is None and state is not None and state[1] == name and is_live(state[0]):
+                    self.say(f"    Slurm job {job_id} of an earlier run is {state[0]}; waiting on it")
+                    in_flight[job_id] = item
+                    continue
+                ended = f"exit code {status[0]}" if status else describe_end(state[0] if state else None)
+                self.say(f"    Slurm job {job_id} of an earlier run ended without success ({ended}); submitting again")
+            log = self.item_log(stage, item)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            env = self._item_env(item)
+            if "OMP_NUM_THREADS" not in os.environ and not resources.gpus_per_node:
+                # A CPU job computes with as many threads as it has CPUs (GPU jobs: the launcher decides).
+                env["OMP_NUM_THREADS"] = str(resources.cpus)
+            if resources.gpus_per_node and "NUM_GPUS" not in os.environ and "NUM_GPUS" not in env:
+                env["NUM_GPUS"] = str(resources.gpus_per_node)
+            write_job_script(job_files, f"VisATB chain {self.work}: stage {stage}, item {item.key}",
+                                   item.command, env, log, REPO_ROOT)  # fmt: skip
+            try:
+                job_id = submit(job_files, names[item.key], resources)
+            except SlurmError as e:
+                raise PipelineError(f"{prefix} failed: {item.key}: {e}{still_in_slurm()}") from None
+            self.say(f"    submitted: Slurm job {job_id} ({resources.describe()}); log {log}")
+            in_flight[job_id] = item
+
+        try:
+            self._wait_for_jobs(stage, prefix, in_flight, files, total, still_in_slurm)
+        except KeyboardInterrupt:
+            raise PipelineError(f"{prefix} interrupted{still_in_slurm()}") from None
+
+    def _wait_for_jobs(self, stage: str, prefix: str, in_flight: dict[str, Item], files: dict[str, JobFiles],
+                       total: int, still_in_slurm: Callable[[], str]) -> None:  # fmt: skip
+        """Poll squeue until every job in `in_flight` has ended; mark each finished item done as it ends."""
+        assert self.slurm is not None
+        watcher = JobWatcher(say=self.say)
+        ended_at: dict[str, float] = {}
+        failures: list[PipelineError] = []
+        finished = 0
+        while in_flight:
+            try:
+                states = watcher.states(list(in_flight))
+            except SlurmError as e:
+                raise PipelineError(f"{prefix} failed: {e}{still_in_slurm()}") from None
+            for job_id, item in list(in_flight.items()) if states is not None else []:
+                state = states.get(job_id)
+                if state is not None and is_live(state[0]):
+                    continue
+                job_files, log = files[item.key], self.item_log(stage, item)
+                status = read_status(job_files, job_id)
+                if status is None:
+                    if state is None or state[0] not in KILLED_STATES:
+                        first_seen = ended_at.setdefault(job_id, time.monotonic())
+                        if time.monotonic() - first_seen < STATUS_GRACE_SECONDS:
+                            continue  # a network file system may show the status file a little later
+                    ended = describe_end(state[0] if state else None)
+                    said = f"\n{log_tail(job_files.output, 5)}" if job_files.output.is_file() else ""
+                    failures.append(PipelineError(
+                        f"{item.key}: Slurm job {job_id} {ended} without an exit status (cancelled, out of time "
+                        f"or killed); log {log}; Slurm's output {job_files.output}{said}"))  # fmt: skip
+                else:
+                    code, seconds = status
+                    try:
+                        extras = self._finish_item(stage, item, log, code, seconds, job=f"Slurm job {job_id}: ",
+                                                   record={"slurm_job": job_id})  # fmt: skip
+                    except PipelineError as e:
+                        failures.append(e)
+                    else:
+                        job_files.remove()
+                        finished += 1
+                        note = f" ({extras['summary']})" if extras.get("summary") else ""
+                        self.say(f"    done {finished}/{total}: {item.key} in {seconds:.1f} s (Slurm job {job_id}){note}")
+                del in_flight[job_id]
+            if failures:
+                raise PipelineError(f"{prefix} failed: {failures[0]}{still_in_slurm()}")
+            if in_flight:
+                time.sleep(self.slurm.poll_seconds)
