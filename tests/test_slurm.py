@@ -219,7 +219,6 @@ def submitted_ids(text: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_unknown_partition_stops_the_chain_before_any_job(cluster, chain_inputs, capsys):
     code = chain_cli.main(chain_args(chain_inputs, "--executor", "slurm", "--slurm-partition", "train=gpu"))
     assert code == 2
@@ -229,7 +228,6 @@ def test_unknown_partition_stops_the_chain_before_any_job(cluster, chain_inputs,
     assert not chain_inputs["work"].exists()
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_failed_job_stops_the_chain_naming_job_item_and_log(cluster, chain_inputs, capsys, monkeypatch):
     monkeypatch.setenv("FAIL_ON", "A-plus-mini")
@@ -252,7 +250,6 @@ def test_failed_job_stops_the_chain_naming_job_item_and_log(cluster, chain_input
     assert (work / "slurm" / "train" / "A.status").read_text().split()[:2] == [job, "3"]
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_cancelled_job_fails_the_chain_and_a_rerun_resubmits_only_it(cluster, chain_inputs, monkeypatch):
     settings = slurm.SlurmSettings(cpus={"": 1}, poll_seconds=0.5)
@@ -311,7 +308,6 @@ def test_cancelled_job_fails_the_chain_and_a_rerun_resubmits_only_it(cluster, ch
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_rerun_after_the_chain_was_killed_waits_on_running_jobs_and_takes_finished_ones(
     cluster, chain_inputs
 ):
@@ -356,7 +352,6 @@ def test_rerun_after_the_chain_was_killed_waits_on_running_jobs_and_takes_finish
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_final_trainings_run_as_jobs_side_by_side_each_with_its_weighting(cluster, chain_inputs):
     # The demo's Slurm test below reuses the local final models; here the final VisATB and EW trainings run as two
     # Slurm jobs at once, VisATB's with the path of weights.json, EW's with WEIGHT_METHOD=EW and no weights file.
@@ -384,8 +379,6 @@ DEMO_REUSED = [("train", t, f"{t}-plus-mini") for t in ("ToyCaption", "ToyCaptio
     ("final-train", "VisATB", "visatb"), ("final-train", "EW", "ew")]
 
 
-@pytest.mark.slow
-@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_demo_through_slurm_gives_the_local_scores_and_report(cluster, demo, tmp_path):
