@@ -106,7 +106,8 @@ def test_multi_node_training_launches_one_torchrun_per_node_through_srun():
     assert line.startswith(
         "[visatb] srun --nodes 8 --ntasks-per-node 1 --kill-on-bad-exit=1 --cpus-per-task 32 --gpus-per-node 8 "
         'bash -c exec torchrun --node_rank "$SLURM_NODEID" "$@" torchrun --nnodes 8 --nproc_per_node 8 '
-        "--master_addr gpu01 --master_port 29742 --module llava.train.train_mem --model_name_or_path "
+        "--master_addr gpu01 --master_port 29742 --rdzv_conf timeout=1800 --module llava.train.train_mem "
+        "--model_name_or_path "
     )
     assert "--deepspeed " in line and "--bf16 True" in line and "deepspeed --" not in line
     single = {k: v for k, v in env.items() if k != "SLURM_JOB_NUM_NODES"}
@@ -115,19 +116,6 @@ def test_multi_node_training_launches_one_torchrun_per_node_through_srun():
     assert (
         "[visatb] deepspeed --num_gpus 8 --module llava.train.train_mem" in result.stderr
     )  # one node: as before
-
-
-def test_multi_node_training_without_gpus_is_refused():
-    env = {
-        **os.environ,
-        "NUM_GPUS": "0",
-        "DRY_RUN": "1",
-        "OUTPUT_DIR": "/tmp/unused",
-        "SLURM_JOB_NUM_NODES": "2",
-    }
-    result = subprocess.run(["bash", "scripts_visatb/finetune_academic.sh"], env=env, cwd=REPO, capture_output=True,
-                            text=True, check=False)  # fmt: skip
-    assert result.returncode != 0 and "has 2 nodes but no GPU" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------- the cluster

@@ -1,0 +1,348 @@
+"""One training across several nodes: the launcher's commands, and real runs on a two-node Slurm cluster.
+
+The cluster is two slurmd daemons (n1, n2) on this machine (scripts_visatb/local_slurm.sh with NODES=2, as
+root); without Slurm the cluster tests are skipped, or fail when VISATB_REQUIRE_SLURM=1 (CI sets it). Nothing
+is mocked: jobs go through the real sbatch and srun, ranks meet through torchrun's rendezvous on n1, gloo
+carries the collectives. Covered: the finetune script submitted with `sbatch -N 2` trains one model of world
+size 2 with the weights of a one-node run of the same global batch; DeepSpeed ZeRO-3 partitions over both
+nodes and saving gathers the whole model; a rank that hangs ends the job within the distributed timeout with
+the rank and node named, and the rerun resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import REPO, TASKS, make_toy_data, write_projector
+
+pytestmark = pytest.mark.slow
+
+SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scancel", "sinfo", "scontrol")
+BIN = str(Path(sys.executable).parent)  # torchrun and python of this environment, inside the jobs too
+
+
+def launcher(env: dict, *flags: str) -> subprocess.CompletedProcess:
+    """The finetune script with DRY_RUN=1: the command it would run, on stderr."""
+    full = {**os.environ, "DRY_RUN": "1", "OUTPUT_DIR": "/tmp/unused", **env}
+    return subprocess.run(["bash", "scripts_visatb/finetune_academic.sh", *flags], env=full, cwd=REPO,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+
+
+def command_line(result: subprocess.CompletedProcess) -> str:
+    return next(line for line in result.stderr.splitlines() if line.startswith("[visatb] ") and "--model_name" in line)
+
+
+# ---------------------------------------------------------------------------------------------- launcher (no cluster)
+
+
+def test_a_cpu_job_of_two_nodes_runs_one_torchrun_per_node_with_gloo():
+    slurm = {"NUM_GPUS": "0", "NUM_PROCS": "2", "SLURM_JOB_ID": "7001", "SLURM_JOB_NUM_NODES": "2",
+             "SLURM_JOB_NODELIST": "cpu[1-2]", "MASTER_ADDR": "cpu1", "VISATB_DIST_TIMEOUT": "90"}  # fmt: skip
+    result = launcher(slurm)
+    assert result.returncode == 0, result.stderr
+    assert "falling back to the CPU with 4 process(es) (2 per node on 2 nodes): fp32, gloo, no DeepSpeed" in result.stderr
+    line = command_line(result)
+    assert line.startswith(
+        "[visatb] srun --nodes 2 --ntasks-per-node 1 --kill-on-bad-exit=1 "
+        'bash -c exec torchrun --node_rank "$SLURM_NODEID" "$@" torchrun --nnodes 2 --nproc_per_node 2 '
+        "--master_addr cpu1 --master_port 29501 --rdzv_conf timeout=90 --module llava.train.train "
+    )
+    assert "--deepspeed" not in line and "--bf16 False" in line and line.endswith("--ddp_timeout 90")
+
+
+def test_gpu_jobs_of_several_nodes_keep_deepspeed_zero3_and_a_timeout():
+    result = launcher({"NUM_GPUS": "8", "SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "8",
+                       "SLURM_JOB_NODELIST": "gpu[01-08]", "MASTER_ADDR": "gpu01"})  # fmt: skip
+    line = command_line(result)
+    assert "torchrun --nnodes 8 --nproc_per_node 8 --master_addr gpu01 --master_port 29742 --rdzv_conf timeout=1800 " \
+        "--module llava.train.train_mem " in line  # fmt: skip
+    assert "scripts_visatb/zero3.json --bf16 True" in line and "--ddp_timeout 1800" in line
+
+
+def test_without_slurm_the_nodes_come_from_nnodes_node_rank_and_master_addr():
+    env = {"NUM_GPUS": "0", "NNODES": "4", "NODE_RANK": "3", "MASTER_ADDR": "head", "MASTER_PORT": "29400"}
+    line = command_line(launcher(env))
+    assert line.startswith("[visatb] torchrun --node_rank 3 --nnodes 4 --nproc_per_node 1 --master_addr head "
+                           "--master_port 29400 --rdzv_conf timeout=1800 --module llava.train.train ")  # fmt: skip
+    gpus = command_line(launcher({**env, "NUM_GPUS": "8"}))
+    assert "--nproc_per_node 8" in gpus and "--module llava.train.train_mem" in gpus and "--deepspeed" in gpus
+    hostfile = command_line(launcher({"NUM_GPUS": "8", "HOSTFILE": "/etc/hostfile"}))
+    assert hostfile.startswith("[visatb] deepspeed --hostfile /etc/hostfile --module llava.train.train_mem ")
+
+
+def test_nnodes_without_its_partners_names_the_missing_variable():
+    result = launcher({"NUM_GPUS": "0", "NNODES": "2", "MASTER_ADDR": "head"})
+    assert result.returncode == 1
+    assert "NNODES=2 needs NODE_RANK" in result.stderr and "NODE_RANK is not set" in result.stderr
+
+
+def test_a_taken_rendezvous_port_moves_up_and_a_taken_master_port_is_refused():
+    # Another job's rendezvous already listens on 29500 + job id % 1000 of the same first node (job 5987: 30487).
+    env = {"NUM_GPUS": "0", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "x", "MASTER_ADDR": "127.0.0.1"}
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", 30487))
+        busy.listen()
+        moved = launcher({**env, "SLURM_JOB_ID": "5987"})
+        refused = launcher({**env, "SLURM_JOB_ID": "5987", "MASTER_PORT": "30487"})
+    assert "port 30487 on 127.0.0.1 is in use; trying 31487" in moved.stderr
+    assert "--master_port 31487 " in command_line(moved)
+    assert refused.returncode == 1 and "MASTER_PORT=30487 is already in use on 127.0.0.1" in refused.stderr
+
+
+# ---------------------------------------------------------------------------------------------- the two-node cluster
+
+
+def _slurm_unavailable() -> str | None:
+    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"Slurm/munge not installed ({', '.join(missing)} missing; scripts_visatb/setup_slurm.sh installs them)"
+    if os.geteuid() != 0:
+        return "the two-node test cluster's daemons (and its /etc/hosts lines) need root"
+    return None
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """Nodes n1 and n2 on this machine (local_slurm.sh, NODES=2); SLURM_CONF points at them."""
+    reason = _slurm_unavailable()
+    if reason:
+        if os.environ.get("VISATB_REQUIRE_SLURM") == "1":
+            pytest.fail(f"VISATB_REQUIRE_SLURM=1 but {reason}")
+        pytest.skip(reason)
+    folder = tmp_path_factory.mktemp("slurm2")
+    script = str(REPO / "scripts_visatb" / "local_slurm.sh")
+    started = subprocess.run(["bash", script, "start", str(folder)], env={**os.environ, "NODES": "2"},
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    previous = os.environ.get("SLURM_CONF")
+    try:
+        assert started.returncode == 0, started.stderr
+        os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
+        yield folder
+    finally:
+        subprocess.run(["bash", script, "stop", str(folder)], capture_output=True, text=True, check=False)
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+
+
+@pytest.fixture(scope="module")
+def finetune_env(tiny_llava, tmp_path_factory) -> dict:
+    """The finetune script's variables for the tiny model on the toy data (3 tasks, 6 records), static weights."""
+    folder = tmp_path_factory.mktemp("multinode")
+    toy = make_toy_data(folder)
+    projector = write_projector(tiny_llava["reference_state"], folder / "pretrain" / "mm_projector.bin")
+    return {
+        "NUM_GPUS": "0", "BASE_MODEL_PATH": tiny_llava["base"], "DATA_PATH": toy["data"],
+        "IMAGE_FOLDER": toy["images"], "VISION_TOWER": tiny_llava["vision_tower"], "PRETRAIN_MM_MLP_ADAPTER": projector,
+        "TASK_NAMES": ",".join(TASKS), "VISATB_WEIGHTS": "2 1 0.5", "PER_DEVICE_BATCH_SIZE": "1",
+        "MODEL_MAX_LENGTH": "256", "SAVE_STRATEGY": "no", "NUM_EPOCHS": "1",
+        "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }  # fmt: skip
+
+
+# Small and exact: no gradient checkpointing, a constant learning rate, no warm-up.
+TRAIN_FLAGS = ["--gradient_checkpointing", "False", "--disable_tqdm", "True", "--learning_rate", "2e-3",
+               "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--seed", "0"]  # fmt: skip
+
+
+def sbatch(env: dict, log: Path, *command: str, wait: bool = True, nodes: int = 2):
+    """Submit a job of `nodes` nodes (one task each) from the repository; with `wait`, its CompletedProcess."""
+    args = ["sbatch", "--parsable", "-N", str(nodes), "--ntasks-per-node", "1", "-o", str(log), "-J", "multinode"]
+    full = {**os.environ, **env}
+    if wait:
+        return subprocess.run([*args, "--wait", *command], env=full, cwd=REPO, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+    return subprocess.Popen([*args, "--wait", *command], env=full, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def local_run(env: dict, output_dir: Path, procs: int) -> subprocess.CompletedProcess:
+    """The finetune script on this node alone (no Slurm job), with `procs` processes."""
+    full = {**os.environ, **env, "OUTPUT_DIR": str(output_dir), "NUM_PROCS": str(procs)}
+    for name in [k for k in full if k.startswith("SLURM_")]:
+        del full[name]
+    result = subprocess.run(["bash", "scripts_visatb/finetune_academic.sh", *TRAIN_FLAGS], env=full, cwd=REPO,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    files = sorted(output_dir.glob("*.safetensors")) or sorted(output_dir.glob("pytorch_model*.bin"))
+    assert files, f"no weights in {output_dir}: {sorted(p.name for p in output_dir.iterdir())}"
+    state = {}
+    for file in files:
+        state.update(load_file(file) if file.suffix == ".safetensors" else torch.load(file, weights_only=True))
+    return state
+
+
+def global_step(output_dir: Path) -> int:
+    return json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+
+
+def test_sbatch_of_two_nodes_trains_one_model_with_the_weights_of_one_node(two_nodes, finetune_env, tmp_path):
+    started = time.monotonic()
+    env = {**finetune_env, "OUTPUT_DIR": str(tmp_path / "two-nodes")}
+    log = tmp_path / "job.out"
+    job = sbatch(env, log, "scripts_visatb/finetune_academic.sh", *TRAIN_FLAGS)
+    text = log.read_text() if log.exists() else ""
+    assert job.returncode == 0, job.stderr + text[-5000:]
+    two_nodes_s = time.monotonic() - started
+    assert "falling back to the CPU with 2 process(es) (1 per node on 2 nodes)" in text
+    assert "[train] 2 rank(s) on 2 node(s): n1 (rank 0), n2 (rank 1)" in text
+    assert "initial task weights: ColorQA=2, Caption=1, Text=0.5" in text  # the per-task weights reach training
+    assert text.count("[train] done;") == 1  # rank 0 alone saves the model
+
+    started = time.monotonic()
+    local_run(finetune_env, tmp_path / "one-node-two-procs", 2)
+    one_node_s = time.monotonic() - started
+    local_run(finetune_env, tmp_path / "one-proc", 1)
+
+    # 6 records, 1 per rank: 3 optimizer steps on two nodes (world size 2), 6 with one process.
+    assert global_step(tmp_path / "two-nodes") == global_step(tmp_path / "one-node-two-procs") == 3
+    assert global_step(tmp_path / "one-proc") == 6
+    two, one = final_weights(tmp_path / "two-nodes"), final_weights(tmp_path / "one-node-two-procs")
+    start = torch.load(finetune_env["PRETRAIN_MM_MLP_ADAPTER"], weights_only=True)  # the projector before training
+    assert set(two) == set(one)
+    worst = max(float(((two[k] - one[k]).abs() / one[k].abs().clamp_min(1e-3)).max()) for k in two)
+    moved = max(float((two[k] - start[k]).abs().max()) for k in start)
+    print(f"[multinode] two nodes {two_nodes_s:.0f} s, one node {one_node_s:.0f} s; "
+          f"largest relative difference {worst:.3g}")  # fmt: skip
+    # The same two ranks, the same batches and the same gloo all-reduce of two fp32 gradients (a + b in either
+    # order is exact to the last bit): only the transport differs, so the weights should agree to fp32 rounding.
+    assert worst <= 1e-6, worst
+    assert moved > 1e-4  # the comparison is of trained weights
+
+
+# Every rank: the tiny LLaVA partitioned by ZeRO-3 over all ranks, then gathered whole for saving (rank 0 writes
+# it); each rank reports its node, its share of the parameters and whether the gathered tensors equal the model
+# it started from (the learning rate is 0: nothing changes them).
+ZERO3_ACROSS_NODES = """
+import importlib, json, os, sys
+import deepspeed, torch
+importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # gloo does the collectives
+from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+from llava.train import zero_utils
+from llava.train.train import shut_down_distributed
+
+checkpoint, out = sys.argv[1], sys.argv[2]
+deepspeed.init_distributed(dist_backend="gloo")
+rank = int(os.environ["RANK"])
+model = LlavaLlamaForCausalLM.from_pretrained(checkpoint)
+before = {k: v.detach().clone() for k, v in model.named_parameters()}
+config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, "zero_allow_untested_optimizer": True,
+          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), config=config)
+named = dict(engine.module.named_parameters())
+gathered = zero_utils.gather_to_cpu(named)
+if rank == 0:
+    torch.save(gathered, os.path.join(out, "full.pt"))
+report = {"rank": rank, "world": torch.distributed.get_world_size(), "node": os.environ["SLURMD_NODENAME"],
+          "partitioned": all(zero_utils.is_zero3_param(p) for p in named.values()),
+          "local": sum(p.data.numel() for p in named.values()), "total": sum(v.numel() for v in before.values()),
+          "equal": all(torch.equal(gathered[k], before[k]) for k in before)}
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump(report, f)
+shut_down_distributed()
+"""
+
+
+def test_zero3_across_two_nodes_partitions_and_saving_gathers_the_whole_model(two_nodes, finetune_env, tiny_llava,
+                                                                               tmp_path):  # fmt: skip
+    script = tmp_path / "zero3_nodes.py"
+    script.write_text(ZERO3_ACROSS_NODES)
+    # The launcher's own multi-node command (srun, one torchrun per node, the rendezvous on n1), one rank per node.
+    job_script = tmp_path / "job.sh"
+    job_script.write_text(f"#!/usr/bin/env bash\nset -e\nsource {REPO}/scripts_visatb/_launch.sh\n"
+                          f"visatb_slurm_nodes_command 1\n"
+                          f'"${{VISATB_NODES_COMMAND[@]}}" {script} {tiny_llava["full"]} {tmp_path}\n')  # fmt: skip
+    log = tmp_path / "job.out"
+    job = sbatch({**finetune_env, "DS_ACCELERATOR": "cpu"}, log, str(job_script))
+    assert job.returncode == 0, job.stderr + (log.read_text()[-5000:] if log.exists() else "")
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["node"], r["world"]) for r in reports] == [("n1", 2), ("n2", 2)]
+    for report in reports:
+        assert report["partitioned"] and report["equal"]
+        assert report["local"] <= report["total"] // 2 + 64  # about half of every tensor (padding aside)
+    saved = torch.load(tmp_path / "full.pt", weights_only=True)
+    reference = tiny_llava["reference_state"]
+    common = [k for k in saved if k in reference]
+    assert len(common) >= len(saved) - 2 and common  # the vision tower's buffers aside, every tensor
+    for key in common:
+        assert saved[key].shape == reference[key].shape and torch.equal(saved[key], reference[key]), key
+
+
+def _training_rank(rank: int, node: str) -> int | None:
+    """The pid of the training process of `rank` on Slurm node `node` (both nodes run on this machine)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = dict(item.split("=", 1) for item in (entry / "environ").read_text().split("\0") if "=" in item)
+            cmdline = (entry / "cmdline").read_text()
+        except OSError:
+            continue
+        if environ.get("SLURMD_NODENAME") == node and environ.get("RANK") == str(rank) and "LOCAL_RANK" in environ \
+                and "llava.train.train" in cmdline:  # fmt: skip
+            return int(entry.name)
+    return None
+
+
+def test_a_hung_node_ends_the_job_within_the_timeout_naming_it_and_the_rerun_resumes(two_nodes, finetune_env,
+                                                                                       tmp_path):  # fmt: skip
+    output = tmp_path / "run"
+    timeout_s = 20
+    env = {**finetune_env, "OUTPUT_DIR": str(output), "NUM_EPOCHS": "2", "SAVE_STRATEGY": "steps", "SAVE_STEPS": "1",
+           "VISATB_DIST_TIMEOUT": str(timeout_s)}  # fmt: skip
+    log = tmp_path / "first.out"
+    job = sbatch(env, log, "scripts_visatb/finetune_academic.sh", *TRAIN_FLAGS, wait=False)
+    stopped = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (output / "checkpoint-2").is_dir():
+            assert job.poll() is None, job.communicate()[1] + (log.read_text() if log.exists() else "")
+            time.sleep(0.5)
+        pid = _training_rank(1, "n2")
+        assert pid, "rank 1 on n2 not found"
+        os.kill(pid, signal.SIGSTOP)  # node n2 hangs: its rank answers nothing, its sockets stay open
+        stopped = time.monotonic()
+        job.wait(timeout=timeout_s + 120)
+        ended = time.monotonic() - stopped
+    finally:
+        if job.poll() is None:
+            job.kill()
+    text = log.read_text()
+    assert job.returncode != 0, text[-3000:]
+    assert re.search(r"\[train\] error \(Slurm job \d+\): rank 0 on node n1 lost contact with "
+                     r"rank 1 on node n2 \(host \S+, pid \d+\): no heartbeat", text), text[-5000:]  # fmt: skip
+    assert f"Timed out waiting {timeout_s * 1000}ms" in text  # gloo's own timeout, from VISATB_DIST_TIMEOUT
+    # The timeout, the watch's check (3 beats of 2 s) and Slurm ending the other node, with room for a busy machine.
+    assert ended < timeout_s + 60, ended
+    print(f"[multinode] a hung rank ended the job {ended:.0f} s after it stopped (timeout {timeout_s} s)")
+    done = sorted(int(p.name.split("-")[1]) for p in output.glob("checkpoint-*"))
+    assert done and done[-1] < 6
+
+    log = tmp_path / "rerun.out"
+    rerun = sbatch(env, log, "scripts_visatb/finetune_academic.sh", *TRAIN_FLAGS)
+    text = log.read_text()
+    assert rerun.returncode == 0, rerun.stderr + text[-5000:]
+    match = re.search(r"resuming from \S*checkpoint-(\d+)", text)
+    assert match and 2 <= int(match.group(1)) <= done[-1], text[-3000:]
+    assert global_step(output) == 6  # 2 epochs of 3 steps
