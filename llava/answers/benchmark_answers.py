@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from PIL import Image
 
 from llava.answers import provenance
-from llava.answers.engine import DEFAULT_BATCH_SIZE, answer_batches, progress_bar
+from llava.answers.engine import DEFAULT_BATCH_SIZE, answer_batches, batches_of, progress_bar
 from llava.answers.jsonio import load_question_ids, read_jsonl_lines
 from llava.generation import LlavaGenerator, PreparedBatch
 from llava.mm_utils import get_model_name_from_path, load_image, load_image_from_base64
@@ -213,7 +213,7 @@ def answer_items(
         return report
 
     generator = load_generator()
-    batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
+    batches = batches_of(pending, batch_size)
     bar = progress_bar(len(items), report.resumed, path.name, progress)
     with bar, open(path, "a", encoding="utf-8") as out:
 

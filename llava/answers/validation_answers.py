@@ -20,7 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from llava.answers import provenance
-from llava.answers.engine import DEFAULT_BATCH_SIZE, answer_batches, progress_bar
+from llava.answers.engine import DEFAULT_BATCH_SIZE, answer_batches, batches_of, progress_bar
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.generation import LlavaGenerator, PreparedBatch, open_image
 from llava.mm_utils import ImageTooLargeError
@@ -343,8 +343,7 @@ def _answer_all(
 
     The engine loads and preprocesses the next batch while the model answers the current one.
     """
-    first = progress.state["next"]
-    batches = [range(start, min(start + job.batch_size, end)) for start in range(first, end, job.batch_size)]
+    batches = batches_of(range(progress.state["next"], end), job.batch_size)
     since_save = [0]
 
     def keep(batch: _Batch, outputs: list[str]) -> None:
