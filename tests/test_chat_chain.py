@@ -183,6 +183,8 @@ def test_review_set_errors_name_the_file_and_question(chat_inputs, change, messa
         config(args)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_run_visatb_sh_wires_the_chat_preset_review_set_and_judge(chat_inputs):
     # A finetune script that fails stops the chain at its first training: by then the configuration is
     # recorded and the review set split, so the shell variables' effect can be read back.
@@ -279,6 +281,7 @@ def test_hand_checked_overlap_scores():
     assert overlap_score("", REFERENCES[3]) == 1 and overlap_score(REFERENCES[3], REFERENCES[3]) == 10
 
 
+@pytest.mark.slow
 def test_score_stage_resumes_after_a_judge_failing_midway_with_the_uninterrupted_scores(
     chat_inputs, monkeypatch
 ):
@@ -321,6 +324,7 @@ def test_score_stage_resumes_after_a_judge_failing_midway_with_the_uninterrupted
     assert marker["summary"] == "gpt_review_relative 100.0000"
 
 
+@pytest.mark.slow
 def test_unchanged_answers_are_never_judged_twice_across_a_redo(chat_inputs, monkeypatch):
     with OverlapJudge() as judge:
         monkeypatch.setenv("OPENAI_BASE_URL", judge.base_url)
