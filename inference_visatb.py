@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from llava.answers import provenance
 from llava.answers.engine import DEFAULT_BATCH_SIZE
@@ -35,6 +37,7 @@ from llava.mm_utils import get_model_name_from_path
 from llava.visatb.defaults import DEFAULT_MAX_NEW_TOKENS
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+TERMINATED = 143  # ... and by SIGTERM (128 + 15)
 
 
 def _add(parser: argparse.ArgumentParser, name: str, **kwargs) -> None:
@@ -94,7 +97,33 @@ def _flag_problem(args: argparse.Namespace, model_path: str, limits: list[int]) 
     return None
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, `kill`), handled as Ctrl-C so that finished answers are saved."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; SIGTERM is handled like Ctrl-C while it runs (exit code 143 instead of 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        return _main(argv)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        code = _main(argv)
+    except _Terminated:  # outside the answering loop (argument checks): nothing to keep
+        code = TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return code
+
+
+def _stop_code(error: KeyboardInterrupt) -> int:
+    return TERMINATED if isinstance(error, _Terminated) or isinstance(error.__context__, _Terminated) else INTERRUPTED
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model_path = os.path.expanduser(args.model_path)
     model_name = get_model_name_from_path(model_path)
@@ -158,11 +187,11 @@ def main(argv: list[str] | None = None) -> int:
                 report = run_inference(job, generator_loader(max_new_tokens))
         except InferenceInterrupted as e:
             print(e.message(), file=sys.stderr)
-            return INTERRUPTED
-        except KeyboardInterrupt:  # while loading the model or reading the files: no new answer yet
+            return _stop_code(e)
+        except KeyboardInterrupt as e:  # while loading the model or reading the files: no new answer yet
             print(f"interrupted before a new answer for {question_file}; answers saved by an earlier run are "
                   "kept; rerun to resume", file=sys.stderr)  # fmt: skip
-            return INTERRUPTED
+            return _stop_code(e)
         except (OSError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             failed.append(question_file)

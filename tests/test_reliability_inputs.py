@@ -511,3 +511,27 @@ def test_a_full_disk_during_inference_names_the_file_in_one_line(tmp_path, monke
     err = capsys.readouterr().err
     assert err == f"error: cannot write {partial}: No space left on device (its previous version is left as it was)\n"
     assert json.loads(partial.read_text())["next"] == 3  # the first save, intact
+
+
+def test_sigterm_during_inference_keeps_the_answers_like_ctrl_c(tmp_path, monkeypatch, capsys, tiny_generator):
+    import signal
+
+    records, images = question_set(tmp_path)
+    questions = tmp_path / "GQA_val.json"
+    questions.write_text(json.dumps(records))
+    real_generate = tiny_generator.generate_prepared
+    calls = []
+
+    def terminated_on_second_batch(batch):  # a scheduler's time limit sends SIGTERM
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_generate(batch)
+
+    monkeypatch.setattr(tiny_generator, "generate_prepared", terminated_on_second_batch)
+    before = signal.getsignal(signal.SIGTERM)
+    answers = tmp_path / "answers"
+    assert run_cli(monkeypatch, tiny_generator, cli_args(questions, images, answers)) == 143
+    partial = answers / "tmp" / "GQA-val_llava-tiny.partial.json"
+    assert capsys.readouterr().err == f"interrupted: 3 answers kept in {partial}; rerun to resume\n"
+    assert signal.getsignal(signal.SIGTERM) is before
