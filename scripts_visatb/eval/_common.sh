@@ -2,7 +2,8 @@
 # Shared set-up of the benchmark scripts (sourced by each <benchmark>.sh, never run on its own).
 #
 # Environment (all optional):
-#   CKPT         model path or hub name                 (default liuhaotian/llava-v1.5-7b)
+#   CKPT         model path or hub name                 (default liuhaotian/llava-v1.5-7b); a name that is no
+#                path but a folder under ./checkpoints is read as ./checkpoints/NAME, as the release's scripts do
 #   MODEL_BASE   base model, for LoRA / projector-only checkpoints
 #   CONV_MODE    conversation template                  (default vicuna_v1)
 #   EVAL_DIR     benchmark data root, LLaVA's layout    (default ./playground/data/eval)
@@ -18,6 +19,10 @@ VISATB_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export PYTHONPATH="$VISATB_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 CKPT="${CKPT:-liuhaotian/llava-v1.5-7b}"
+if [[ ! -e "$CKPT" && -d "./checkpoints/$CKPT" ]]; then
+    echo "[eval] CKPT $CKPT: using ./checkpoints/$CKPT (the release's scripts read CKPT as a name there)"
+    CKPT="./checkpoints/$CKPT"
+fi
 MODEL_BASE="${MODEL_BASE:-}"
 CONV_MODE="${CONV_MODE:-vicuna_v1}"
 EVAL_DIR="${EVAL_DIR:-./playground/data/eval}"
