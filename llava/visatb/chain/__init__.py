@@ -16,8 +16,8 @@ waited on through squeue under the same rules.
 Tasks scored by `gpt_review` (the Chat preset's) are validated on one review set in LLaVA-Bench-COCO's layout
 (--review-set; a question's category decides its task, llava/visatb/metrics/review_set.py): the subsets stage
 writes subsets/review/<task>_val.json from it, every model answers those as any validation set, and the score
-stage has the judge on OPENAI_BASE_URL (OPENAI_API_KEY, checked before anything runs) review each (model, task)
-into reviews/<model>/<task>.jsonl, reused on reruns while answer and judge are unchanged.
+stage has the judge on OPENAI_BASE_URL (OPENAI_API_KEY, checked before anything runs) review each (model,
+task) into reviews/<model>/<task>.jsonl, reused on reruns while answer and judge are unchanged.
 
 Modules, each importing only those above it:
 

@@ -1,4 +1,4 @@
-"""The chain's command line: `python -m llava.visatb.chain` (scripts_visatb/run_visatb.sh passes its variables).
+"""The chain's command line: `python -m llava.visatb.chain` (run_visatb.sh passes its variables to it).
 
     bash scripts_visatb/run_visatb.sh                       # configured by the variables at its top
     python -m llava.visatb.chain --work-dir work/academic --data data/Academic_train-475k.json \
