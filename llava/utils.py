@@ -20,7 +20,13 @@ class WriteError(OSError):
 
     def __init__(self, path: str | os.PathLike, cause: OSError) -> None:
         reason = cause.strerror or str(cause) or type(cause).__name__
-        existed = "its previous version is left as it was" if os.path.exists(path) else "nothing was written"
+        existed = "its previous version is left as it was" if os.path.isfile(path) else "nothing was written"
+        if os.path.isdir(path):
+            reason = "it is a folder; give a file path"
+        else:
+            blocker = next((p for p in Path(path).parents if p.exists()), None)
+            if blocker is not None and not blocker.is_dir():
+                reason = f"{blocker} is a file, not a folder"
         super().__init__(cause.errno, f"cannot write {os.fspath(path)}: {reason} ({existed})")
         self.filename = os.fspath(path)
 

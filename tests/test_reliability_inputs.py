@@ -535,3 +535,24 @@ def test_sigterm_during_inference_keeps_the_answers_like_ctrl_c(tmp_path, monkey
     partial = answers / "tmp" / "GQA-val_llava-tiny.partial.json"
     assert capsys.readouterr().err == f"interrupted: 3 answers kept in {partial}; rerun to resume\n"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# ------------------------------------------------------------------------------------------ paths
+
+
+def test_an_output_path_that_cannot_be_a_file_says_why(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(WriteError, match=r"cannot write .*a\.png/sub/w\.json: .*a\.png is a file, not a folder "
+                                         r"\(nothing was written\)"):  # fmt: skip
+        atomic_write_json(tmp_path / "a.png" / "sub" / "w.json", {})
+    with pytest.raises(WriteError, match=r"outdir: it is a folder; give a file path"):
+        atomic_write_json(tmp_path / "outdir", {})
+    assert (tmp_path / "a.png").read_bytes() == b"x" and not list((tmp_path / "outdir").iterdir())
+
+
+def test_check_data_names_an_image_folder_that_is_a_file(tmp_path, capsys):
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([record("r0")]))
+    assert check_data.main(["--data", str(data), "--image-folder", str(data)]) == 2
+    assert capsys.readouterr().err == f"error: {data}: the image folder is a file, not a folder\n"

@@ -310,7 +310,8 @@ def check_file(
     if not isinstance(records, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     if image_folder is not None and not os.path.isdir(image_folder):
-        raise FileNotFoundError(f"{image_folder}: image folder does not exist")
+        what = "is a file, not a folder" if os.path.exists(image_folder) else "does not exist"
+        raise FileNotFoundError(f"{image_folder}: the image folder {what}")
     return check_records(records, image_folder, tasks, str(path), allow_reference_lists, allow_duplicate_ids)
 
 
