@@ -96,6 +96,8 @@ def image_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_export_files_and_config(export, lively_checkpoint):
     config = json.loads((export / "config.json").read_text())
     ours = json.loads((Path(lively_checkpoint) / "config.json").read_text())
@@ -147,6 +149,8 @@ def test_chat_template_reproduces_the_conversation_template(mode):
     assert _render(template, own_system) == expected.replace(conv.system, "Be brief.", 1)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_export_refuses_lora_and_projector_folders(tmp_path):
     for kind, message in (("lora", "LoRA checkpoint.*scripts_visatb/merge_lora_weights.py"),
                           ("projector", "holds only a projector")):  # fmt: skip

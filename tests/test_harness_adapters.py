@@ -242,6 +242,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_clip_tower_folder_as_model_path_says_what_it_is(tiny_llava, tmp_path):
     tower = tiny_llava["vision_tower"]
     with pytest.raises(ValueError, match=f"{tower} is a vision tower.*clip_vision_model.*--vision_tower"):
@@ -271,6 +273,8 @@ def test_junk_config_names_the_folder_and_what_is_wrong(tmp_path, config, messag
     assert str(folder) in str(info.value)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_config_without_tokenizer_names_the_folder(tiny_llava, tmp_path):
     folder = tmp_path / "llava-no-tokenizer"
     folder.mkdir()
