@@ -556,3 +556,20 @@ def test_check_data_names_an_image_folder_that_is_a_file(tmp_path, capsys):
     data.write_text(json.dumps([record("r0")]))
     assert check_data.main(["--data", str(data), "--image-folder", str(data)]) == 2
     assert capsys.readouterr().err == f"error: {data}: the image folder is a file, not a folder\n"
+
+
+def test_ctrl_c_while_scoring_leaves_the_table_as_it_was(tmp_path, capsys, monkeypatch):
+    from llava.visatb.metrics import cli
+
+    path = tmp_path / "answers.json"
+    path.write_text(json.dumps([answer("q0")]))
+    table = tmp_path / "scores.json"
+    table.write_text('{"mini": {"GQA": 0.5}}')
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "evaluate", interrupted)
+    assert run_metric("qa", ["-a", str(path), "--scores", str(table), "--model-key", "A", "--task", "GQA"]) == 130
+    assert capsys.readouterr().err.endswith(f"interrupted: {path} was not scored; {table} is unchanged\n")
+    assert table.read_text() == '{"mini": {"GQA": 0.5}}'

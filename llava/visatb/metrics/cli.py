@@ -77,6 +77,10 @@ def main(metric_type: str, argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        kept = f"; {args.scores} is unchanged" if args.scores is not None else ""
+        print(f"interrupted: {args.answers_file} was not scored{kept}", file=sys.stderr)
+        return 130
     if args.json:
         line = {
             "metric": METRIC_NAMES[metric_type],
