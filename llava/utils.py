@@ -142,7 +142,9 @@ def load_json_or_lines(path: str | os.PathLike) -> Any:
     path = Path(path)
     text = _read_text(path)
     try:
-        return json.loads(text)
+        value = json.loads(text)
+        # A one-record JSON Lines file parses as one object.
+        return [value] if isinstance(value, dict) and path.suffix == ".jsonl" else value
     except json.JSONDecodeError as e:
         if e.msg != "Extra data":
             raise ValueError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e

@@ -165,6 +165,8 @@ def test_json_lines_reader_names_a_bad_line(tmp_path):
         load_json_or_lines(path)
     path.write_text('{"id": 1}\n\n{"id": 2}\n')
     assert load_json_or_lines(path) == [{"id": 1}, {"id": 2}]
+    path.write_text('{"id": 1}\n')  # one record
+    assert load_json_or_lines(path) == [{"id": 1}]
     path.write_text('[{"id": 1}]')
     assert load_json_or_lines(path) == [{"id": 1}]
     path.write_text('[{"id": 1}] x')  # not JSON Lines either: the plain JSON error
