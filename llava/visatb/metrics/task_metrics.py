@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from pycocoevalcap.cider.cider import Cider
 from tqdm import tqdm
 
@@ -117,16 +118,22 @@ def box_iou(a: Box, b: Box) -> float:
     return inter / union
 
 
-def grounding_match(prediction: str, reference: str) -> bool:
-    """IoU > 0.5 between the first boxes of prediction and reference; a missing or bad predicted box is a miss."""
+def grounding_iou(prediction: str, reference: str) -> float | None:
+    """IoU between the first boxes of prediction and reference; None when the prediction has no valid box."""
     ref_box = parse_box(reference)
     problem = box_problem(ref_box)
     if problem:
         raise ValueError(f"reference {reference!r} has no valid [x1, y1, x2, y2] box: {problem}")
     pred_box = parse_box(prediction)
     if box_problem(pred_box) is not None:
-        return False
-    return box_iou(pred_box, ref_box) > 0.5
+        return None
+    return box_iou(pred_box, ref_box)
+
+
+def grounding_match(prediction: str, reference: str) -> bool:
+    """IoU > 0.5 between the first boxes of prediction and reference; a missing or bad predicted box is a miss."""
+    iou = grounding_iou(prediction, reference)
+    return iou is not None and iou > 0.5
 
 
 # ---------------------------------------------------------------------------- CIDEr
@@ -134,6 +141,12 @@ def grounding_match(prediction: str, reference: str) -> bool:
 
 def cider(references: Sequence[Sequence[str]], predictions: Sequence[str]) -> float:
     """Corpus CIDEr (pycocoevalcap) of `predictions[i]` against the list `references[i]`, on raw text."""
+    return float(np.mean(cider_per_sample(references, predictions)))
+
+
+def cider_per_sample(references: Sequence[Sequence[str]], predictions: Sequence[str]) -> list[float]:
+    """Each prediction's CIDEr as pycocoevalcap computes it within the corpus (document frequencies come from
+    all of `references`, so a record's score depends on the others); `cider` is their mean."""
     if len(references) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
     if not predictions:
@@ -145,8 +158,8 @@ def cider(references: Sequence[Sequence[str]], predictions: Sequence[str]) -> fl
     # Keyed by position, not record id: a repeated id must not merge two records.
     gts = {i: list(refs) for i, refs in enumerate(references)}
     res = {i: [pred] for i, pred in enumerate(predictions)}
-    score, _ = Cider().compute_score(gts, res)
-    return float(score)
+    _, scores = Cider().compute_score(gts, res)
+    return [float(v) for v in scores]
 
 
 # ---------------------------------------------------------------------------- answer files
@@ -283,33 +296,48 @@ def _pairs(records: list[dict], progress: bool) -> list[tuple[Any, str]]:
 
 def evaluate_caption(records: list[dict], progress: bool = False) -> MetricResult:
     """CIDEr against the one reference of each record."""
-    pairs = _pairs(records, progress)
-    score = cider([[ref] for ref, _ in pairs], [pred for _, pred in pairs])
-    return MetricResult(CAPTION, score, len(pairs))
+    return MetricResult(CAPTION, _mean(sample_scores(records, CAPTION, progress)), len(records))
 
 
 def evaluate_caption_list(records: list[dict], progress: bool = False) -> MetricResult:
     """CIDEr against each record's list of references."""
-    pairs = _pairs(records, progress)
-    score = cider([ref for ref, _ in pairs], [pred for _, pred in pairs])
-    return MetricResult(CAPTION_LIST, score, len(pairs))
+    return MetricResult(CAPTION_LIST, _mean(sample_scores(records, CAPTION_LIST, progress)), len(records))
 
 
-def _accuracy(
-    metric_type: str, match: Callable[[str, str], bool], records: list[dict], progress: bool
-) -> MetricResult:
-    correct = sum(match(pred, ref) for ref, pred in _pairs(records, progress))
+def _accuracy(metric_type: str, records: list[dict], progress: bool) -> MetricResult:
+    correct = int(sum(sample_scores(records, metric_type, progress)))
     return MetricResult(metric_type, correct / len(records), len(records), correct)
 
 
 def evaluate_grounding(records: list[dict], progress: bool = False) -> MetricResult:
     """Fraction of records whose predicted box has IoU > 0.5 with the reference box."""
-    return _accuracy(GROUNDING, grounding_match, records, progress)
+    return _accuracy(GROUNDING, records, progress)
 
 
 def evaluate_qa(records: list[dict], progress: bool = False) -> MetricResult:
     """Fraction of exact matches after normalisation."""
-    return _accuracy(QA, qa_match, records, progress)
+    return _accuracy(QA, records, progress)
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values))
+
+
+def sample_scores(records: list[dict], metric_type: str, progress: bool = False) -> list[float]:
+    """Each record's own score, in order; the task's score is their mean.
+
+    caption, caption_list: the record's CIDEr within the corpus of `records`; grounding: 1.0 when the IoU of
+    the predicted and the reference box is above 0.5, else 0.0 (IoU itself: `grounding_iou`); qa: 1.0 for an
+    exact match after `normalize_answer`, else 0.0."""
+    pairs = _pairs(records, progress)
+    if metric_type == CAPTION:
+        return cider_per_sample([[ref] for ref, _ in pairs], [pred for _, pred in pairs])
+    if metric_type == CAPTION_LIST:
+        return cider_per_sample([ref for ref, _ in pairs], [pred for _, pred in pairs])
+    match = {GROUNDING: grounding_match, QA: qa_match}.get(metric_type)
+    if match is None:
+        raise ValueError(f"no per-record score for metric type {metric_type!r}; known: {', '.join(METRIC_TYPES)}")
+    return [1.0 if match(pred, ref) else 0.0 for ref, pred in pairs]
 
 
 METRICS: dict[str, Callable[..., MetricResult]] = {

@@ -442,6 +442,8 @@ def _metrics_from_args(text: str | None, preset: str | None, tasks: Sequence[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from llava.visatb.results import report_html  # it builds on this module
+
     parser = argparse.ArgumentParser(description="Write report.md of a VisATB run from its scores (and weights).")
     parser.add_argument("--scores", required=True, help="scores table {model key: {task: score}}")
     group = parser.add_mutually_exclusive_group()
@@ -454,6 +456,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a learning check fails")
     parser.add_argument("--task-groups", help="G1=A,B;G2=C,D: report group scores (the means of their tasks')")
     parser.add_argument("--costs", help="the chain's pipeline.json: a cost section from its commands' device time")
+    page = parser.add_argument_group("report.html (llava/visatb/results/report_html.py)")
+    page.add_argument("--html", help="also write the results page here: the tables and every model's answers")
+    page.add_argument("--answers-dir", help="the answers folder (WORK_DIR/answers: one sub-folder per model)")
+    page.add_argument("--val-files", help="TASK=FILE,...: the validation files the answers answer")
+    page.add_argument("--image-folder", help="the folder the validation records' image paths are relative to")
+    page.add_argument("--html-max-records", type=int, default=None,
+                      help=f"records embedded per task (default {report_html.DEFAULT_MAX_RECORDS}): differing ones first, then a sample")
     args = parser.parse_args(argv)
     try:
         scores = load_scores(args.scores)
@@ -464,6 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             raise ValueError("name the scored tasks: --tasks A,B,... or --task-preset NAME")
         metrics = _metrics_from_args(args.metrics, args.task_preset, tasks)
+        task_metrics = dict(metrics)  # per task, before any grouping: the answer browser's
         groups = parse_task_groups(args.task_groups) if args.task_groups else None
         if groups:
             check_task_groups(groups, tasks, metrics)
@@ -477,6 +487,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = build_report(scores, tasks, metrics, weights, args.plot, groups, record)
         if args.output:
             atomic_write_text(Path(args.output), report.markdown)
+        if args.html:
+            if not args.answers_dir or not args.val_files:
+                raise ValueError("--html needs --answers-dir and --val-files")
+            views = report_html.write_html(
+                args.html, scores, tasks, metrics, task_metrics, report_html.parse_val_files(args.val_files),
+                args.answers_dir, weights, args.plot, args.image_folder,
+                report_html.DEFAULT_MAX_RECORDS if args.html_max_records is None else args.html_max_records)  # fmt: skip
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -491,6 +508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"WARNING: learning check failed: {check.name}: {check.detail}", file=sys.stderr)
     if args.output:
         print(f"wrote {args.output}")
+    if args.html:
+        answered = sorted({m for v in views for m in v.models})
+        print(f"wrote {args.html} ({len(views)} task(s), answers of {len(answered)} model(s))")
     return 1 if args.strict and any(c.failed for c in report.checks) else 0
 
 
