@@ -154,4 +154,14 @@ if [ "$EXECUTOR" = "slurm" ]; then
     [ -z "$SLURM_TRAIN_ARGS" ] || args+=(--slurm-train-args "$SLURM_TRAIN_ARGS")
 fi
 
+# `--status`: every item of WORK_DIR, its Slurm job id and state (and the driver's job), then stop.
+# SUBMIT=1 (EXECUTOR=slurm): submit the chain's driver itself as a small Slurm job and return; log out, check on
+# it with `--status`, and submit again after a failed item or a cancelled driver to continue where it stopped.
+if [ "${1:-}" = "--status" ]; then
+    exec python -m llava.visatb.chain.driver status --work-dir "$WORK_DIR"
+fi
+if [ "${SUBMIT:-}" = 1 ]; then
+    [ "$EXECUTOR" = "slurm" ] || { echo "error: SUBMIT=1 needs EXECUTOR=slurm" >&2; exit 2; }
+    exec python -m llava.visatb.chain.driver submit --driver-args "${DRIVER_ARGS:-}" "${args[@]}" "$@"
+fi
 exec python -m llava.visatb.chain "${args[@]}" "$@"

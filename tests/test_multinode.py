@@ -11,6 +11,7 @@ the rank and node named, and the rerun resumes from the newest checkpoint.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -24,7 +25,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_slurm import chain_args, chain_inputs, submitted_ids  # noqa: F401  (chain_inputs: a fixture)
 from train_helpers import REPO, TASKS, make_toy_data, write_projector
+
+from llava.visatb.chain import cli as chain_cli
+from llava.visatb.chain import driver
 
 pytestmark = pytest.mark.slow
 
@@ -346,3 +351,120 @@ def test_a_hung_node_ends_the_job_within_the_timeout_naming_it_and_the_rerun_res
     match = re.search(r"resuming from \S*checkpoint-(\d+)", text)
     assert match and 2 <= int(match.group(1)) <= done[-1], text[-3000:]
     assert global_step(output) == 6  # 2 epochs of 3 steps
+
+
+# ---------------------------------------------------------------------------------------------- the chain on two nodes
+
+# Two ranks meet through the launcher's srun/torchrun across the job's nodes and all-reduce in a loop; rank 1
+# stops itself (its node hangs) after a few rounds. Rank 0's collective times out and the training's watch
+# names the lost rank and node, as llava/train/train.py does.
+HANG_PROGRAM = """
+import datetime, os, signal, sys, time
+import torch, torch.distributed as dist
+from llava.train.dist_watch import DistWatch
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=int(os.environ["VISATB_DIST_TIMEOUT"])))
+watch = DistWatch.start()
+try:
+    for step in range(1000):
+        if step == 5 and dist.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        dist.all_reduce(torch.ones(4))
+        time.sleep(0.2)
+except Exception as error:
+    print(watch.lost_contact_message(error), file=sys.stderr, flush=True)
+    os._exit(1)
+"""
+
+HANGING_FINETUNE = """#!/usr/bin/env bash
+# A stand-in for the finetune script: the run of llava-visatb-$HANG_ON hangs on its second node.
+set -e
+mkdir -p "$OUTPUT_DIR"
+if [ "$(basename "$OUTPUT_DIR")" = "llava-visatb-${HANG_ON:-}" ]; then
+    source "$VISATB_REPO/scripts_visatb/_launch.sh"
+    visatb_slurm_nodes_command 1
+    "${VISATB_NODES_COMMAND[@]}" "$HANG_PROGRAM"
+fi
+echo '{}' > "$OUTPUT_DIR/config.json"
+"""
+
+
+def test_a_node_lost_during_a_chain_item_stops_the_chain_naming_job_item_and_node(two_nodes, capsys, monkeypatch,
+                                                                                   tmp_path, chain_inputs):  # noqa: F811
+    program = tmp_path / "hang.py"
+    program.write_text(HANG_PROGRAM)
+    chain_inputs["script"].write_text(HANGING_FINETUNE)
+    for name, value in {"HANG_ON": "A-plus-mini", "HANG_PROGRAM": str(program), "VISATB_REPO": str(REPO),
+                        "VISATB_DIST_TIMEOUT": "10", "PATH": f"{BIN}:{os.environ['PATH']}",
+                        "PYTHONPATH": str(REPO)}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    code = chain_cli.main(chain_args(chain_inputs, "--executor", "slurm", "--slurm-nodes", "train=2",
+                                     "--slurm-cpus", "1"))  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1, captured.err[-3000:]
+    job = submitted_ids(captured.out)["A"]
+    log = chain_inputs["work"] / "logs" / "train" / "A.log"
+    assert re.search(rf"error: \[stage 2/9\] train failed: A: Slurm job {job}: exit code 1; log {re.escape(str(log))}; "
+                     rf"rank 0 on node n1 lost contact with rank 1 on node n2 \(host \S+, pid \d+\): no heartbeat",
+                     captured.err), captured.err[-3000:]  # fmt: skip
+    sbatch_flags = json.loads((chain_inputs["work"] / "slurm" / "train" / "A.job.json").read_text())["sbatch"]
+    assert "--nodes=2" in sbatch_flags  # the training job asked for both nodes
+
+
+def _status(work: Path) -> dict[str, tuple[str, str]]:
+    """{stage/item: (job id, state)} from `driver status`, and the driver's line under "driver"."""
+    out = io.StringIO()
+    driver.print_status(work, out=out)
+    lines = out.getvalue().splitlines()
+    rows = {"driver": ("", lines[1])}
+    for line in lines[3:]:
+        stage, item, job, state = line.split(None, 3)
+        rows[f"{stage}/{item}"] = (job, state)
+    return rows
+
+
+def _wait_for(what, seconds: float, describe):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {seconds:.0f} s: {describe()}")
+
+
+def test_the_chain_runs_as_a_driver_job_with_status_and_continues_after_a_cancelled_driver(two_nodes, monkeypatch,
+                                                                                            chain_inputs):  # noqa: F811
+    # Nothing waits in this process: the driver is a job. It is cancelled while the mini model trains (the job
+    # goes on), and submitting again waits on that job instead of training mini twice. The toy inputs have no
+    # real models, so the chain then fails at inference: status shows the failed items and their exit codes.
+    monkeypatch.setenv("SLEEP_ON", "mini:20")
+    monkeypatch.setenv("PATH", f"{BIN}:{os.environ['PATH']}")
+    work = chain_inputs["work"]
+    args = chain_args(chain_inputs, "--slurm-cpus", "1")
+    assert driver.main(["submit", *args]) == 0
+    first = json.loads((work / "slurm" / "driver.json").read_text())["job_id"]
+    assert driver.main(["submit", *args]) == 2  # one driver at a time
+    mini = _wait_for(lambda: _status(work).get("train/mini", ("", ""))[1] == "RUNNING" and _status(work)["train/mini"],
+                     120, lambda: _status(work))  # fmt: skip
+    rows = _status(work)
+    assert rows["driver"][1].startswith(f"driver: Slurm job {first} RUNNING")
+    assert rows["subsets/subsets"][1] == "done" and rows["subsets/subsets"][0].isdigit()
+    assert rows["final-train/-"] == ("-", "not started")
+    subprocess.run(["scancel", first], check=True)
+    _wait_for(lambda: re.search(r"CANCELLED|no longer in squeue", _status(work)["driver"][1]), 60,
+              lambda: _status(work))  # fmt: skip
+    assert _status(work)["train/mini"] == (mini[0], "RUNNING")  # the training job outlives its driver
+
+    monkeypatch.delenv("SLEEP_ON")
+    assert driver.main(["submit", *args]) == 0
+    second = json.loads((work / "slurm" / "driver.json").read_text())["job_id"]
+    _wait_for(lambda: re.search(r"(FAILED|COMPLETED|no longer in squeue)", _status(work)["driver"][1]), 300,
+              lambda: _status(work))  # fmt: skip
+    rows = _status(work)
+    text = (work / "slurm" / "driver.out").read_text()
+    assert f"Slurm job {mini[0]} of an earlier run is RUNNING; waiting on it" in text, text[-3000:]
+    assert rows["train/mini"] == (mini[0], "done")  # trained once, by the first driver's job
+    assert all(rows[f"train/{k}"][1] == "done" for k in ("A", "B"))
+    failed = [key for key, (_, state) in rows.items() if key.startswith("infer/") and state.startswith("failed")]
+    assert failed, rows
+    assert rows["driver"][1].startswith(f"driver: Slurm job {second} ")

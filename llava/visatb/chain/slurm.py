@@ -351,6 +351,23 @@ class JobWatcher:
         return states
 
 
+# The line a multi-node training prints when a rank lost contact with another (llava/train/dist_watch.py).
+LOST_CONTACT = re.compile(r"^\[train\] error[^:]*: (rank \d+ on node \S+ lost contact with .*?)(?:; the collective failed.*)?$",
+                          re.M)  # fmt: skip
+
+
+def name_lost_node(error: PipelineError, log: Path) -> PipelineError:
+    """The failure of a training job, with the rank and node it lost (from its log) on the first line."""
+    try:
+        match = LOST_CONTACT.search(log.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return error
+    if not match:
+        return error
+    first, _, rest = str(error).partition("\n")
+    return PipelineError(f"{first}; {match.group(1)}" + (f"\n{rest}" if rest else ""))
+
+
 def is_live(state: str) -> bool:
     return state not in ENDED_STATES
 
@@ -470,7 +487,7 @@ class SlurmExecutor(LocalExecutor):
                         extras = self._finish_item(stage, item, log, code, seconds, job=f"Slurm job {job_id}: ",
                                                    record={"slurm_job": job_id})  # fmt: skip
                     except PipelineError as e:
-                        failures.append(e)
+                        failures.append(name_lost_node(e, log))
                     else:
                         job_files.remove()
                         finished += 1
