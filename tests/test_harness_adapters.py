@@ -255,6 +255,26 @@ def test_clip_tower_folder_as_model_path_says_what_it_is(tiny_llava, tmp_path):
     assert f"{tower} is a vision tower" in proc.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_clip_tower_folder_through_the_answering_commands(tiny_llava, tmp_path):
+    tower = tiny_llava["vision_tower"]
+    Image.new("RGB", (8, 8)).save(tmp_path / "p.png")
+    record = {"id": "1", "image": "p.png", "conversations": [{"from": "human", "value": "<image>\nq"},
+                                                            {"from": "gpt", "value": "a"}]}  # fmt: skip
+    (tmp_path / "q.json").write_text(json.dumps([record]))
+    (tmp_path / "q.jsonl").write_text(json.dumps({"question_id": 1, "image": "p.png", "text": "q"}) + "\n")
+    commands = [
+        ["inference_visatb.py", "--question-file", str(tmp_path / "q.json"), "--answers-folder", str(tmp_path / "a")],
+        ["-m", "llava.eval.model_vqa", "--question-file", str(tmp_path / "q.jsonl"), "--answers-file",
+         str(tmp_path / "a.jsonl")],
+    ]  # fmt: skip
+    for command in commands:
+        proc = _run(*command, "--model-path", tower, "--image-folder", str(tmp_path))
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert f"{tower} is a vision tower" in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
