@@ -27,8 +27,8 @@ from llava.mm_utils import (
     process_images,
     tokenizer_image_token,
 )
+from llava.model import llama_sdpa_attn as sdpa
 from llava.model.builder import load_pretrained_model
-from llava.train import llama_sdpa_attn_monkey_patch as sdpa
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """The attention implementations a caller may ask for when loading (`attn_implementation`, `use_flash_attn`).
 
 transformers 4.31 has no `attn_implementation` argument: LLaMA attention is its eager code unless this
-process installed the SDPA forward (`llava/train/llama_sdpa_attn_monkey_patch.py`, the same numbers). Harnesses
+process installed the SDPA forward (`llava/model/llama_sdpa_attn.py`, the same numbers). Harnesses
 written for later LLaVA builders pass these names; they are honoured here or refused with a reason.
 """
 
@@ -45,8 +45,7 @@ def apply_attention(name: str | None, device: str) -> str | None:
             f"attn_implementation 'flash_attention_2' (or use_flash_attn) needs a CUDA device, and the model "
             f"loads on {device!r}: use attn_implementation='sdpa' or 'eager' there"
         )
-    # The SDPA forward lives with the training entry points (train_mem.py installs it too).
-    from llava.train import llama_sdpa_attn_monkey_patch as sdpa
+    from llava.model import llama_sdpa_attn as sdpa
 
     if name == "eager":
         if sdpa.sdpa_installed():
