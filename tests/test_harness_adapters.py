@@ -199,11 +199,15 @@ def test_builder_keywords_of_later_llava_versions(tiny_llava, tmp_path, capsys):
         ({"torch_dtype": "float99"}, "torch_dtype 'float99'"),
         ({"frobnicate": 1}, "unknown keyword argument.*frobnicate"),
         ({"customized_config": object()}, "customized_config"),
+        ({"device_map": "cuda:0", "device": None}, "torch sees no CUDA device"),
     ],
 )
 def test_builder_refuses_what_it_cannot_honour_by_name(tiny_llava, kwargs, message):
+    if "device_map" in kwargs and torch.cuda.is_available():
+        kwargs = {"device_map": "cuda:0", "attn_implementation": "paged"}  # this machine has one: still refused
+        message = "unknown attn_implementation"
     with pytest.raises(ValueError, match=message):
-        load_pretrained_model(tiny_llava["full"], None, "llava-tiny", device="cpu", verbose=False, **kwargs)
+        load_pretrained_model(tiny_llava["full"], None, "llava-tiny", **{"device": "cpu", "verbose": False, **kwargs})
 
 
 def test_model_class_takes_the_loading_options_lmms_eval_passes(tiny_llava):

@@ -296,6 +296,11 @@ def load_pretrained_model(
             "use_flash_attention_2 and customized_config=None"
         )
     device = _device_of_map(device_map, device)
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"the model is to load on {device!r} (device={device!r}, device_map={device_map!r}) but torch sees no "
+            "CUDA device: pass device='cpu' (lmms-eval's llava class: device_map=auto,device=cpu)"
+        )
     torch_dtype = _torch_dtype(torch_dtype, device)
     apply_attention(requested_attention(attn_implementation, use_flash_attn, use_flash_attention_2), device)
     load_kwargs = {"torch_dtype": torch_dtype, "low_cpu_mem_usage": True, **kwargs}
