@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
 from urllib.parse import urlsplit
 
 import pytest
 import requests
+from browser_helpers import chromium
 from PIL import Image
 from serve_helpers import MODEL_A, MODEL_B, stack
 from train_helpers import free_port
@@ -28,40 +28,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 QUESTION = "What is in the image?"
 MAX_NEW_TOKENS = 64  # a multiple of the slider's step (64, as upstream)
-CHROMIUM_FLAGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1280,860",
-]  # fmt: skip
-
-
-def _browser_paths() -> tuple[str, str] | str:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
-    if not chromium or not driver:
-        return "Chromium and chromedriver are not installed (apt-get install -y chromium chromium-driver)"
-    return chromium, driver
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    found = _browser_paths()
-    if isinstance(found, str):
-        if os.environ.get("VISATB_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"VISATB_REQUIRE_BROWSER=1 but {found}")
-        pytest.skip(found)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = found[0]
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # the page's network requests
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(found[1]), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    yield from chromium(tmp_path_factory.mktemp("chromium-profile"))
 
 
 @pytest.fixture(scope="module")
