@@ -4,7 +4,8 @@
 #   -> weights (weights.json, heatmap.png, VISATB_WEIGHTS) -> final VisATB (+ EW baseline) training
 #   -> the final models' scores -> report.md
 # Every variable below can be set in the environment; extra arguments go to `python -m llava.visatb.chain`
-# (e.g. --redo weights). Rerunning skips what finished; a failed stage names itself and its log
+# (e.g. --redo weights). Rerunning skips what finished while everything it was made from (parameters, the hash of
+# each input file) is unchanged, and redoes, saying why, what a change reaches; a failed stage names its log
 # (WORK_DIR/logs/<stage>/<item>.log). Training goes through FINETUNE_SCRIPT: DeepSpeed on GPU nodes, the CPU
 # fallback elsewhere (its own variables, e.g. LEARNING_RATE, NUM_GPUS, pass through the environment).
 #   WORK_DIR=work/academic VAL_DIR=data bash scripts_visatb/run_visatb.sh
@@ -87,6 +88,7 @@ DIFFICULTY_FROM="${DIFFICULTY_FROM:-}"               # real | precise (App. F); 
 GAIN_TOLERANCE="${GAIN_TOLERANCE:-$DEFAULT_GAIN_TOLERANCE}"  # own-data gain at most this share of the score: "no gain" (neutral weight)
 MAX_CONTRIBUTION="${MAX_CONTRIBUTION:-$DEFAULT_MAX_CONTRIBUTION}"  # ... or so small that some |C[i->j]| exceeds this
 STRICT="${STRICT:-0}"                                # 1: a task without own-data gain stops the chain instead
+STRICT_REUSE="${STRICT_REUSE:-0}"                    # 1: stop when a finished item's inputs changed, instead of redoing it
 EW_BASELINE="${EW_BASELINE:-1}"                      # 1: also train plain LLaVA (equal weights) for comparison
 METHODS="${METHODS:-}"                               # final models, any of $METHOD_KEYS (default: VisATB,EW)
 STL="${STL:-0}"                                      # 1: also train each task alone (STL) -> comparison.json (dI, dE)
@@ -114,7 +116,7 @@ SLURM_TRAIN_ARGS="${SLURM_TRAIN_ARGS:-}"             # ... for training jobs onl
 args=(--work-dir "$WORK_DIR" --data "$DATA_PATH" --image-folder "$IMAGE_FOLDER"
       --finetune-script "$FINETUNE_SCRIPT" --run-name "$RUN_NAME" --mini-fraction "$MINI_FRACTION" --seed "$SEED"
       --conv-mode "$CONV_MODE" --temperature "$TEMPERATURE" --gain-tolerance "$GAIN_TOLERANCE"
-      --max-contribution "$MAX_CONTRIBUTION" --strict "$STRICT" --ew-baseline "$EW_BASELINE" --eval-final "$EVAL_FINAL"
+      --max-contribution "$MAX_CONTRIBUTION" --strict "$STRICT" --strict-reuse "$STRICT_REUSE" --ew-baseline "$EW_BASELINE" --eval-final "$EVAL_FINAL"
       --stl "$STL" --jobs "$JOBS" --train-jobs "$TRAIN_JOBS" --large-fraction "$LARGE_FRACTION")
 [ -z "$METHODS" ] || args+=(--methods "$METHODS")
 [ -z "$ABLATIONS" ] || args+=(--ablations "$ABLATIONS")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from train_helpers import make_toy_data, train_flags
 
-from llava.model.folders import base_model_problem
+from llava.folders import base_model_problem
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.train.train import train
 

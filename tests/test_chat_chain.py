@@ -333,7 +333,7 @@ def test_unchanged_answers_are_never_judged_twice_across_a_redo(chat_inputs, mon
         assert len(judge.answered) == 4
         # --redo score forgets the stage but keeps the reviews: unchanged answers are not asked again,
         # a changed one is.
-        chain.redo_from("score")
+        chain.redo("score")
         write_answers(chain, "alone:detail", {**ANSWERS["alone:detail"], 2: "a cat wears sunglasses"})
         chain._run_items("score", "[test]", chain._score_items(["alone:detail"])[1], 1)
         assert (

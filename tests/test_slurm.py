@@ -92,7 +92,7 @@ def test_redo_forgets_the_recorded_jobs_of_the_stages_it_redoes(chain_inputs):
         files = slurm.JobFiles.of(chain.slurm_dir / stage, "x")
         files.submitted.parent.mkdir(parents=True)
         files.submitted.write_text('{"job_id": "7", "name": "n"}')
-    chain.redo_from("report")
+    chain.redo("report")
     assert not (chain.slurm_dir / "report").exists() and (chain.slurm_dir / "score" / "x.job.json").is_file()
 
 

@@ -15,7 +15,7 @@ import torch
 import transformers
 
 from llava.conversation import SeparatorStyle, conv_templates
-from llava.model.folders import base_model_problem
+from llava.folders import base_model_problem
 from llava.model.weight_methods import (
     EWTB_DENOMINATORS,
     WEIGHT_METHODS,

@@ -118,7 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=1, help="inference/metric commands run at the same time")
     run.add_argument("--train-jobs", type=int, default=1, help="training runs at the same time (CPU only; 1 on GPUs)")
     run.add_argument("--run-name", default="visatb", help="checkpoint names: llava-<run-name>-<model>")
-    run.add_argument("--redo", help=f"recompute from this stage on ({', '.join(STAGES)})")
+    run.add_argument("--redo", help=f"recompute this stage ({', '.join(STAGES)}); a later item is redone only where "
+                     "what it reads changes (a trained model that does not depend on the stage is kept)")
+    run.add_argument("--strict-reuse", type=_bool, default=False,
+                     help="stop instead of redoing an item whose inputs or parameters changed since it finished")
     cluster = parser.add_argument_group(
         "executor (each --slurm-* value: VALUE for every stage, or STAGE=VALUE pairs, e.g. '1,train=4'; STAGE is "
         "train, infer, score (both stages of that kind) or a stage name such as final-train)")
@@ -162,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             slurm_settings.check_cluster()  # before the first job, not after the first stage
         pipeline = Pipeline(cfg, slurm_settings=slurm_settings)
         if args.redo:
-            pipeline.redo_from(args.redo)
+            pipeline.redo(args.redo)
     except (ValueError, FileNotFoundError, SlurmError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

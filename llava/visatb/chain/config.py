@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llava.folders import base_model_problem
 from llava.utils import load_json
 from llava.visatb.defaults import (
     DEFAULT_ALPHA,
@@ -98,6 +99,7 @@ class PipelineConfig:
     jobs: int = 1
     train_jobs: int = 1
     run_name: str = "visatb"
+    strict_reuse: bool = False  # an item whose inputs changed stops the chain instead of being redone
 
     @property
     def scored_tasks(self) -> list[str]:
@@ -334,6 +336,10 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
     for flag, value in (("--projector", args.projector), ("--start-model", args.start_model)):
         if value and not Path(value).exists():
             raise FileNotFoundError(f"{flag} {value}: no such file or folder")
+    if args.base_model:
+        problem = base_model_problem(args.base_model, "--base-model (BASE_MODEL_PATH)")
+        if problem:
+            raise ValueError(problem)
 
     max_new_tokens: dict[str, int] = {}
     for key, value in parse_mapping(args.max_new_tokens, "--max-new-tokens").items():
@@ -422,4 +428,5 @@ def resolve_config(args: argparse.Namespace) -> PipelineConfig:
         jobs=_positive_int(args.jobs, "--jobs"),
         train_jobs=_positive_int(args.train_jobs, "--train-jobs"),
         run_name=args.run_name,
+        strict_reuse=bool(getattr(args, "strict_reuse", False)),
     )

@@ -18,6 +18,7 @@ from typing import IO, Any
 from llava.utils import atomic_write_json
 from llava.visatb.chain.config import REPO_ROOT, PipelineError
 from llava.visatb.chain.costs import item_devices
+from llava.visatb.chain.records import new_run_id
 from llava.visatb.chain.stages import Item
 from llava.visatb.chain.workdir import WorkDir
 
@@ -98,10 +99,12 @@ class LocalExecutor(WorkDir):
         extras = item.collect(text) if item.collect else {}
         extras.update(item_devices(stage, text))
         self.ran_items += 1
+        recipe = {"recipe": item.recipe.to_json(), "made": new_run_id()} if item.recipe is not None else {}
         atomic_write_json(self.marker(stage, item.key), {
             "item": item.key, "command": item.command, "env": item.env, "seconds": round(seconds, 1),
-            "log": str(log), **(record or {}), **extras,
+            "log": str(log), **(record or {}), **extras, **recipe,
         })  # fmt: skip
+        self.started_marker(stage, item.key).unlink(missing_ok=True)
         return extras
 
 

@@ -107,17 +107,21 @@ class Record:
         return canonical_digest(self.to_json())
 
 
-def command_params(command: list[str], python: str, repo_root: Path) -> list[str]:
-    """The command as recorded: the interpreter and the checkout's location are not parameters of the result."""
-    root = str(repo_root)
+def command_params(command: list[str], python: str, repo_root: Path,
+                   roots: Mapping[str, str] | None = None) -> list[str]:  # fmt: skip
+    """The command as recorded: the interpreter and the checkout's location are not parameters of the result;
+    `roots` maps more folders to names (the work directory to $WORK_DIR), so a moved folder is no change."""
+    names = {str(repo_root): "", **(roots or {})}
     recorded = []
     for index, token in enumerate(command):
         if index == 0 and token == python:
             recorded.append("python")
-        elif token.startswith(root + os.sep):
-            recorded.append(token[len(root) + 1 :])
-        else:
-            recorded.append(token)
+            continue
+        for root, name in names.items():
+            if token.startswith(root + os.sep):
+                token = (name + "/" if name else "") + token[len(root) + 1 :]
+                break
+        recorded.append(token)
     return recorded
 
 

@@ -17,9 +17,10 @@ from typing import Any
 
 from llava.utils import load_json
 from llava.visatb.chain.config import METHODS, REPO_ROOT, PipelineError
+from llava.visatb.chain.records import ITEM_PREFIX, VALUE_PREFIX, Record, canonical_digest
 from llava.visatb.chain.workdir import WorkDir, safe_name
 from llava.visatb.defaults import DEFAULT_MAX_NEW_TOKENS
-from llava.visatb.scores import ALONE_PREFIX, EW, MINI, MINI_ALONE_PREFIX, VISATB, group_scores
+from llava.visatb.scores import ALONE_PREFIX, EW, MINI, MINI_ALONE_PREFIX, START, VISATB, group_scores
 from llava.visatb.tasks import GPT_REVIEW, format_task_groups
 
 
@@ -34,6 +35,10 @@ class Item:
     outputs: list[Path] = field(default_factory=list)
     collect: Callable[[str], dict[str, Any]] | None = None  # reads the log, returns marker extras
     size: int = 0  # the work it is, e.g. its training records: a stage starts its larger items first
+    # What it is made from, by name: a path (hashed), "item:<stage>/<key>" (that item's run) or "value:<digest>".
+    inputs: dict[str, str] = field(default_factory=dict)
+    stale: list[Path] = field(default_factory=list)  # what a redo must set aside first, or it would be reused
+    recipe: Record | None = None  # its parameters and input digests, filled in by the runner
 
 
 class StageBuilders(WorkDir):
@@ -63,7 +68,8 @@ class StageBuilders(WorkDir):
             key = "subsets+alone"  # a chain that adds STL models rewrites the (identical) subsets with them
         if cfg.groups:
             key += "+groups"  # group sets are other files: a chain given groups later writes them
-        item = Item(key, f"{what} of {cfg.data.name}", command, outputs=[self.subsets_dir / "subsets.json"])
+        item = Item(key, f"{what} of {cfg.data.name}", command, outputs=[self.subsets_dir / "subsets.json"],
+                    inputs={"training data": str(cfg.data)})  # fmt: skip
         items = [item]
         if cfg.judged_tasks:
             review = cfg.review_set or {}
@@ -73,7 +79,9 @@ class StageBuilders(WorkDir):
                      "--output-dir", str(self.review_dir)]  # fmt: skip
             items.append(Item("review-set", f"validation files of {', '.join(cfg.judged_tasks)} from the review set "
                               f"{Path(review['questions']).name}", split,
-                              outputs=[Path(self.val_file(t)) for t in cfg.judged_tasks]))  # fmt: skip
+                              outputs=[Path(self.val_file(t)) for t in cfg.judged_tasks],
+                              inputs={f"review set {k}": review[k] for k in ("questions", "context", "reference",
+                                                                             "rules")}))  # fmt: skip
         return f"sub-datasets of {cfg.data}", items, 1
 
     def _task_env(self) -> dict[str, str]:
@@ -84,6 +92,17 @@ class StageBuilders(WorkDir):
             if value:
                 env[name] = value
         return env
+
+    def _start_inputs(self) -> dict[str, str]:
+        """The starting point every training reads: base model, vision tower, projector (hub names by name)."""
+        cfg = self.cfg
+        named = {"base model": cfg.base_model, "vision tower": cfg.vision_tower, "projector": cfg.projector}
+        return {name: value for name, value in named.items() if value}
+
+    def _made_by(self, key: str) -> str:
+        """The item that trains model `key`, as an input of what reads the model."""
+        stage = "final-train" if key in self.cfg.final_keys else "train"
+        return f"{ITEM_PREFIX}{stage}/{key}"
 
     def _train_items(self, keys: list[str], final: bool) -> tuple[str, list[Item], int]:
         cfg = self.cfg
@@ -119,8 +138,11 @@ class StageBuilders(WorkDir):
                 extra = cfg.prep_train_args
             command = ["bash", cfg.finetune_script, *cfg.train_args, *extra]
             label = f"{key}: {what} -> {output.name} (log: {self.log_dir / ('final-train' if final else 'train') / (safe_name(key) + '.log')})"
+            inputs = {"training data": env["DATA_PATH"], "finetune script": cfg.finetune_script, **self._start_inputs()}
+            if env["VISATB_WEIGHTS_FILE"]:
+                inputs["task weights"] = env["VISATB_WEIGHTS_FILE"]
             items.append(Item(key, label, command, env=env, outputs=[output / "config.json"],
-                              size=0 if final else int(entry["count"])))  # fmt: skip
+                              size=0 if final else int(entry["count"]), inputs=inputs, stale=[output]))  # fmt: skip
         if final:
             title = f"final training on the entire data: {', '.join(keys)} through {Path(cfg.finetune_script).name}"
         else:
@@ -153,8 +175,13 @@ class StageBuilders(WorkDir):
                 default = str(DEFAULT_MAX_NEW_TOKENS)  # for tasks without a limit of their own
                 command += ["--max_new_tokens", *(str(n) if n else default for n in limits)]
             command += cfg.infer_args
-            items.append(Item(key, f"{key} answers {len(tasks)} validation set(s)", command,
-                              outputs=[self.answers_file(key, t) for t in tasks]))  # fmt: skip
+            inputs = {"model": model_path if key == START else self._made_by(key)}
+            if model_base:
+                inputs["model base"] = model_base
+            inputs.update({f"validation set of {t}": self.val_file(t) for t in tasks})
+            answers = [self.answers_file(key, t) for t in tasks]
+            items.append(Item(key, f"{key} answers {len(tasks)} validation set(s)", command, outputs=answers,
+                              inputs=inputs, stale=answers))  # fmt: skip
         title = f"inference of {len(keys)} model(s) ({', '.join(keys)}) on {len(tasks)} validation sets"
         return title, items, cfg.jobs
 
@@ -171,8 +198,9 @@ class StageBuilders(WorkDir):
                     command += ["--review-set", ",".join(review[k] for k in ("questions", "context", "reference", "rules")),
                                 "--review-image-folder", review["image_folder"], "--tasks", ",".join(cfg.judged_tasks),
                                 "--reviews", str(self.reviews_file(key, task)), "--judge-model", str(cfg.judge_model)]  # fmt: skip
+                inputs = {"answers": str(self.answers_file(key, task)), "validation set": self.val_file(task)}
                 items.append(Item(f"{key}__{task}", f"{key} / {task} ({metric})", command,
-                                  outputs=[self.scores_file], collect=_collect_score))  # fmt: skip
+                                  outputs=[self.scores_file], collect=_collect_score, inputs=inputs))  # fmt: skip
         return f"metrics of {len(keys)} model(s) into {self.scores_file.name}", items, cfg.jobs
 
     def _missing_extra_scores(self) -> dict[str, list[str]]:
@@ -201,17 +229,26 @@ class StageBuilders(WorkDir):
         if missing:
             raise PipelineError(f"weights stage: {self._extra_models_message(missing)}")
         command = [*self._weights_command(self.weights_file), "--plot", str(self.plot_file)]
+        inputs = {"preparation scores": self._preparation_scores_digest()}
         item = Item("weights", "contributions, difficulties and weights from scores.json", command,
-                    outputs=[self.weights_file, self.plot_file], collect=self._collect_weights)  # fmt: skip
+                    outputs=[self.weights_file, self.plot_file], collect=self._collect_weights, inputs=inputs)  # fmt: skip
         items = [item]
         for key, options in cfg.ablation_settings.items():
             ablated = self._weights_command(self.ablation_weights_file(key), **options)
             items.append(Item(f"weights:{key}", f"{key}: ablation weights", ablated,
-                              outputs=[self.ablation_weights_file(key)], collect=_collect_weights_line))  # fmt: skip
+                              outputs=[self.ablation_weights_file(key)], collect=_collect_weights_line,
+                              inputs=inputs))  # fmt: skip
         title = "VisATB weights (weights.json, heatmap.png, VISATB_WEIGHTS)"
         if len(items) > 1:
             title += f" and {len(items) - 1} ablation weight file(s)"
         return title, items, 1
+
+    def _preparation_scores_digest(self) -> str:
+        """The weights read the scores of the preparation models (and the start) only: the final models' scores,
+        written into the same scores.json later, must not make the weights look out of date."""
+        scores = load_json(self.scores_file) if self.scores_file.is_file() else {}
+        keys = sorted({START, *self.cfg.prep_keys})
+        return VALUE_PREFIX + canonical_digest({key: scores.get(key) for key in keys})
 
     def _weights_command(self, output: Path, alpha: list[float] | None = None, temperature: float | str | None = None,
                          difficulty_from: str | None = None) -> list[str]:  # fmt: skip
@@ -245,8 +282,14 @@ class StageBuilders(WorkDir):
                    "--plot", self.plot_file.name, "--output", str(self.report_file)]  # fmt: skip
         groups = ["--task-groups", format_task_groups(cfg.groups)] if cfg.groups else []
         command += [*groups, "--costs", str(self.work / "pipeline.json")]
-        item = Item("report", "report.md: per-task table, relative improvements, learning checks", command,
-                    outputs=[self.report_file])
+        page = self.report_file.with_suffix(".html")  # the results page: tables and every model's answers
+        command += ["--html", str(page), "--answers-dir", str(self.work / "answers"),
+                    "--val-files", ",".join(f"{t}={self.val_file(t)}" for t in cfg.scored_tasks)]  # fmt: skip
+        if cfg.image_folder:
+            command += ["--image-folder", cfg.image_folder]
+        item = Item("report", "report.md and report.html: per-task table, relative improvements, learning checks, "
+                    "every model's answers", command, outputs=[self.report_file, page],
+                    inputs={"scores": str(self.scores_file), "weights": str(self.weights_file)})  # fmt: skip
         items = [item]
         if cfg.needs_alone:
             compare = [self.python, "-m", "llava.visatb.results.compare", "--scores", str(self.scores_file), "--baseline",
@@ -254,7 +297,7 @@ class StageBuilders(WorkDir):
                        "--output", str(self.comparison_file), "--markdown", str(self.comparison_file.with_suffix(".md")),
                        "--plot", str(self.comparison_file.with_suffix(".png")), *groups]  # fmt: skip
             items.insert(0, Item("compare", "comparison.json/.md/.png: every final model against STL (dI, dE)",
-                                 compare, outputs=[self.comparison_file]))  # fmt: skip
+                                 compare, outputs=[self.comparison_file], inputs={"scores": str(self.scores_file)}))  # fmt: skip
         return "report", items, 1
 
 

@@ -6,7 +6,10 @@
     WORK_DIR/reviews/<model>/<task>.jsonl   the judge's reviews (gpt_review tasks), kept by --redo
     WORK_DIR/scores.json, weights.json, heatmap.png, weights.txt, report.md, pipeline.json
     WORK_DIR/logs/<stage>/<item>.log  each command's output
-    WORK_DIR/.done/<stage>.json, .done/<stage>/<item>.json   markers, written only after success
+    WORK_DIR/.done/<stage>.json, .done/<stage>/<item>.json   markers, written only after success, each with the
+                                      item's record (parameters, input digests; llava/visatb/chain/records.py)
+    WORK_DIR/.started/<stage>/<item>.json   the record of an item started and not yet finished
+    WORK_DIR/.lock                    the running chain's pid and host (llava/visatb/chain/lock.py)
 """
 
 from __future__ import annotations
@@ -114,6 +117,9 @@ class WorkDir:
     def is_done(self, stage: str, item: str | None = None) -> bool:
         return self.marker(stage, item).is_file()
 
+    def started_marker(self, stage: str, item: str) -> Path:
+        return self.work / ".started" / stage / f"{safe_name(item)}.json"
+
     def stage_needs_run(self, stage: str, items: Sequence[Item]) -> bool:
         """Whether a stage must run: not marked done, or done for fewer items than this configuration has
         (STL models, more methods or ablation rows added to a finished chain). Done items inside it are skipped."""
@@ -122,20 +128,22 @@ class WorkDir:
         done = load_json(self.marker(stage)).get("items")
         return not isinstance(done, list) or not {i.key for i in items} <= set(done)
 
-    def redo_from(self, stage: str) -> None:
-        """Forget `stage` and every later one: remove their markers and the outputs they made."""
+    def redo(self, stage: str) -> None:
+        """Forget `stage` (its markers, earlier Slurm jobs and outputs) so that it runs again. Later stages are not
+        touched: their items are redone by their records only where what they read changes (a rescoring that
+        gives the same scores keeps the weights and the final models)."""
         stages = self.cfg.stages
         if stage not in stages:
             raise ValueError(f"--redo {stage!r}: unknown stage; stages of this run: {', '.join(stages)}")
-        for name in stages[stages.index(stage):]:
-            self.marker(name).unlink(missing_ok=True)
-            shutil.rmtree(self.done_dir / name, ignore_errors=True)
-            shutil.rmtree(self.slurm_dir / name, ignore_errors=True)  # earlier jobs' results must not be taken
-            for path in self._stage_outputs(name):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
+        self.marker(stage).unlink(missing_ok=True)
+        shutil.rmtree(self.done_dir / stage, ignore_errors=True)
+        shutil.rmtree(self.work / ".started" / stage, ignore_errors=True)
+        shutil.rmtree(self.slurm_dir / stage, ignore_errors=True)  # earlier jobs' results must not be taken
+        for path in self._stage_outputs(stage):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def _stage_outputs(self, stage: str) -> list[Path]:
         keys = {"train": self.cfg.prep_keys, "final-train": self.cfg.final_keys}
