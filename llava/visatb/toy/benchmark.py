@@ -1,5 +1,7 @@
 """The embedded toy benchmark: coloured shapes on a 3x3 grid, asked about in the Academic benchmark's task types.
 
+(Over 600 lines on purpose: drawing, the five tasks' records and the manifest are one format, FORMAT_VERSION.)
+
 Images hold one or two shapes (circle, square, triangle; red, green, blue, yellow; small or large), each
 centred in a grid cell, on a plain or lightly noisy grey-level background. Five tasks, in the `toy` preset's
 task-id order:
