@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import re
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from llava.constants import (
 from llava.conversation import Conversation, SeparatorStyle, get_conv_template
 from llava.mm_utils import (
     KeywordsStoppingCriteria,
+    choose_conv_mode,
     get_model_name_from_path,
     load_image,
     process_images,
@@ -166,21 +168,25 @@ class LlavaGenerator:
         load_4bit: bool = False,
         **gen,
     ) -> LlavaGenerator:
-        """Load a checkpoint with `load_pretrained_model`; `conv_mode=None` guesses it from the name as LLaVA does.
+        """Load a checkpoint with `load_pretrained_model`; `conv_mode=None` takes the template the checkpoint
+        recorded at training time, and guesses it from the name as LLaVA does only for one that records none.
 
         `load_8bit` / `load_4bit` quantise the language model with bitsandbytes (CUDA only), as upstream.
         """
         from llava.model.builder import load_pretrained_model
 
         model_name = get_model_name_from_path(model_path)
-        if conv_mode is not None:
-            get_conv_template(conv_mode)  # before the (slow) load
+        if conv_mode is None:
+            conv_mode, why = choose_conv_mode(model_path, None, infer_conv_mode)
+            if verbose:
+                print(f"[llava] conversation template {conv_mode!r}: {why}", file=sys.stderr, flush=True)
+        get_conv_template(conv_mode)  # before the (slow) load
         tokenizer, model, image_processor, _ = load_pretrained_model(
             model_path, model_base, model_name, load_8bit=load_8bit, load_4bit=load_4bit, device=device,
             verbose=verbose,
         )  # fmt: skip
         return cls(
-            tokenizer, model, image_processor, conv_mode=conv_mode or infer_conv_mode(model_name),
+            tokenizer, model, image_processor, conv_mode=conv_mode,
             model_name=model_name, **gen,
         )  # fmt: skip
 

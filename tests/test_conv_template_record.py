@@ -65,3 +65,10 @@ def test_serve_cli_uses_the_recorded_template(trained, picture, capsys, monkeypa
     assert "[conversation template 'v1': recorded in" in capsys.readouterr().err
     assert cli.main(["--model-path", str(renamed), "--image-file", picture, "--conv-mode", "llava_v0"]) == 0
     assert "'llava_v0': given with --conv-mode; the checkpoint was trained with 'v1'" in capsys.readouterr().err
+
+
+def test_a_generator_loaded_without_a_template_takes_the_recorded_one(trained, capsys):
+    # The web demo's worker loads this way: the folder name alone would give llava_v0.
+    generator = LlavaGenerator.from_pretrained(trained, conv_mode=None, max_new_tokens=2)
+    assert generator.conv_mode == "v1"
+    assert "[llava] conversation template 'v1': recorded in" in capsys.readouterr().err
