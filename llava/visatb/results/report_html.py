@@ -36,7 +36,7 @@ from llava.visatb.scores import EW, VISATB
 from llava.visatb.tasks import CAPTION, CAPTION_LIST, GPT_REVIEW, GROUNDING, QA
 
 DEFAULT_MAX_RECORDS = 200
-THUMB_SIDE = 192
+THUMB_SIDE = 160  # the width the page shows images at
 SAMPLE_SEED = 0
 # An image file this small is embedded as it is; a larger one becomes a JPEG thumbnail.
 SMALL_IMAGE_BYTES = 24_000
@@ -200,10 +200,11 @@ h1,h2,h3{line-height:1.2}table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:3px 7px;vertical-align:top}th{background:#f3f3f3}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .controls{position:sticky;top:0;background:#fff;padding:.5em 0;border-bottom:1px solid #ccc;z-index:1}
-.rec{display:flex;gap:1em;border-top:1px solid #ddd;padding:.7em 0}.rec img{max-width:192px;max-height:192px}
+.rec{display:flex;align-items:flex-start;gap:1em;border-top:1px solid #ddd;padding:.7em 0}
+.rec img{width:160px;height:auto;flex:none;image-rendering:pixelated}
 .rec .noimg{width:120px;color:#888;font-style:italic}.rec .body{flex:1;min-width:0}
 .answer{white-space:pre-wrap;overflow-wrap:anywhere}.answers td:first-child{white-space:nowrap}
-tr.chosen td{background:#fff8dc}.differs{color:#b00;font-weight:bold}.rid{color:#888;font-size:90%}
+td.score{white-space:nowrap}tr.chosen td{background:#fff8dc}.differs{color:#b00;font-weight:bold}.rid{color:#888;font-size:90%}
 .refs{margin:.2em 0;padding-left:1.2em}.hidden{display:none}.count{font-weight:bold}
 """
 
