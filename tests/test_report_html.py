@@ -378,3 +378,26 @@ def test_find_answer_file_follows_the_answer_naming(tmp_path):
     (own.parent / "My-Task-val-10-extra_llava.json").write_text("[]")  # another question file's answers
     assert report_html.find_answer_file(tmp_path / "answers", "alone:X", str(val)) == own
     assert report_html.find_answer_file(tmp_path / "answers", "EW", str(val)) is None
+
+
+def test_task_groups_give_the_group_table_and_per_task_answers(work):
+    assert _run_report(work, "--task-groups", "Captions=Cap;Lists=CapList;Answers=QA;Boxes=Box") == 0
+    page = read_page(work["dir"] / "report.html")
+    assert page.tables["scores"] == markdown_table((work["dir"] / "report.md").read_text())
+    assert page.tables["scores"][0][1:] == ["Captions (CIDEr)", "Lists (CIDEr)", "Answers (acc %)", "Boxes (acc %)"]
+    assert set(page.sections) == set(TASKS)  # answers stay per task, scored with the task's own metric
+    assert page.sections["Box"]["records"]["Box-0"]["scores"]["VisATB"].endswith("miss")
+
+
+def test_gpt_review_answers_are_shown_without_a_per_record_score(work):
+    from llava.visatb.tasks import GPT_REVIEW
+
+    val_file = work["val_files"]["Cap"]
+    files = {m: report_html.find_answer_file(work["dir"] / "answers", m, val_file) for m in ("EW", "VisATB")}
+    view = report_html.load_task("Cap", GPT_REVIEW, val_file, files)
+    assert all(a.score is None for a in view.answers["EW"].values())
+    text = report_html.render_page(work["scores"], ["Cap"], {"Cap": CAPTION}, [view])
+    page = PageReader()
+    page.feed(text)
+    record = page.sections["Cap"]["records"]["Cap-0"]
+    assert record["scores"] == {"EW": "-", "VisATB": "-"} and record["answers"]["VisATB"] == "shape 0"
