@@ -192,3 +192,11 @@ def test_a_second_chain_on_the_same_work_dir_is_refused_naming_the_first(inputs,
     out = capsys.readouterr().out
     assert f"taking over {work / '.lock'}: its holder (pid {holder.pid}" in out
     assert not (work / ".lock").exists()  # released when the chain stopped
+
+
+def test_adding_stl_models_and_their_scores_keeps_the_weights(inputs):
+    chain = prepared(inputs)
+    chain.scores_file.write_text(json.dumps({**PREP_SCORES, "alone:A": {"A": 0.55}, "alone:B": {"B": 0.7}}))
+    with_stl = pipeline(inputs, "--stl", "1")
+    run_stage(with_stl, "weights")
+    assert with_stl.ran_items == 0 and "redo" not in said(with_stl)

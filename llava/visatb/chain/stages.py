@@ -17,6 +17,7 @@ from typing import Any
 
 from llava.utils import load_json
 from llava.visatb.chain.config import METHODS, REPO_ROOT, PipelineError
+from llava.visatb.chain.costs import weight_model_keys
 from llava.visatb.chain.records import ITEM_PREFIX, VALUE_PREFIX, Record, canonical_digest
 from llava.visatb.chain.workdir import WorkDir, safe_name
 from llava.visatb.defaults import DEFAULT_MAX_NEW_TOKENS
@@ -229,26 +230,26 @@ class StageBuilders(WorkDir):
         if missing:
             raise PipelineError(f"weights stage: {self._extra_models_message(missing)}")
         command = [*self._weights_command(self.weights_file), "--plot", str(self.plot_file)]
-        inputs = {"preparation scores": self._preparation_scores_digest()}
+        inputs = {"preparation scores": self._scores_digest(weight_model_keys(cfg))}
         item = Item("weights", "contributions, difficulties and weights from scores.json", command,
                     outputs=[self.weights_file, self.plot_file], collect=self._collect_weights, inputs=inputs)  # fmt: skip
         items = [item]
+        every_preparation = {"preparation scores": self._scores_digest({START, *cfg.prep_keys})}
         for key, options in cfg.ablation_settings.items():
             ablated = self._weights_command(self.ablation_weights_file(key), **options)
             items.append(Item(f"weights:{key}", f"{key}: ablation weights", ablated,
                               outputs=[self.ablation_weights_file(key)], collect=_collect_weights_line,
-                              inputs=inputs))  # fmt: skip
+                              inputs=every_preparation))  # fmt: skip
         title = "VisATB weights (weights.json, heatmap.png, VISATB_WEIGHTS)"
         if len(items) > 1:
             title += f" and {len(items) - 1} ablation weight file(s)"
         return title, items, 1
 
-    def _preparation_scores_digest(self) -> str:
-        """The weights read the scores of the preparation models (and the start) only: the final models' scores,
-        written into the same scores.json later, must not make the weights look out of date."""
+    def _scores_digest(self, keys: set[str]) -> str:
+        """The weights read the scores of some preparation models only: the final models' scores (written into
+        the same scores.json later) or added STL models must not make the weights look out of date."""
         scores = load_json(self.scores_file) if self.scores_file.is_file() else {}
-        keys = sorted({START, *self.cfg.prep_keys})
-        return VALUE_PREFIX + canonical_digest({key: scores.get(key) for key in keys})
+        return VALUE_PREFIX + canonical_digest({key: scores.get(key) for key in sorted(keys)})
 
     def _weights_command(self, output: Path, alpha: list[float] | None = None, temperature: float | str | None = None,
                          difficulty_from: str | None = None) -> list[str]:  # fmt: skip
