@@ -173,7 +173,7 @@ def test_text_only_micro_batch_keeps_the_projector_in_the_graph_with_zero_grads(
 
 
 def test_generate_without_an_image_also_returns_only_new_tokens(loaded):
-    # Upstream 1.1.3 returns prompt + new tokens; ours returns the new ones only (README, "Coming from LLaVA").
+    # Upstream 1.1.3 returns prompt + new tokens; ours returns the new ones only (docs/coming-from-llava.md).
     _, model, _, _ = loaded
     ids = torch.tensor([[1, 5, 6, 7]])
     out = model.generate(ids, max_new_tokens=3, do_sample=False)

@@ -156,7 +156,8 @@ class WorkDir:
         if stage == "weights":
             return [self.weights_file, self.plot_file, self.weights_report, self.work / "weights"]
         if stage == "report":
-            return [self.report_file, *(self.comparison_file.with_suffix(x) for x in (".json", ".md", ".png"))]
+            return [self.report_file, self.report_file.with_suffix(".html"),
+                    *(self.comparison_file.with_suffix(x) for x in (".json", ".md", ".png"))]
         if stage == "subsets":
             return [self.subsets_dir]
         return []

@@ -1,4 +1,4 @@
-"""How much of the toy demo's signal survives a change of seed: the measurement behind the README's seed table.
+"""How much of the toy demo's signal survives a change of seed: the measurement behind docs/reproducibility.md's seed tables.
 
 Runs `scripts_visatb/demo.sh` once per seed (and optionally once more with another OMP_NUM_THREADS), then
 tabulates, per scored task j:
