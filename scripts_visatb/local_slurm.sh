@@ -37,6 +37,18 @@ stop_daemon() {  # stop_daemon PIDFILE NAME: TERM, then wait up to 10 s for the 
 }
 
 if [ "$action" = "stop" ]; then
+    # End the cluster's jobs first: their slurmstepd and processes would outlive the daemons.
+    if [ -s "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
+        jobs="$(SLURM_CONF="$dir/slurm.conf" squeue -h -o %i 2>/dev/null || true)"
+        if [ -n "$jobs" ]; then
+            # shellcheck disable=SC2086  # one job id per word
+            SLURM_CONF="$dir/slurm.conf" scancel $jobs 2>/dev/null || true
+            for _ in $(seq 30); do
+                [ -z "$(SLURM_CONF="$dir/slurm.conf" squeue -h -t running,completing -o %i 2>/dev/null)" ] && break
+                sleep 0.5
+            done
+        fi
+    fi
     for pidfile in "$dir"/slurmd*.pid; do
         [ -e "$pidfile" ] && stop_daemon "$pidfile" "$(basename "$pidfile" .pid)"
     done

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_slurm import chain_args, chain_inputs, submitted_ids  # noqa: F401  (chain_inputs: a fixture)
-from train_helpers import REPO, TASKS, make_toy_data, write_projector
+from train_helpers import REPO, TASKS, free_port, make_toy_data, write_projector
 
 from llava.visatb.chain import cli as chain_cli
 from llava.visatb.chain import driver
@@ -104,6 +104,29 @@ def test_a_taken_rendezvous_port_moves_up_and_a_taken_master_port_is_refused():
     assert "port 30487 on 127.0.0.1 is in use; trying 31487" in moved.stderr
     assert "--master_port 31487 " in command_line(moved)
     assert refused.returncode == 1 and "MASTER_PORT=30487 is already in use on 127.0.0.1" in refused.stderr
+
+
+def test_the_watch_names_the_rank_whose_heartbeat_stopped_and_nothing_while_all_beat(monkeypatch):
+    # Two ranks' watches in this process against a real TCPStore (the rendezvous store torchrun serves).
+    from llava.train.dist_watch import DistWatch, this_node
+
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    port = free_port()
+    store = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+    watches = [DistWatch("127.0.0.1", port, rank, 2, beat_seconds=0.1) for rank in (0, 1)]
+    try:
+        assert watches[0].layout() == f"2 rank(s) on 1 node(s): {this_node()} (ranks 0, 1)"
+        assert watches[0].lost_contact_message(RuntimeError("Timed out waiting 100ms for recv")) is None
+        watches[1].stop()  # rank 1 hangs: its counter stands still
+        time.sleep(0.3)
+        message = watches[0].lost_contact_message(RuntimeError("Connection closed by peer [127.0.0.1]:1234"))
+    finally:
+        for watch in watches:
+            watch.stop()
+        del store
+    assert message.startswith(f"[train] error: rank 0 on node {this_node()} lost contact with rank 1 on node "
+                              f"{this_node()} (host {socket.gethostname()}, pid {os.getpid()}): no heartbeat")  # fmt: skip
+    assert message.endswith("the collective failed with RuntimeError: Connection closed by peer [127.0.0.1]:1234")
 
 
 # ---------------------------------------------------------------------------------------------- the two-node cluster
@@ -294,8 +317,8 @@ def test_zero3_across_two_nodes_partitions_and_saving_gathers_the_whole_model(tw
         assert saved[key].shape == reference[key].shape and torch.equal(saved[key], reference[key]), key
 
 
-def _training_rank(rank: int, node: str) -> int | None:
-    """The pid of the training process of `rank` on Slurm node `node` (both nodes run on this machine)."""
+def _training_rank(rank: int, node: str, output: Path) -> int | None:
+    """The pid of the training process of `rank` on Slurm node `node` writing to `output` (both nodes run here)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -305,7 +328,7 @@ def _training_rank(rank: int, node: str) -> int | None:
         except OSError:
             continue
         if environ.get("SLURMD_NODENAME") == node and environ.get("RANK") == str(rank) and "LOCAL_RANK" in environ \
-                and "llava.train.train" in cmdline:  # fmt: skip
+                and "llava.train.train" in cmdline and str(output) in cmdline:  # fmt: skip
             return int(entry.name)
     return None
 
@@ -314,8 +337,9 @@ def test_a_hung_node_ends_the_job_within_the_timeout_naming_it_and_the_rerun_res
                                                                                        tmp_path):  # fmt: skip
     output = tmp_path / "run"
     timeout_s = 20
-    env = {**finetune_env, "OUTPUT_DIR": str(output), "NUM_EPOCHS": "2", "SAVE_STRATEGY": "steps", "SAVE_STEPS": "1",
-           "VISATB_DIST_TIMEOUT": str(timeout_s)}  # fmt: skip
+    # 90 steps, far more than run between the first checkpoint and the hang (a step takes tens of milliseconds).
+    env = {**finetune_env, "OUTPUT_DIR": str(output), "NUM_EPOCHS": "30", "SAVE_STRATEGY": "steps", "SAVE_STEPS": "2",
+           "SAVE_TOTAL_LIMIT": "3", "VISATB_DIST_TIMEOUT": str(timeout_s)}  # fmt: skip
     log = tmp_path / "first.out"
     job = sbatch(env, log, "scripts_visatb/finetune_academic.sh", *TRAIN_FLAGS, wait=False)
     stopped = None
@@ -324,7 +348,7 @@ def test_a_hung_node_ends_the_job_within_the_timeout_naming_it_and_the_rerun_res
         while time.monotonic() < deadline and not (output / "checkpoint-2").is_dir():
             assert job.poll() is None, job.communicate()[1] + (log.read_text() if log.exists() else "")
             time.sleep(0.5)
-        pid = _training_rank(1, "n2")
+        pid = _training_rank(1, "n2", output)
         assert pid, "rank 1 on n2 not found"
         os.kill(pid, signal.SIGSTOP)  # node n2 hangs: its rank answers nothing, its sockets stay open
         stopped = time.monotonic()
@@ -333,6 +357,8 @@ def test_a_hung_node_ends_the_job_within_the_timeout_naming_it_and_the_rerun_res
     finally:
         if job.poll() is None:
             job.kill()
+            if stopped is not None:
+                os.kill(pid, signal.SIGKILL)  # the job did not end: leave no stopped process behind
     text = log.read_text()
     assert job.returncode != 0, text[-3000:]
     assert re.search(r"\[train\] error \(Slurm job \d+\): rank 0 on node n1 lost contact with "
@@ -342,7 +368,7 @@ def test_a_hung_node_ends_the_job_within_the_timeout_naming_it_and_the_rerun_res
     assert ended < timeout_s + 60, ended
     print(f"[multinode] a hung rank ended the job {ended:.0f} s after it stopped (timeout {timeout_s} s)")
     done = sorted(int(p.name.split("-")[1]) for p in output.glob("checkpoint-*"))
-    assert done and done[-1] < 6
+    assert done and done[-1] < 90
 
     log = tmp_path / "rerun.out"
     rerun = sbatch(env, log, "scripts_visatb/finetune_academic.sh", *TRAIN_FLAGS)
@@ -350,7 +376,7 @@ def test_a_hung_node_ends_the_job_within_the_timeout_naming_it_and_the_rerun_res
     assert rerun.returncode == 0, rerun.stderr + text[-5000:]
     match = re.search(r"resuming from \S*checkpoint-(\d+)", text)
     assert match and 2 <= int(match.group(1)) <= done[-1], text[-3000:]
-    assert global_step(output) == 6  # 2 epochs of 3 steps
+    assert global_step(output) == 90  # 30 epochs of 3 steps
 
 
 # ---------------------------------------------------------------------------------------------- the chain on two nodes

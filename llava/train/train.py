@@ -253,8 +253,14 @@ def train(attn_implementation: str | None = None, args: Sequence[str] | None = N
     except Exception as error:
         if watch is None or not is_distributed_failure(error):
             raise
+        message = watch.lost_contact_message(error)
+        if message is None:
+            print(f"[train] rank {watch.rank} on node {watch.node}: a collective failed while every rank still "
+                  "answers: a step slower than the distributed timeout (VISATB_DIST_TIMEOUT / --ddp_timeout)?",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            raise
         # A lost peer leaves the process groups unusable (a barrier or teardown would hang): report and leave.
-        print(watch.lost_contact_message(error), file=sys.stderr, flush=True)
+        print(message, file=sys.stderr, flush=True)
         os._exit(1)
     if watch is not None:
         watch.stop()
