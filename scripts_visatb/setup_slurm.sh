@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Slurm and munge for the Slurm tests (tests/test_slurm.py) and scripts_visatb/local_slurm.sh: installs Debian's
-# slurm-wlm (slurmctld, slurmd, sbatch, ...) and munge with apt when they are missing. Needs root; a machine
-# that already has them (a cluster's login node) is left alone. .ci/run calls it.
+# Slurm and munge for the Slurm tests (tests/test_slurm.py, tests/test_multinode.py) and
+# scripts_visatb/local_slurm.sh: installs Debian's slurm-wlm (slurmctld, slurmd, sbatch, ...) and munge with apt
+# when they are missing. Needs root; a machine that already has them (a cluster's login node) is left alone.
+# .ci/run calls it.
 set -euo pipefail
 
 missing=()
