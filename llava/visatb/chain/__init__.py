@@ -29,4 +29,5 @@ Modules, each importing only those above it:
     slurm.py      Slurm settings, job files, sbatch/squeue, and the Slurm executor
     runner.py     Pipeline: the stage loop
     cli.py        the argparse front end (`python -m llava.visatb.chain`)
+    driver.py     the chain's driver as a Slurm job (submit and log out) and the items' status table
 """
