@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import os
 import sys
@@ -65,3 +66,21 @@ def build_logger(name: str) -> logging.Logger:
         logger.setLevel(logging.INFO)
         logger.propagate = False
     return logger
+
+
+def stream_chunk(text: str, error_code: int) -> bytes:
+    """One chunk of upstream's /worker_generate_stream: JSON, then a NUL byte."""
+    return json.dumps({"text": text, "error_code": error_code}).encode() + b"\0"
+
+
+async def json_body(request) -> dict:
+    """The request's JSON object; a 400 error naming what is wrong otherwise (the controller's and workers')."""
+    from fastapi import HTTPException
+
+    try:
+        data = await request.json()
+    except ValueError:
+        raise HTTPException(status_code=400, detail="the request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPException(status_code=400, detail="the request body must be a JSON object")
+    return data

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import random
 import threading
 import time
@@ -35,6 +34,8 @@ from llava.serve.common import (
     SERVER_ERROR_MSG,
     build_logger,
     heart_beat_expiration,
+    json_body,
+    stream_chunk,
 )
 
 logger = build_logger("controller")
@@ -166,7 +167,7 @@ class Controller:
         address = self.get_worker_address(str(model))
         if not address:
             served = ", ".join(self.list_models()) or "none"
-            yield _chunk(f"no worker serves model {model!r} (models served: {served})", ERROR_NO_WORKER)
+            yield stream_chunk(f"no worker serves model {model!r} (models served: {served})", ERROR_NO_WORKER)
             return
         try:
             with requests.post(address + "/worker_generate_stream", json=params, stream=True,
@@ -176,7 +177,7 @@ class Controller:
                         yield piece + b"\0"
         except requests.RequestException as e:
             logger.warning(f"worker {address} failed: {e}")
-            yield _chunk(SERVER_ERROR_MSG, ERROR_WORKER_UNREACHABLE)
+            yield stream_chunk(SERVER_ERROR_MSG, ERROR_WORKER_UNREACHABLE)
 
     def status(self) -> dict:
         """The sum of every worker's status (upstream's /worker_get_status of the controller)."""
@@ -195,20 +196,6 @@ class Controller:
         return {"model_names": sorted(models), "speed": speed, "queue_length": queue}
 
 
-def _chunk(text: str, error_code: int) -> bytes:
-    return json.dumps({"text": text, "error_code": error_code}).encode() + b"\0"
-
-
-async def _json_body(request: Request) -> dict:
-    try:
-        data = await request.json()
-    except ValueError:
-        raise HTTPException(status_code=400, detail="the request body is not JSON") from None
-    if not isinstance(data, dict):
-        raise HTTPException(status_code=400, detail="the request body must be a JSON object")
-    return data
-
-
 def _required(data: dict, field: str, kind: type = str):
     if field not in data:
         raise HTTPException(status_code=400, detail=f"the request has no {field!r} field")
@@ -224,7 +211,7 @@ def build_app(controller: Controller) -> FastAPI:
 
     @app.post("/register_worker")
     async def register_worker(request: Request):
-        data = await _json_body(request)
+        data = await json_body(request)
         name = _required(data, "worker_name")
         status = data.get("worker_status")
         if status is not None and not isinstance(status, dict):
@@ -245,12 +232,12 @@ def build_app(controller: Controller) -> FastAPI:
 
     @app.post("/get_worker_address")
     async def get_worker_address(request: Request):
-        data = await _json_body(request)
+        data = await json_body(request)
         return {"address": controller.get_worker_address(_required(data, "model"))}
 
     @app.post("/receive_heart_beat")
     async def receive_heart_beat(request: Request):
-        data = await _json_body(request)
+        data = await json_body(request)
         name = _required(data, "worker_name")
         queue_length = data.get("queue_length", 0)
         if not isinstance(queue_length, int):
@@ -259,7 +246,7 @@ def build_app(controller: Controller) -> FastAPI:
 
     @app.post("/worker_generate_stream")
     async def worker_generate_stream(request: Request):
-        params = await _json_body(request)
+        params = await json_body(request)
         return StreamingResponse(controller.generate_stream(params))
 
     @app.post("/worker_get_status")

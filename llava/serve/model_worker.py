@@ -18,7 +18,6 @@ and answers through the project's one generation path (llava.generation.LlavaGen
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import threading
@@ -33,7 +32,7 @@ from fastapi.responses import StreamingResponse
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.generation import LlavaGenerator
 from llava.mm_utils import load_image_from_base64, tokenizer_image_token
-from llava.serve.common import ERROR_WORKER, build_logger, heart_beat_interval
+from llava.serve.common import ERROR_WORKER, build_logger, heart_beat_interval, json_body, stream_chunk
 
 logger = build_logger("model_worker")
 
@@ -176,16 +175,16 @@ class ModelWorker:
         try:
             prompt, images, generator = self._settings(params)
             if generator is None:
-                yield _chunk(original_prompt + CONTEXT_EXCEEDED, 0)
+                yield stream_chunk(original_prompt + CONTEXT_EXCEEDED, 0)
                 return
             for answer in generator.stream_from_prompt(prompt, images, interval=self.stream_interval):
-                yield _chunk(original_prompt + answer, 0)
+                yield stream_chunk(original_prompt + answer, 0)
         except RequestError as e:
             logger.info(f"refused a request: {e}")
-            yield _chunk(f"error: {e}", ERROR_WORKER)
+            yield stream_chunk(f"error: {e}", ERROR_WORKER)
         except Exception as e:  # the client gets a chunk it can show, the log gets the details
             logger.exception("generation failed")
-            yield _chunk(f"error: generation failed ({type(e).__name__}: {e})", ERROR_WORKER)
+            yield stream_chunk(f"error: generation failed ({type(e).__name__}: {e})", ERROR_WORKER)
 
     def gated_stream(self, params: dict) -> Iterator[bytes]:
         """`generate_stream` under the concurrency limit, counted in the queue length while pending."""
@@ -199,27 +198,13 @@ class ModelWorker:
                 self._pending -= 1
 
 
-def _chunk(text: str, error_code: int) -> bytes:
-    return json.dumps({"text": text, "error_code": error_code}).encode() + b"\0"
-
-
-async def _json_body(request: Request) -> dict:
-    try:
-        data = await request.json()
-    except ValueError:
-        raise HTTPException(status_code=400, detail="the request body is not JSON") from None
-    if not isinstance(data, dict):
-        raise HTTPException(status_code=400, detail="the request body must be a JSON object")
-    return data
-
-
 def build_app(worker: ModelWorker) -> FastAPI:
     """The worker's HTTP endpoints."""
     app = FastAPI(title=f"LLaVA model worker ({worker.model_name})")
 
     @app.post("/worker_generate_stream")
     async def worker_generate_stream(request: Request):
-        params = await _json_body(request)
+        params = await json_body(request)
         return StreamingResponse(worker.gated_stream(params))
 
     @app.post("/worker_get_status")
@@ -232,7 +217,7 @@ def build_app(worker: ModelWorker) -> FastAPI:
 
     @app.post("/count_token")
     async def count_token(request: Request):
-        params = await _json_body(request)
+        params = await json_body(request)
         prompt = params.get("prompt")
         if not isinstance(prompt, str):
             raise HTTPException(status_code=400, detail="the request's 'prompt' must be a string")
