@@ -200,3 +200,14 @@ def test_adding_stl_models_and_their_scores_keeps_the_weights(inputs):
     with_stl = pipeline(inputs, "--stl", "1")
     run_stage(with_stl, "weights")
     assert with_stl.ran_items == 0 and "redo" not in said(with_stl)
+
+
+def test_a_model_replaced_twice_within_a_second_keeps_both_earlier_versions(inputs):
+    chain = pipeline(inputs)
+    run_stage(chain, "subsets")
+    _, items, _ = chain._train_items(["A"], False)
+    for _ in range(3):
+        chain.model_dir("A").mkdir(parents=True, exist_ok=True)
+        chain._set_aside("train", items[0])
+    kept = sorted(p.name for p in chain.model_dir("A").parent.iterdir())
+    assert len(kept) == 3 and all(".replaced-" in name for name in kept)

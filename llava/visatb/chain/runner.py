@@ -199,7 +199,12 @@ class Pipeline(StageBuilders, SlurmExecutor):
             if not path.exists():
                 continue
             if stage in TRAIN_STAGES and path.is_dir():
-                kept = path.with_name(f"{path.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+                stamp = time.strftime("%Y%m%d-%H%M%S")
+                kept = path.with_name(f"{path.name}.replaced-{stamp}")
+                number = 1
+                while kept.exists():  # replaced twice within a second
+                    number += 1
+                    kept = path.with_name(f"{path.name}.replaced-{stamp}-{number}")
                 path.rename(kept)
                 self.say(f"    the previous {path.name} is kept as {kept} (delete it when no longer needed)")
             elif path.is_dir():
