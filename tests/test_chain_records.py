@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llava.visatb.chain.lock import LockHeld, WorkDirLock
-from llava.visatb.chain.records import FileHasher, Record, command_params, record_changes
+from llava.visatb.chain.records import FileHasher, Record, command_params, portable, record_changes
 
 
 def test_a_file_digest_is_its_sha256_and_is_cached_by_size_and_mtime(tmp_path):
@@ -101,3 +101,14 @@ def test_a_holder_on_another_host_is_never_taken_over(tmp_path):
     with pytest.raises(LockHeld, match="pid 1 on host node-elsewhere.*delete") as error:
         WorkDirLock(tmp_path).acquire()
     assert str(Path(tmp_path / ".lock")) in str(error.value)
+
+
+def test_a_path_through_a_symbolic_link_to_the_work_dir_is_the_same_parameter(tmp_path):
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (tmp_path / "seed0").symlink_to(work, target_is_directory=True)
+    roots = {str(work): "$WORK_DIR"}
+    assert portable(str(work / "data" / "x.json"), roots) == "$WORK_DIR/data/x.json"
+    assert portable(str(tmp_path / "seed0" / "data" / "x.json"), roots) == "$WORK_DIR/data/x.json"
+    assert portable(str(tmp_path / "elsewhere.json"), roots) == str(tmp_path / "elsewhere.json")
+    assert portable("lmsys/vicuna-7b-v1.5", roots) == "lmsys/vicuna-7b-v1.5"

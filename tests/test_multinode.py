@@ -15,7 +15,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from slurm_helpers import local_cluster
 from test_slurm import chain_args, chain_inputs, submitted_ids  # noqa: F401  (chain_inputs: a fixture)
 from train_helpers import REPO, TASKS, free_port, make_toy_data, write_projector
 
@@ -33,7 +33,6 @@ from llava.visatb.chain import driver
 
 pytestmark = pytest.mark.slow
 
-SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scancel", "sinfo", "scontrol")
 BIN = str(Path(sys.executable).parent)  # torchrun and python of this environment, inside the jobs too
 
 
@@ -132,38 +131,10 @@ def test_the_watch_names_the_rank_whose_heartbeat_stopped_and_nothing_while_all_
 # ---------------------------------------------------------------------------------------------- the two-node cluster
 
 
-def _slurm_unavailable() -> str | None:
-    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
-    if missing:
-        return f"Slurm/munge not installed ({', '.join(missing)} missing; scripts_visatb/setup_slurm.sh installs them)"
-    if os.geteuid() != 0:
-        return "the two-node test cluster's daemons (and its /etc/hosts lines) need root"
-    return None
-
-
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
     """Nodes n1 and n2 on this machine (local_slurm.sh, NODES=2); SLURM_CONF points at them."""
-    reason = _slurm_unavailable()
-    if reason:
-        if os.environ.get("VISATB_REQUIRE_SLURM") == "1":
-            pytest.fail(f"VISATB_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
-    folder = tmp_path_factory.mktemp("slurm2")
-    script = str(REPO / "scripts_visatb" / "local_slurm.sh")
-    started = subprocess.run(["bash", script, "start", str(folder)], env={**os.environ, "NODES": "2"},
-                             capture_output=True, text=True, check=False)  # fmt: skip
-    previous = os.environ.get("SLURM_CONF")
-    try:
-        assert started.returncode == 0, started.stderr
-        os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
-        yield folder
-    finally:
-        subprocess.run(["bash", script, "stop", str(folder)], capture_output=True, text=True, check=False)
-        if previous is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = previous
+    yield from local_cluster(tmp_path_factory.mktemp("slurm2"), nodes=2)
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from demo_helpers import REPO, run_demo, score_table
+from slurm_helpers import local_cluster
 
 from llava.visatb.chain import cli as chain_cli
 from llava.visatb.chain import config as chain_config
 from llava.visatb.chain import runner as chain_runner
 from llava.visatb.chain import slurm
-
-SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
-
 
 # ---------------------------------------------------------------------------------------------- settings (no cluster)
 
@@ -121,39 +119,10 @@ def test_multi_node_training_launches_one_torchrun_per_node_through_srun():
 # ---------------------------------------------------------------------------------------------- the cluster
 
 
-def _slurm_unavailable() -> str | None:
-    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
-    if missing:
-        return f"Slurm/munge not installed ({', '.join(missing)} missing; scripts_visatb/setup_slurm.sh installs them)"
-    if os.geteuid() != 0:
-        return "the one-node test cluster's daemons must be started as root"
-    return None
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A one-node Slurm cluster (scripts_visatb/local_slurm.sh) for this module; SLURM_CONF points at it."""
-    reason = _slurm_unavailable()
-    if reason:
-        if os.environ.get("VISATB_REQUIRE_SLURM") == "1":
-            pytest.fail(f"VISATB_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
-    folder = tmp_path_factory.mktemp("slurm")
-    script = str(REPO / "scripts_visatb" / "local_slurm.sh")
-    started = subprocess.run(
-        ["bash", script, "start", str(folder)], capture_output=True, text=True, check=False
-    )
-    previous = os.environ.get("SLURM_CONF")
-    try:
-        assert started.returncode == 0, started.stderr
-        os.environ["SLURM_CONF"] = str(folder / "slurm.conf")
-        yield folder
-    finally:
-        subprocess.run(["bash", script, "stop", str(folder)], capture_output=True, text=True, check=False)
-        if previous is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = previous
+    yield from local_cluster(tmp_path_factory.mktemp("slurm"))
 
 
 FAKE_FINETUNE = """#!/usr/bin/env bash

@@ -107,22 +107,33 @@ class Record:
         return canonical_digest(self.to_json())
 
 
+def portable(value: str, roots: Mapping[str, str]) -> str:
+    """`value` with a folder of `roots` ({path: name}) replaced by its name, also when `value` reaches that folder
+    through a symbolic link, so that the same file named two ways is one parameter."""
+    if not value.startswith(os.sep):
+        return value
+    candidates = [value]
+    real = os.path.realpath(value)
+    if real != value:
+        candidates.append(real)
+    for candidate in candidates:
+        for root, name in roots.items():
+            if candidate == root:
+                return name or "."
+            if candidate.startswith(root + os.sep):
+                rest = candidate[len(root) + 1 :]
+                return f"{name}/{rest}" if name else rest
+    return value
+
+
 def command_params(command: list[str], python: str, repo_root: Path,
                    roots: Mapping[str, str] | None = None) -> list[str]:  # fmt: skip
     """The command as recorded: the interpreter and the checkout's location are not parameters of the result;
     `roots` maps more folders to names (the work directory to $WORK_DIR), so a moved folder is no change."""
     names = {str(repo_root): "", **(roots or {})}
-    recorded = []
-    for index, token in enumerate(command):
-        if index == 0 and token == python:
-            recorded.append("python")
-            continue
-        for root, name in names.items():
-            if token.startswith(root + os.sep):
-                token = (name + "/" if name else "") + token[len(root) + 1 :]
-                break
-        recorded.append(token)
-    return recorded
+    names.update({os.path.realpath(root): name for root, name in list(names.items())})
+    return ["python" if index == 0 and token == python else portable(token, names)
+            for index, token in enumerate(command)]  # fmt: skip
 
 
 def _command_changes(old: list[Any], new: list[Any]) -> list[str]:

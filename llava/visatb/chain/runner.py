@@ -7,6 +7,7 @@ command stops the chain with the stage, the item and the log named; a rerun resu
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -24,6 +25,7 @@ from llava.visatb.chain.records import (
     FileHasher,
     Record,
     command_params,
+    portable,
     record_changes,
 )
 from llava.visatb.chain.slurm import JobFiles, SlurmExecutor, SlurmSettings
@@ -144,8 +146,9 @@ class Pipeline(StageBuilders, SlurmExecutor):
         """What the item is made from now: its command (interpreter and checkout left out), its own environment
         variables and the digest of each input."""
         roots = {str(REPO_ROOT): "", str(self.work): "$WORK_DIR"}
+        roots.update({os.path.realpath(root): name for root, name in list(roots.items())})
         params = {"command": command_params(item.command, self.python, REPO_ROOT, roots),
-                  "env": {k: _relative(v, roots) for k, v in item.env.items()}}  # fmt: skip
+                  "env": {k: portable(v, roots) for k, v in item.env.items()}}  # fmt: skip
         return Record(params, {name: self._input_digest(value) for name, value in item.inputs.items()})
 
     def _plan_items(self, stage: str, items: list[Item]) -> dict[str, Any]:
@@ -263,11 +266,3 @@ class Pipeline(StageBuilders, SlurmExecutor):
 
 TRAIN_STAGES = ("train", "final-train")
 
-
-def _relative(value: str, roots: dict[str, str]) -> str:
-    for root, name in roots.items():
-        if value == root:
-            return name or "."
-        if value.startswith(root + "/"):
-            return (name + "/" if name else "") + value[len(root) + 1 :]
-    return value
