@@ -152,9 +152,13 @@ visatb_run() {
             command=("${VISATB_NODES_COMMAND[@]}" --module llava.train.train)
         else
             echo "[visatb] no GPU (NUM_GPUS=0): falling back to the CPU with ${procs} process(es): fp32, no DeepSpeed" >&2
-            if [ "$procs" -gt 1 ]; then
+            if [ "$procs" -gt 1 ] && [ -n "${MASTER_PORT:-}" ]; then
                 port="$(visatb_rendezvous_port 127.0.0.1)" || return 1
                 command=(torchrun --nproc_per_node "$procs" --master_port "$port" --module llava.train.train)
+            elif [ "$procs" -gt 1 ]; then
+                # One node: torchrun binds a port the system picks, so trainings started side by side (the
+                # chain's TRAIN_JOBS) never race for one (a port checked free can be taken before it is bound).
+                command=(torchrun --standalone --nproc_per_node "$procs" --module llava.train.train)
             else
                 command=(python -m llava.train.train)
             fi

@@ -108,7 +108,7 @@ EXECUTOR="${EXECUTOR:-local}"
 SLURM_PARTITION="${SLURM_PARTITION:-}"               # e.g. "cpu,train=gpu" (default: the cluster's default)
 SLURM_NODES="${SLURM_NODES:-}"                       # nodes per job, e.g. "train=8" (more than 1: training only)
 SLURM_GPUS_PER_NODE="${SLURM_GPUS_PER_NODE:-}"       # e.g. "train=8,infer=1,score=0" (default 0)
-SLURM_CPUS="${SLURM_CPUS:-}"                         # CPUs per job (its OMP_NUM_THREADS without GPUs; default: nproc / JOBS)
+SLURM_CPUS="${SLURM_CPUS:-}"                         # CPUs per job (its OMP_NUM_THREADS without GPUs; default: nproc / JOBS, at most a node's CPUs)
 SLURM_TIME="${SLURM_TIME:-}"                         # time limit per job, e.g. "2:00:00,train=1-00:00:00"
 SLURM_ARGS="${SLURM_ARGS:-}"                         # more sbatch flags for every job, e.g. "--account=x --mem=64G"
 SLURM_TRAIN_ARGS="${SLURM_TRAIN_ARGS:-}"             # ... for training jobs only, e.g. "--exclusive"

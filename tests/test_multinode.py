@@ -85,6 +85,19 @@ def test_without_slurm_the_nodes_come_from_nnodes_node_rank_and_master_addr():
     assert hostfile.startswith("[visatb] deepspeed --hostfile /etc/hostfile --module llava.train.train_mem ")
 
 
+def test_several_processes_on_one_node_let_torchrun_pick_the_port_unless_master_port_is_set():
+    # Two such trainings side by side (the chain's TRAIN_JOBS=2 with NUM_PROCS=2) both took 29500 when the
+    # launcher chose a port it had found free: one died with EADDRINUSE. --standalone binds a port the system picks.
+    env = {"NUM_GPUS": "0", "NUM_PROCS": "2"}
+    assert command_line(launcher(env)).startswith(
+        "[visatb] torchrun --standalone --nproc_per_node 2 --module llava.train.train "
+    )
+    assert command_line(launcher({**env, "MASTER_PORT": str(free_port())})).startswith(
+        "[visatb] torchrun --nproc_per_node 2 --master_port "
+    )
+    assert command_line(launcher({"NUM_GPUS": "0"})).startswith("[visatb] python -m llava.train.train ")
+
+
 def test_nnodes_without_its_partners_names_the_missing_variable():
     result = launcher({"NUM_GPUS": "0", "NNODES": "2", "MASTER_ADDR": "head"})
     assert result.returncode == 1
@@ -354,18 +367,21 @@ def test_a_hung_node_ends_the_job_within_the_timeout_naming_it_and_the_rerun_res
 # ---------------------------------------------------------------------------------------------- the chain on two nodes
 
 # Two ranks meet through the launcher's srun/torchrun across the job's nodes and all-reduce in a loop; rank 1
-# stops itself (its node hangs) after a few rounds. Rank 0's collective times out and the training's watch
-# names the lost rank and node, as llava/train/train.py does.
+# sends itself HANG_SIGNAL after a few rounds: SIGSTOP (its node hangs: rank 0's collective times out and the
+# training's watch names the lost rank and node, as llava/train/train.py does) or SIGKILL (it dies: its node's
+# torchrun and srun end the job before rank 0's watch can tell, and the chain reads their lines).
 HANG_PROGRAM = """
 import datetime, os, signal, sys, time
 import torch, torch.distributed as dist
 from llava.train.dist_watch import DistWatch
 dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=int(os.environ["VISATB_DIST_TIMEOUT"])))
 watch = DistWatch.start()
+if dist.get_rank() == 0:
+    print("[train]", watch.layout(), flush=True)
 try:
     for step in range(1000):
         if step == 5 and dist.get_rank() == 1:
-            os.kill(os.getpid(), signal.SIGSTOP)
+            os.kill(os.getpid(), getattr(signal, os.environ["HANG_SIGNAL"]))
         dist.all_reduce(torch.ones(4))
         time.sleep(0.2)
 except Exception as error:
@@ -386,12 +402,22 @@ echo '{}' > "$OUTPUT_DIR/config.json"
 """
 
 
+LOST_NODE = {
+    "SIGSTOP": r"rank 0 on node n1 lost contact with rank 1 on node n2 \(host \S+, pid \d+\): no heartbeat",
+    "SIGKILL": r"node n2 failed first \(srun task 1: Exited with exit code 1; torchrun: rank 1: Signal 9 \(SIGKILL\) "
+               r"received by PID \d+\)",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("signal_name", ["SIGSTOP", "SIGKILL"])
 def test_a_node_lost_during_a_chain_item_stops_the_chain_naming_job_item_and_node(two_nodes, capsys, monkeypatch,
-                                                                                   tmp_path, chain_inputs):  # noqa: F811
+                                                                                   tmp_path, chain_inputs,  # noqa: F811
+                                                                                   signal_name):  # fmt: skip
     program = tmp_path / "hang.py"
     program.write_text(HANG_PROGRAM)
     chain_inputs["script"].write_text(HANGING_FINETUNE)
     for name, value in {"HANG_ON": "A-plus-mini", "HANG_PROGRAM": str(program), "VISATB_REPO": str(REPO),
+                        "HANG_SIGNAL": signal_name,
                         "VISATB_DIST_TIMEOUT": "10", "PATH": f"{BIN}:{os.environ['PATH']}",
                         "PYTHONPATH": str(REPO)}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
@@ -402,8 +428,7 @@ def test_a_node_lost_during_a_chain_item_stops_the_chain_naming_job_item_and_nod
     job = submitted_ids(captured.out)["A"]
     log = chain_inputs["work"] / "logs" / "train" / "A.log"
     assert re.search(rf"error: \[stage 2/9\] train failed: A: Slurm job {job}: exit code 1; log {re.escape(str(log))}; "
-                     rf"rank 0 on node n1 lost contact with rank 1 on node n2 \(host \S+, pid \d+\): no heartbeat",
-                     captured.err), captured.err[-3000:]  # fmt: skip
+                     + LOST_NODE[signal_name], captured.err), captured.err[-3000:]  # fmt: skip
     sbatch_flags = json.loads((chain_inputs["work"] / "slurm" / "train" / "A.job.json").read_text())["sbatch"]
     assert "--nodes=2" in sbatch_flags  # the training job asked for both nodes
 
@@ -466,3 +491,58 @@ def test_the_chain_runs_as_a_driver_job_with_status_and_continues_after_a_cancel
     failed = [key for key, (_, state) in rows.items() if key.startswith("infer/") and state.startswith("failed")]
     assert failed, rows
     assert rows["driver"][1].startswith(f"driver: Slurm job {second} ")
+
+
+# The reduced toy chain (no EW baseline) on a quarter of the toy benchmark, from the demo's starting checkpoint:
+# every training of world size 2 (NUM_PROCS=2 locally, one rank on each of n1 and n2 through Slurm).
+REDUCED_CHAIN = {"DEMO_REDUCED": "1", "DEMO_SCALE": "0.25", "PATH": f"{BIN}:{os.environ['PATH']}"}
+TRAININGS = [("train", key) for key in ("mini", "ToyCaption", "ToyCaptionList", "ToyCellQA", "ToyBBox")] + [
+    ("final-train", "VisATB")]
+
+
+@pytest.mark.e2e
+def test_the_reduced_toy_chain_with_two_node_trainings_gives_the_report_of_the_local_executor(two_nodes, demo,
+                                                                                             tmp_path):  # fmt: skip
+    from demo_helpers import run_demo, score_table
+
+    common = {**REDUCED_CHAIN, "DEMO_TOY_MODEL": str(demo["out"] / "toy_model")}
+    started = time.monotonic()
+    # Locally two trainings run side by side (TRAIN_JOBS=2), each of two processes: they used to race for one port.
+    local = run_demo(tmp_path / "local", env={**common, "NUM_PROCS": "2"})
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    local_s = time.monotonic() - started
+    started = time.monotonic()
+    nodes = run_demo(tmp_path / "slurm", env={**common, "EXECUTOR": "slurm", "SLURM_NODES": "train=2"})
+    assert nodes.returncode == 0, nodes.stdout[-3000:] + nodes.stderr[-3000:]
+    slurm_s = time.monotonic() - started
+    print(f"[multinode] reduced toy chain: local {local_s:.0f} s, through Slurm on two nodes {slurm_s:.0f} s")
+
+    a, b = tmp_path / "local", tmp_path / "slurm"
+    for stage, key in TRAININGS:
+        log = (b / "logs" / stage / f"{key}.log").read_text()
+        assert "[train] 2 rank(s) on 2 node(s): n1 (rank 0), n2 (rank 1)" in log, log[-3000:]
+        assert json.loads((b / ".done" / stage / f"{key}.json").read_text())["slurm_job"].isdigit()
+        assert "[train] 2 rank(s) on 1 node(s)" in (a / "logs" / stage / f"{key}.log").read_text()
+    # Each node's 1 CPU caps the jobs' CPUs (the subsets job would ask for this machine's 2 and be refused).
+    assert re.search(r"submitted: Slurm job \d+ \(2 node\(s\), 1 CPU\(s\)\)", nodes.stdout), nodes.stdout[-3000:]
+    assert "submitted: Slurm job" not in local.stdout
+
+    # Same world size, global batch, seed and threads per rank (1), and a two-rank gloo all-reduce is a + b in
+    # either order (exact): only the transport differs, so nothing may differ, down to the last digit of a score.
+    # (Against the one-process demo it would: one process draws its batches in another order.)
+    scores = json.loads((a / "scores.json").read_text())
+    assert json.loads((b / "scores.json").read_text()) == scores
+    assert score_table((b / "report.md").read_text()) == score_table((a / "report.md").read_text())
+    weights = json.loads((a / "weights.json").read_text())["visatb_weights"]
+    assert json.loads((b / "weights.json").read_text())["visatb_weights"] == weights
+    for _, key in TRAININGS:
+        model = f"llava-toy-{'visatb' if key == 'VisATB' else key if key == 'mini' else key + '-plus-mini'}"
+        assert global_step(a / "checkpoints" / model) == global_step(b / "checkpoints" / model) > 0
+    # The comparison is of trained models that differ from one another, with weights away from equal.
+    assert len({round(w, 4) for w in weights}) >= 3, weights
+    assert any(value > 0 for value in scores["VisATB"].values()) and scores["VisATB"] != scores["mini"], scores
+
+    # The skip rule across executors: the local executor takes every item the Slurm jobs finished.
+    again = run_demo(b, env=common)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "(0 command(s) run, 9 finished stage(s)/item(s) reused)" in again.stdout, again.stdout[-3000:]

@@ -3,7 +3,8 @@
 A module fixture starts slurmctld, slurmd and munge on this machine (scripts_visatb/local_slurm.sh, as root);
 without them the cluster tests are skipped, or fail when VISATB_REQUIRE_SLURM=1 (CI sets it). Nothing is mocked:
 jobs go through the real sbatch, squeue and scancel. Covered: a failing job, a cancelled job and the rerun that
-resubmits only it, and the demo's toy chain through Slurm with the same scores and report as the local run.
+resubmits only it, a chain killed while its jobs run, the final trainings side by side. The toy chain through
+Slurm against the local executor's report runs on the two-node cluster (tests/test_multinode.py).
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from demo_helpers import REPO, run_demo, score_table
+from demo_helpers import REPO
 from slurm_helpers import local_cluster
 
 from llava.visatb.chain import cli as chain_cli
@@ -46,6 +46,54 @@ def test_stage_values_take_a_default_kinds_and_single_stages():
     assert final.sbatch_flags() == ["--nodes=8", "--ntasks-per-node=1", "--cpus-per-task=2", "--gpus-per-node=8",
                                     "--partition=gpu", "--time=30"]  # fmt: skip
     assert slurm.SlurmSettings().resources("infer", default_cpus=3).cpus == 3  # the local executor's share
+
+
+def test_default_cpus_are_capped_at_the_partitions_largest_node_and_given_ones_are_not():
+    # A login node with more cores than the compute nodes: sbatch would refuse --cpus-per-task above a node's CPUs.
+    settings = slurm.SlurmSettings.from_flags(partition="train=gpu", cpus="score=6")
+    settings.node_cpus = {"": 2, "cpu": 2, "gpu": 16}
+    assert settings.resources("infer", default_cpus=8).cpus == 2  # the default partition's nodes have 2
+    assert settings.resources("train", default_cpus=8).cpus == 8  # partition gpu: 16 per node
+    assert settings.resources("score", default_cpus=8).cpus == 6  # given: Slurm says if it cannot be had
+    assert slurm.SlurmSettings().resources("infer", default_cpus=8).cpus == 8  # sinfo not read: no cap
+
+
+# What a two-node training job's log holds when rank 1 on n2 was killed (SIGKILL): torchrun's report on n2, srun's
+# lines as tasks ended (n2 first), then n1's torchrun, which lost its peer, in whatever order it got to print.
+KILLED_RANK_LOG = """[train] 2 rank(s) on 2 node(s): n1 (rank 0), n2 (rank 1)
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-07_01:51:21
+  host      : vm
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 11580)
+  error_file: <N/A>
+  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html
+======================================================
+srun: error: n2: task 1: Exited with exit code 1
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-07_01:51:21
+  host      : vm
+  rank      : 1 (local_rank: 0)
+  exitcode  : -9 (pid: 11581)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 11581
+======================================================
+srun: error: n1: task 0: Exited with exit code 1
+"""
+
+
+def test_a_failed_multi_node_job_names_the_node_and_rank_that_failed_first():
+    assert slurm.failed_node(KILLED_RANK_LOG) == ("node n2 failed first (srun task 1: Exited with exit code 1; "
+                                                  "torchrun: rank 1: Signal 9 (SIGKILL) received by PID 11581)")  # fmt: skip
+    crashed = KILLED_RANK_LOG.replace("-9 (pid: 11581)", "1 (pid: 11581)")  # no signal: the first report stands
+    assert slurm.failed_node(crashed).endswith("torchrun: rank 0: exit code 1)")
+    hung = "[train] error (Slurm job 7): rank 0 on node n1 lost contact with rank 1 on node n2 (host h, pid 3): " \
+        "no heartbeat for 6 s; the collective failed with RuntimeError: timeout\n" + KILLED_RANK_LOG  # fmt: skip
+    assert slurm.failed_node(hung) == "rank 0 on node n1 lost contact with rank 1 on node n2 (host h, pid 3): " \
+        "no heartbeat for 6 s"  # fmt: skip
+    assert slurm.failed_node("Traceback (most recent call last):\nValueError: bad data\n") is None
 
 
 def test_slurm_knows_the_pipeline_stages():
@@ -310,8 +358,8 @@ def test_rerun_after_the_chain_was_killed_waits_on_running_jobs_and_takes_finish
 
 @pytest.mark.slow
 def test_final_trainings_run_as_jobs_side_by_side_each_with_its_weighting(cluster, chain_inputs):
-    # The demo's Slurm test below reuses the local final models; here the final VisATB and EW trainings run as two
-    # Slurm jobs at once, VisATB's with the path of weights.json, EW's with WEIGHT_METHOD=EW and no weights file.
+    # The final VisATB and EW trainings run as two Slurm jobs at once, VisATB's with the path of weights.json,
+    # EW's with WEIGHT_METHOD=EW and no weights file.
     out = io.StringIO()
     chain = chain_runner.Pipeline(chain_config.resolve_config(chain_cli.build_parser().parse_args(chain_args(chain_inputs))),
                               out=out, slurm_settings=slurm.SlurmSettings(cpus={"": 1}, poll_seconds=0.5))  # fmt: skip
@@ -328,38 +376,3 @@ def test_final_trainings_run_as_jobs_side_by_side_each_with_its_weighting(cluste
         assert f"trained on {chain_inputs['data']} with 1 thread(s)" in log and f"weighting: {line}\n" in log, log
         marker = json.loads(chain.marker("final-train", key).read_text())
         assert marker["slurm_job"] == ids[key] and (chain.model_dir(key) / "config.json").is_file()
-
-
-# The local run's models the Slurm run takes over as finished items (the skip rule across executors): every
-# trained model but the mini one, as (stage, item, checkpoint name).
-DEMO_REUSED = [("train", t, f"{t}-plus-mini") for t in ("ToyCaption", "ToyCaptionList", "ToyCellQA", "ToyBBox")] + [
-    ("final-train", "VisATB", "visatb"), ("final-train", "EW", "ew")]
-
-
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_demo_through_slurm_gives_the_local_scores_and_report(cluster, demo, tmp_path):
-    # Same benchmark, starting model and threads per item as the local demo. Its four task-plus-mini models and
-    # its final VisATB and EW models are reused as finished items (as a rerun reuses them; the final trainings
-    # as jobs: the test above); the mini model trains as a Slurm job and every other item runs as one, so the
-    # weights are computed again from a mini model trained through Slurm and its scores.
-    local, out = demo["out"], tmp_path / "demo"
-    shutil.copytree(local / "data", out / "data")
-    shutil.copytree(local / "toy_model", out / "toy_model")
-    for stage, key, slug in DEMO_REUSED:
-        shutil.copytree(
-            local / "checkpoints" / f"llava-toy-{slug}", out / "checkpoints" / f"llava-toy-{slug}"
-        )
-        (out / ".done" / stage).mkdir(parents=True, exist_ok=True)
-        shutil.copy(local / ".done" / stage / f"{key}.json", out / ".done" / stage / f"{key}.json")
-    run = run_demo(out, env={"EXECUTOR": "slurm"})
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "4 of 5 item(s) done earlier, skipped" in run.stdout and "2 of 2 item(s) done earlier, skipped" in run.stdout
-    # subsets 1, mini 1, inference 6 models, metrics 6 x 4, weights 1, VisATB and EW: inference 2, metrics 8;
-    # report 1
-    assert run.stdout.count("    submitted: Slurm job ") == 1 + 1 + 6 + 24 + 1 + 2 + 8 + 1
-    assert json.loads((out / ".done" / "train" / "mini.json").read_text())["slurm_job"].isdigit()
-    assert json.loads((out / "scores.json").read_text()) == demo["scores"]
-    assert score_table((out / "report.md").read_text()) == score_table(demo["report"])
-    assert json.loads((out / "weights.json").read_text())["visatb_weights"] == \
-        json.loads((local / "weights.json").read_text())["visatb_weights"]  # fmt: skip

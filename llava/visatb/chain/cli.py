@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--slurm-gpus-per-node", help="GPUs per node (default 0: none requested)")
     cluster.add_argument("--slurm-cpus", help="CPUs per job, also the OMP_NUM_THREADS of a job without GPUs unless "
                          "that is set (default: what a local item of the stage uses: the CPUs here / --jobs or "
-                         "--train-jobs)")
+                         "--train-jobs, at most the CPUs of the partition's largest node)")
     cluster.add_argument("--slurm-time", help="time limit per job (minutes, HH:MM:SS, D-HH:MM:SS)")
     cluster.add_argument("--slurm-args", help="more sbatch flags for every job, e.g. '--account=x --mem=64G'")
     cluster.add_argument("--slurm-train-args", help="more sbatch flags for training jobs only, e.g. '--exclusive'")

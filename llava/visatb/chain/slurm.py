@@ -159,6 +159,9 @@ class SlurmSettings:
     args: list[str] = field(default_factory=list)
     train_args: list[str] = field(default_factory=list)
     poll_seconds: float = POLL_SECONDS
+    # The most CPUs any node of a partition has ("" for the default partition), from sinfo by check_cluster:
+    # a job's default CPU count (this machine's share) is capped there, or Slurm would refuse the job.
+    node_cpus: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_flags(cls, partition: str | None = None, nodes: str | None = None, gpus_per_node: str | None = None,
@@ -185,11 +188,15 @@ class SlurmSettings:
         return settings
 
     def resources(self, stage: str, default_cpus: int) -> Resources:
-        """The job resources of a stage; CPUs default to `default_cpus` (what a local item of it would use)."""
+        """The job resources of a stage; CPUs default to `default_cpus` (what a local item of it would use), at
+        most the CPUs of the partition's largest node."""
         extra = [*self.args, *(self.train_args if stage in TRAIN_STAGES else [])]
+        partition = _lookup(self.partition, stage)
+        cpus = _lookup(self.cpus, stage)
+        if cpus is None:
+            cpus = min(default_cpus, self.node_cpus.get(partition or "", default_cpus))
         return Resources(nodes=_lookup(self.nodes, stage) or 1, gpus_per_node=_lookup(self.gpus_per_node, stage) or 0,
-                         cpus=_lookup(self.cpus, stage) or default_cpus, partition=_lookup(self.partition, stage),
-                         time=_lookup(self.time, stage), args=tuple(extra))  # fmt: skip
+                         cpus=cpus, partition=partition, time=_lookup(self.time, stage), args=tuple(extra))  # fmt: skip
 
     def check_cluster(self) -> None:
         """Slurm's commands are on PATH, the controller answers and every named partition exists."""
@@ -207,6 +214,25 @@ class SlurmSettings:
         if unknown:
             raise SlurmError(f"--slurm-partition: no partition {', '.join(unknown)} on this cluster "
                              f"(sinfo lists: {', '.join(sorted(known)) or 'none'})")  # fmt: skip
+        self.node_cpus = partition_node_cpus()
+
+
+def partition_node_cpus() -> dict[str, int]:
+    """{partition: CPUs of its largest node}, the default partition also under ""; empty if sinfo says nothing
+    usable (then no cap applies)."""
+    result = subprocess.run(["sinfo", "-h", "-N", "-o", "%P %c"], capture_output=True, text=True, check=False)
+    largest: dict[str, int] = {}
+    if result.returncode != 0:
+        return largest
+    for line in result.stdout.splitlines():
+        fields = line.split()
+        if len(fields) != 2 or not fields[1].isdigit():
+            continue
+        name, cpus = fields[0], int(fields[1])
+        keys = [name.rstrip("*"), ""] if name.endswith("*") else [name]
+        for key in keys:
+            largest[key] = max(largest.get(key, 0), cpus)
+    return largest
 
 
 # ---------------------------------------------------------------------------------------------- one job
@@ -354,18 +380,48 @@ class JobWatcher:
 # The line a multi-node training prints when a rank lost contact with another (llava/train/dist_watch.py).
 LOST_CONTACT = re.compile(r"^\[train\] error[^:]*: (rank \d+ on node \S+ lost contact with .*?)(?:; the collective failed.*)?$",
                           re.M)  # fmt: skip
+# srun's line for a task that ended badly, in the order they ended: the first names the node that failed first
+# (a rank killed outright, or crashed, leaves no line of its own behind).
+SRUN_TASK_FAILED = re.compile(r"^srun: error: (\S+): task (\d+): (.+)$", re.M)
+# torchrun's report of the rank it saw fail first: a block under "Root Cause (first observed failure):".
+ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):\s*\n\[\d+\]:\s*\n((?:[ \t]+\w+\s*:.*\n?)+)")
+
+
+def failed_node(text: str) -> str | None:
+    """Which node and rank of a multi-node job failed first, from its log: the training's own lost-contact
+    line, else srun's first failed task with torchrun's first observed failure. None when neither is there."""
+    match = LOST_CONTACT.search(text)
+    if match:
+        return match.group(1)
+    task = SRUN_TASK_FAILED.search(text)
+    if not task:
+        return None
+    said = f"node {task.group(1)} failed first (srun task {task.group(2)}: {task.group(3).strip()}"
+    # Every node's torchrun may report a rank; a rank a signal ended (negative exit code) is the cause, one that
+    # exited with an error may only have lost its peer.
+    causes = [dict(re.findall(r"^[ \t]+(\w+)\s*:[ \t]*(.*)$", block, re.M)) for block in ROOT_CAUSE.findall(text)]
+    causes.sort(key=lambda fields: not fields.get("exitcode", "").startswith("-"))
+    if causes:
+        fields = causes[0]
+        rank = fields.get("rank", "").split(" ")[0]
+        if rank.isdigit():
+            traceback = fields.get("traceback", "")
+            if not traceback or traceback.startswith("To enable traceback"):  # an exception: its log has it
+                traceback = f"exit code {fields.get('exitcode', '?').split(' ')[0]}"
+            said += f"; torchrun: rank {rank}: {traceback}"
+    return said + ")"
 
 
 def name_lost_node(error: PipelineError, log: Path) -> PipelineError:
-    """The failure of a training job, with the rank and node it lost (from its log) on the first line."""
+    """The failure of a training job, with the node (and rank) that failed first, from its log, on the first line."""
     try:
-        match = LOST_CONTACT.search(log.read_text(encoding="utf-8", errors="replace"))
+        named = failed_node(log.read_text(encoding="utf-8", errors="replace"))
     except OSError:
         return error
-    if not match:
+    if not named:
         return error
     first, _, rest = str(error).partition("\n")
-    return PipelineError(f"{first}; {match.group(1)}" + (f"\n{rest}" if rest else ""))
+    return PipelineError(f"{first}; {named}" + (f"\n{rest}" if rest else ""))
 
 
 def is_live(state: str) -> bool:
