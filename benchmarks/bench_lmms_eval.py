@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("llava") is None:  # not pip-installed: use this checkout
     sys.path.append(str(REPO))
 
+from llava.eval.lmms_eval_task import write_task  # noqa: E402
 from llava.model.convert_to_hf import convert  # noqa: E402
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM  # noqa: E402
 from llava.model.tiny import TinyConfig, build_tiny_llava  # noqa: E402
@@ -40,40 +41,6 @@ from llava.model.tiny import TinyConfig, build_tiny_llava  # noqa: E402
 MODEL = TinyConfig(image_size=64, patch_size=8, vision_hidden_size=64, vision_intermediate_size=128)
 QUESTIONS = ["What is in the image?", "Describe the image in detail.", "What colour is the shape?",
              "Where is the shape?", "Is there a circle in the picture?"]  # fmt: skip
-TASK_YAML = """task: visatb_bench
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_visual: !function utils.doc_to_visual
-doc_to_text: !function utils.doc_to_text
-doc_to_target: !function utils.doc_to_target
-generation_kwargs:
-  max_new_tokens: {max_new_tokens}
-  temperature: 0
-  do_sample: false
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-"""
-TASK_UTILS = """import os
-from PIL import Image
-
-
-def doc_to_visual(doc):
-    return [Image.open(os.path.join({images!r}, doc["image"])).convert("RGB")]
-
-
-def doc_to_text(doc):
-    return doc["conversations"][0]["value"].replace("<image>", "").strip()
-
-
-def doc_to_target(doc):
-    return doc["conversations"][1]["value"]
-"""
 
 
 def build_model(folder: Path) -> Path:
@@ -147,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         our_answers = [r["conversations"][1]["generative_value"] for r in ours]
 
         tasks = work / "tasks"
-        tasks.mkdir()
-        (tasks / "visatb_bench.yaml").write_text(TASK_YAML.format(data=question_file, max_new_tokens=args.max_new_tokens))
-        (tasks / "utils.py").write_text(TASK_UTILS.format(images=str(images)))
+        write_task(tasks, "visatb_bench", question_file, images, args.max_new_tokens)
         lmms_s, _ = timed([ecosystem_python, "-m", "lmms_eval", "eval", "--model", "llava_hf", "--model_args",
                            f"pretrained={export},device=cpu,device_map=cpu,dtype=float32", "--tasks", "visatb_bench",
                            "--include_path", str(tasks), "--batch_size", "1", "--output_path", str(work / "lmms"),

@@ -22,6 +22,7 @@ from PIL import Image
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
+from llava.eval.lmms_eval_task import write_task
 from llava.generation import LlavaGenerator
 from llava.model.convert_to_hf import chat_template
 from llava.model.tiny import build_tiny_llava
@@ -200,42 +201,6 @@ def test_export_gives_our_logits_and_greedy_tokens(export, generator, image_fold
     assert len({tuple(r["new_tokens"]) for r in results}) >= 2  # the images lead to different answers
 
 
-TASK_YAML = """task: visatb_toy
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: generate_until
-doc_to_visual: !function utils.doc_to_visual
-doc_to_text: !function utils.doc_to_text
-doc_to_target: !function utils.doc_to_target
-generation_kwargs:
-  max_new_tokens: 6
-  temperature: 0
-  do_sample: false
-metric_list:
-  - metric: exact_match
-    aggregation: mean
-    higher_is_better: true
-"""
-TASK_UTILS = """import os
-from PIL import Image
-
-IMAGES = {images!r}
-
-
-def doc_to_visual(doc):
-    return [Image.open(os.path.join(IMAGES, doc["image"])).convert("RGB")]
-
-
-def doc_to_text(doc):
-    return doc["conversations"][0]["value"].replace("<image>", "").strip()
-
-
-def doc_to_target(doc):
-    return doc["conversations"][1]["value"]
-"""
 
 
 @pytest.mark.slow
@@ -268,8 +233,7 @@ def test_lmms_eval_llava_hf_scores_the_export_with_our_answers(wordy_checkpoint,
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     (tasks / "records.json").write_text(json.dumps(records))
-    (tasks / "visatb_toy.yaml").write_text(TASK_YAML.format(data=tasks / "records.json"))
-    (tasks / "utils.py").write_text(TASK_UTILS.format(images=str(image_folder)))
+    write_task(tasks, "visatb_toy", tasks / "records.json", image_folder, max_new_tokens=6)
     out = tmp_path / "lmms"
     proc = _run([ecosystem_python, "-m", "lmms_eval", "eval", "--model", "llava_hf", "--model_args",
                  f"pretrained={export},device=cpu,device_map=cpu,dtype=float32", "--tasks", "visatb_toy", "--include_path",
