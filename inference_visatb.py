@@ -21,20 +21,24 @@ import signal
 import sys
 import threading
 
-from llava.answers import provenance
-from llava.answers.engine import DEFAULT_BATCH_SIZE
-from llava.answers.validation_answers import (
-    DEFAULT_SAVE_EVERY,
-    InferenceInterrupted,
-    InferenceJob,
-    format_report,
-    merge_chunks,
-    question_name,
-    run_inference,
-)
-from llava.generation import LlavaGenerator
-from llava.mm_utils import get_model_name_from_path
-from llava.visatb.defaults import DEFAULT_MAX_NEW_TOKENS
+try:  # torch and transformers take seconds to import: a Ctrl-C then gets one line, not a traceback
+    from llava.answers import provenance
+    from llava.answers.engine import DEFAULT_BATCH_SIZE
+    from llava.answers.validation_answers import (
+        DEFAULT_SAVE_EVERY,
+        InferenceInterrupted,
+        InferenceJob,
+        format_report,
+        merge_chunks,
+        question_name,
+        run_inference,
+    )
+    from llava.generation import LlavaGenerator
+    from llava.mm_utils import get_model_name_from_path
+    from llava.visatb.defaults import DEFAULT_MAX_NEW_TOKENS
+except KeyboardInterrupt:
+    print("interrupted while starting (importing torch): nothing was read or answered", file=sys.stderr)
+    raise SystemExit(130) from None
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 TERMINATED = 143  # ... and by SIGTERM (128 + 15)

@@ -575,3 +575,23 @@ def test_ctrl_c_while_scoring_leaves_the_table_as_it_was(tmp_path, capsys, monke
     assert run_metric("qa", ["-a", str(path), "--scores", str(table), "--model-key", "A", "--task", "GQA"]) == 130
     assert capsys.readouterr().err.endswith(f"interrupted: {path} was not scored; {table} is unchanged\n")
     assert table.read_text() == '{"mini": {"GQA": 0.5}}'
+
+
+@pytest.mark.e2e
+def test_ctrl_c_while_inference_imports_torch_prints_one_line_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    command = [sys.executable, str(REPO / "inference_visatb.py"), "--model-path", str(tmp_path / "model"),
+               "--image-folder", str(tmp_path), "--question-file", str(tmp_path / "q.json"), "--answers-folder",
+               str(tmp_path / "answers")]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and "libtorch" not in maps.read_text():
+        time.sleep(0.01)  # until torch's libraries are loaded: the script is inside its imports
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert err == "interrupted while starting (importing torch): nothing was read or answered\n"
+    assert not (tmp_path / "answers").exists()
