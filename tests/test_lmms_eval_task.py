@@ -74,6 +74,9 @@ def test_the_command_writes_the_task_and_names_bad_input(question_file, tmp_path
     missing = subprocess.run([*command[:4], str(tmp_path / "nope.json"), *command[5:]], cwd=REPO,
                              capture_output=True, text=True, check=False)  # fmt: skip
     assert missing.returncode == 2 and f"--question-file {tmp_path / 'nope.json'}: no such file" in missing.stderr
+    no_images = subprocess.run([*command[:6], str(tmp_path / "no images"), *command[7:]], cwd=REPO,
+                               capture_output=True, text=True, check=False)  # fmt: skip
+    assert no_images.returncode == 2 and f"--image-folder {tmp_path / 'no images'}: no such folder" in no_images.stderr
     bad_name = subprocess.run([*command[:-1], "toy-qa"], cwd=REPO, capture_output=True, text=True, check=False)
     assert bad_name.returncode == 2 and "--task 'toy-qa': use letters, digits and '_'" in bad_name.stderr
 

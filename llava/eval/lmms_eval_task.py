@@ -106,11 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="visatb_task", help="the task's name for --tasks (default: visatb_task)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args(argv)
-    for path, flag, is_ok in ((args.question_file, "--question-file", Path.is_file),
-                              (args.image_folder, "--image-folder", Path.is_dir)):  # fmt: skip
-        if not is_ok(path):
-            print(f"error: {flag} {path}: no such {'file' if flag == '--question-file' else 'folder'}", file=sys.stderr)
-            return 2
+    if not args.question_file.is_file():
+        print(f"error: --question-file {args.question_file}: no such file", file=sys.stderr)
+        return 2
+    if not args.image_folder.is_dir():
+        print(f"error: --image-folder {args.image_folder}: no such folder", file=sys.stderr)
+        return 2
     try:
         yaml_file = write_task(args.output_dir, args.task, args.question_file, args.image_folder, args.max_new_tokens)
     except (ValueError, OSError) as e:

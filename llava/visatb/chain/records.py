@@ -107,6 +107,11 @@ class Record:
         return canonical_digest(self.to_json())
 
 
+def with_real_paths(roots: Mapping[str, str]) -> dict[str, str]:
+    """`roots` ({path: name}) plus each path with its symbolic links resolved, under the same name."""
+    return {**roots, **{os.path.realpath(root): name for root, name in roots.items()}}
+
+
 def portable(value: str, roots: Mapping[str, str]) -> str:
     """`value` with a folder of `roots` ({path: name}) replaced by its name, also when `value` reaches that folder
     through a symbolic link, so that the same file named two ways is one parameter."""
@@ -130,8 +135,7 @@ def command_params(command: list[str], python: str, repo_root: Path,
                    roots: Mapping[str, str] | None = None) -> list[str]:  # fmt: skip
     """The command as recorded: the interpreter and the checkout's location are not parameters of the result;
     `roots` maps more folders to names (the work directory to $WORK_DIR), so a moved folder is no change."""
-    names = {str(repo_root): "", **(roots or {})}
-    names.update({os.path.realpath(root): name for root, name in list(names.items())})
+    names = with_real_paths({str(repo_root): "", **(roots or {})})
     return ["python" if index == 0 and token == python else portable(token, names)
             for index, token in enumerate(command)]  # fmt: skip
 

@@ -7,7 +7,6 @@ command stops the chain with the stage, the item and the log named; a rerun resu
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -27,6 +26,7 @@ from llava.visatb.chain.records import (
     command_params,
     portable,
     record_changes,
+    with_real_paths,
 )
 from llava.visatb.chain.slurm import JobFiles, SlurmExecutor, SlurmSettings
 from llava.visatb.chain.stages import Item, StageBuilders
@@ -145,8 +145,7 @@ class Pipeline(StageBuilders, SlurmExecutor):
     def item_recipe(self, item: Item) -> Record:
         """What the item is made from now: its command (interpreter and checkout left out), its own environment
         variables and the digest of each input."""
-        roots = {str(REPO_ROOT): "", str(self.work): "$WORK_DIR"}
-        roots.update({os.path.realpath(root): name for root, name in list(roots.items())})
+        roots = with_real_paths({str(REPO_ROOT): "", str(self.work): "$WORK_DIR"})
         params = {"command": command_params(item.command, self.python, REPO_ROOT, roots),
                   "env": {k: portable(v, roots) for k, v in item.env.items()}}  # fmt: skip
         return Record(params, {name: self._input_digest(value) for name, value in item.inputs.items()})
